@@ -1,0 +1,311 @@
+"""The configuration file: defaults, parsing and validation.
+
+Every key is optional; an absent file is the zero-configuration default. Errors name
+the key (as a dotted path), the line in the file and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("development", "production")
+SYSTEM_SOURCES = ("auto", "procfs", "vm_stat")
+
+DEFAULT_BUDGETS: dict[str, int] = {
+    "node_heap": 200 * 10**6,
+    "node_heap_growth": 50 * 10**6,
+    "docker": 5 * 10**9,
+    "ollama": 8 * 10**9,
+    "lmstudio": 16 * 10**9,
+    "swift_build": 6 * 10**9,
+    "development_total": 20 * 10**9,
+    "production_total": 8 * 10**9,
+}
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+DEFAULT_LMSTUDIO_URL = "http://127.0.0.1:1234"
+DEFAULT_TIMEOUT_SECONDS = 3.0
+MAX_TIMEOUT_SECONDS = 60.0
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
+_LABEL_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_HOST_PORT_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+class ConfigError(ValueError):
+    """A bad configuration: which key, on which line, and why."""
+
+    def __init__(self, key: str, reason: str, line: int | None = None, path: str | None = None):
+        self.key, self.reason, self.line, self.path = key, reason, line, path
+        where = f"{path}:{line}: " if path and line else (f"line {line}: " if line else "")
+        super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from a plain number or a '200MB' (10^6) / '200MiB' (2^20) style size."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like 200MB or 200MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, float):
+        if not value >= 0 or value == float("inf"):
+            raise ValueError("a size must be a finite number of bytes, not negative")
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError("a size must be a number of bytes or a string like 200MB or 200MiB")
+    match = _SIZE_RE.match(value)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size: use bytes, or a number with KB/MB/GB/TB (10^3) or KiB/MiB/GiB/TiB (2^10)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a '3s' / '500ms' / '1m' string."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be like 3s, 500ms or 1m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or ""]
+    else:
+        raise ValueError(f"{value!r} is not a duration: use a form like 3s, 500ms or 1m")
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+        raise ValueError(f"must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g}s")
+    return seconds
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    name: str
+    url: str | None = None
+    inspector: str | None = None  # host:port of `node --inspect`
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    name: str
+    names: tuple[str, ...] = ()
+    cmdline: re.Pattern[str] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "development"
+    budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    node_targets: tuple[NodeTarget, ...] = ()
+    docker_enabled: bool = True
+    docker_host: str | None = None
+    ollama_url: str | None = DEFAULT_OLLAMA_URL
+    lmstudio_url: str | None = DEFAULT_LMSTUDIO_URL
+    process_groups: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
+    system_source: str = "auto"
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+
+    @property
+    def total_budget_name(self) -> str:
+        return f"{self.profile}_total"
+
+
+def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
+    """Dotted key path -> 1-based line, for every key and list item in the document."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = f"{prefix}[{index}]"
+            lines[path] = item.start_mark.line + 1
+            lines.update(_key_lines(item, path))
+    return lines
+
+
+class _Reader:
+    """Validates the loaded document, raising ConfigError with the key's line."""
+
+    def __init__(self, lines: dict[str, int], path: str | None):
+        self.lines, self.path = lines, path
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        line = self.lines.get(key)
+        probe = key
+        while line is None and ("." in probe or "[" in probe):
+            probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            line = self.lines.get(probe)
+        return ConfigError(key, reason, line, self.path)
+
+    def mapping(self, value: Any, key: str, allowed: tuple[str, ...] | None = None) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a mapping, not {type(value).__name__}")
+        for name in value:
+            if not isinstance(name, str):
+                raise self.error(key, f"keys must be strings, not {name!r}")
+            if allowed is not None and name not in allowed:
+                raise self.error(f"{key}.{name}" if key else name,
+                                 f"unknown key; expected one of: {', '.join(allowed)}")
+        return value
+
+    def url(self, value: Any, key: str) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
+            raise self.error(key, f"must be an http:// or https:// URL or null, not {value!r}")
+        return value.rstrip("/")
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, not {value!r}")
+        return value
+
+    def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+
+def parse_config(text: str, path: str | None = None) -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("", f"not valid YAML: {reason}", line, path) from None
+    reader = _Reader(_key_lines(root) if root is not None else {}, path)
+    top = reader.mapping(document, "", (
+        "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout"))
+
+    values: dict[str, Any] = {}
+    if "profile" in top:
+        values["profile"] = reader.choice(top["profile"], "profile", PROFILES)
+
+    budgets = dict(DEFAULT_BUDGETS)
+    for name, raw in reader.mapping(top.get("budgets"), "budgets", tuple(DEFAULT_BUDGETS)).items():
+        try:
+            budgets[name] = parse_size(raw)
+        except ValueError as exc:
+            raise reader.error(f"budgets.{name}", str(exc)) from None
+    values["budgets"] = budgets
+
+    node = reader.mapping(top.get("node"), "node", ("targets",))
+    values["node_targets"] = _node_targets(reader, node.get("targets"))
+
+    docker = reader.mapping(top.get("docker"), "docker", ("enabled", "host"))
+    if "enabled" in docker:
+        values["docker_enabled"] = reader.boolean(docker["enabled"], "docker.enabled")
+    if docker.get("host") is not None:
+        host = docker["host"]
+        if not isinstance(host, str) or not re.match(r"^(unix|tcp|npipe|ssh|http|https)://", host):
+            raise reader.error("docker.host", f"must be a Docker host like unix:///var/run/docker.sock or tcp://127.0.0.1:2375, not {host!r}")
+        values["docker_host"] = host
+
+    for server in ("ollama", "lmstudio"):
+        if server in top:
+            section = reader.mapping(top[server], server, ("url",))
+            if "url" in section:
+                values[f"{server}_url"] = reader.url(section["url"], f"{server}.url")
+            # A section left empty (`ollama:` alone) keeps the default URL.
+
+    values["process_groups"] = _process_groups(reader, top.get("process_groups"))
+
+    system = reader.mapping(top.get("system"), "system", ("source",))
+    if "source" in system:
+        values["system_source"] = reader.choice(system["source"], "system.source", SYSTEM_SOURCES)
+
+    if "timeout" in top:
+        try:
+            values["timeout"] = parse_duration(top["timeout"])
+        except ValueError as exc:
+            raise reader.error("timeout", str(exc)) from None
+    return Config(**values)
+
+
+def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise reader.error("node.targets", "must be a list of {name, url} or {name, inspector}")
+    targets: list[NodeTarget] = []
+    for index, item in enumerate(raw):
+        key = f"node.targets[{index}]"
+        item = reader.mapping(item, key, ("name", "url", "inspector"))
+        name = item.get("name")
+        if not isinstance(name, str) or not _LABEL_SAFE_NAME.match(name):
+            raise reader.error(f"{key}.name" if "name" in item else key,
+                               "each target needs a name of letters, digits, '_', '-', '.' or ':' (at most 64)")
+        if any(target.name == name for target in targets):
+            raise reader.error(f"{key}.name", f"duplicate target name {name!r}")
+        if ("url" in item) == ("inspector" in item):
+            raise reader.error(key, "give exactly one of url or inspector")
+        if "url" in item:
+            targets.append(NodeTarget(name, url=reader.url(item["url"], f"{key}.url")))
+        else:
+            inspector = item["inspector"]
+            if not isinstance(inspector, str) or not _HOST_PORT_RE.match(inspector) or not 0 < int(inspector.rsplit(":", 1)[1]) < 65536:
+                raise reader.error(f"{key}.inspector", f"must be host:port of `node --inspect`, like 127.0.0.1:9229, not {inspector!r}")
+            targets.append(NodeTarget(name, inspector=inspector))
+    return tuple(targets)
+
+
+def _process_groups(reader: _Reader, raw: Any) -> tuple[ProcessGroup, ...]:
+    """Groups from the file are merged over the default swift-frontend group; `name: null` removes one."""
+    groups = {group.name: group for group in Config().process_groups}
+    for name, spec in reader.mapping(raw, "process_groups").items():
+        key = f"process_groups.{name}"
+        if not _LABEL_SAFE_NAME.match(name):
+            raise reader.error(key, "a group name is letters, digits, '_', '-', '.' or ':' (at most 64)")
+        if spec is None:
+            groups.pop(name, None)
+            continue
+        spec = reader.mapping(spec, key, ("names", "cmdline"))
+        names = spec.get("names", [])
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise reader.error(f"{key}.names", "must be a list of process names")
+        pattern = None
+        if spec.get("cmdline") is not None:
+            if not isinstance(spec["cmdline"], str):
+                raise reader.error(f"{key}.cmdline", "must be a regular expression string")
+            try:
+                pattern = re.compile(spec["cmdline"])
+            except re.error as exc:
+                raise reader.error(f"{key}.cmdline", f"not a valid regular expression: {exc}") from None
+        if not names and pattern is None:
+            raise reader.error(key, "give names (exact process names) or cmdline (a regular expression)")
+        groups[name] = ProcessGroup(name, tuple(names), pattern)
+    return tuple(groups.values())
+
+
+def load_config(path: str | Path | None) -> Config:
+    """The configuration from a file, or the built-in defaults when path is None."""
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read the configuration file: {exc.strerror or exc}", None, str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("", "the configuration file is not UTF-8 text", None, str(path)) from None
+    return parse_config(text, str(path))

@@ -1,0 +1,155 @@
+"""Runs the source collectors of one scrape in parallel, within the timeout.
+
+Modelled on node_exporter: each source reports `aitools_collector_success` and
+`aitools_collector_duration_seconds`; one source failing, hanging or misbehaving
+never costs the others their metrics or the scrape its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from exporter.collectors.base import CollectorError, SourceCollector, gauge
+
+log = logging.getLogger(__name__)
+
+# A hostile or broken backend must not be able to create unbounded series.
+MAX_SERIES_PER_FAMILY = 1000
+MAX_LABEL_VALUE_LENGTH = 256
+# What a scrape may take beyond the timeout, for the work around the backend calls.
+SCRAPE_MARGIN_SECONDS = 0.5
+
+
+@dataclass
+class SourceResult:
+    families: list[Metric] = field(default_factory=list)
+    success: bool = False
+    duration: float = 0.0
+    error: str | None = None
+    dropped: int = 0
+
+
+def _sanitise(family: Metric) -> tuple[Metric, int]:
+    """Drop non-finite or negative samples and cap the series; returns how many were dropped."""
+    kept, dropped, seen = [], 0, set()
+    for sample in family.samples:
+        value = sample.value
+        if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) or value < 0:
+            dropped += 1
+            continue
+        labels = {k: v[:MAX_LABEL_VALUE_LENGTH] for k, v in sample.labels.items()}
+        key = (sample.name, tuple(sorted(labels.items())))
+        if key in seen or len(kept) >= MAX_SERIES_PER_FAMILY:
+            dropped += 1
+            continue
+        seen.add(key)
+        kept.append(sample._replace(labels=labels))
+    family.samples = kept
+    return family, dropped
+
+
+def _run_source(source: SourceCollector) -> SourceResult:
+    start = time.perf_counter()
+    result = SourceResult()
+    try:
+        for family in source.collect():
+            family, dropped = _sanitise(family)
+            result.families.append(family)
+            result.dropped += dropped
+        result.success = True
+    except CollectorError as exc:
+        result.error = str(exc)
+    except Exception as exc:  # a bug or an unforeseen backend answer must not end the scrape
+        log.debug("collector %s raised", source.name, exc_info=True)
+        result.error = f"unexpected {type(exc).__name__}: {exc}"
+    result.duration = time.perf_counter() - start
+    return result
+
+
+class Scraper(Collector):
+    """The one collector registered for the sources; runs them and adds the health gauges."""
+
+    def __init__(self, sources: list[SourceCollector], timeout: float):
+        self.sources = sources
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(sources)), thread_name_prefix="collector")
+        self._running: dict[str, Future] = {}
+        self._last_error: dict[str, str | None] = {}
+        # Concurrent scrapes share one collection instead of each hitting every backend.
+        self._flight_lock = threading.Lock()
+        self._flight: tuple[threading.Event, list] | None = None
+
+    def collect(self):
+        yield from self.collect_once()
+
+    def collect_once(self) -> list[Metric]:
+        with self._flight_lock:
+            leader = self._flight is None
+            if leader:
+                self._flight = (threading.Event(), [])
+            done, holder = self._flight
+        if not leader:
+            done.wait(self.timeout + 2 * SCRAPE_MARGIN_SECONDS)
+            return list(holder)
+        try:
+            holder.extend(self._collect_all())
+        finally:
+            with self._flight_lock:
+                self._flight = None
+            done.set()
+        return list(holder)
+
+    def _collect_all(self) -> list[Metric]:
+        started = time.perf_counter()
+        futures: dict[str, Future] = {}
+        busy: set[str] = set()
+        for source in self.sources:
+            previous = self._running.get(source.name)
+            if previous is not None and not previous.done():
+                busy.add(source.name)  # still stuck on an earlier scrape: don't pile up threads
+                continue
+            futures[source.name] = self._running[source.name] = self._pool.submit(_run_source, source)
+        wait(futures.values(), timeout=self.timeout + SCRAPE_MARGIN_SECONDS)
+
+        families: list[Metric] = []
+        success = gauge("aitools_collector_success", "1 when the collector's last run succeeded.", ["collector"])
+        duration = gauge("aitools_collector_duration_seconds", "How long the collector took.", ["collector"])
+        dropped = gauge("aitools_collector_series_dropped",
+                        "Samples the collector dropped this scrape: not finite, negative, duplicate or over the series cap.",
+                        ["collector"])
+        for source in self.sources:
+            future = futures.get(source.name)
+            if future is not None and future.done():
+                result = future.result()
+            elif source.name in busy:
+                result = SourceResult(error=f"still busy with an earlier scrape (backend slower than the {self.timeout:g}s timeout)",
+                                      duration=time.perf_counter() - started)
+            else:
+                result = SourceResult(error=f"timed out after {self.timeout:g}s",
+                                      duration=time.perf_counter() - started)
+            families.extend(result.families)
+            success.add_metric([source.name], 1.0 if result.success else 0.0)
+            duration.add_metric([source.name], result.duration)
+            dropped.add_metric([source.name], float(result.dropped))
+            self._log_transition(source.name, result.error)
+        return families + [success, duration, dropped]
+
+    def _log_transition(self, name: str, error: str | None) -> None:
+        """Say once when a collector starts failing (or fails differently), and once when it recovers."""
+        previous = self._last_error.get(name)
+        if error and error != previous:
+            log.warning("collector %s failed: %s", name, error)
+        elif not error and previous:
+            log.info("collector %s recovered", name)
+        self._last_error[name] = error
+
+    def last_errors(self) -> dict[str, str | None]:
+        return dict(self._last_error)

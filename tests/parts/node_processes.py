@@ -1,0 +1,1 @@
+"""Real-part fixtures; see tests/conftest.py."""
