@@ -1,0 +1,125 @@
+"""The `aitools-exporter` command: serve (default), snapshot, check-config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+
+import click
+
+from exporter import __version__
+from exporter.config import Config, ConfigError, load_config
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:8730"
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+log = logging.getLogger("exporter")
+
+
+def _common_options(command):
+    """Options every subcommand takes, also before the subcommand; each has an AITOOLS_<OPTION> variable."""
+    options = [
+        click.option("--config.file", "config_file", envvar="AITOOLS_CONFIG_FILE", default=None,
+                     help="YAML configuration file; without it the built-in defaults apply."),
+        click.option("--web.listen-address", "listen_address", envvar="AITOOLS_WEB_LISTEN_ADDRESS", default=None,
+                     help=f"Address to serve on (default {DEFAULT_LISTEN_ADDRESS})."),
+        click.option("--log.level", "log_level", envvar="AITOOLS_LOG_LEVEL", default=None,
+                     type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level (default info)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _settings(ctx: click.Context, **given) -> dict:
+    """Options of this subcommand, falling back to those given before it."""
+    merged = dict(ctx.obj or {})
+    merged.update({key: value for key, value in given.items() if value is not None})
+    return merged
+
+
+def _setup_logging(level: str | None) -> None:
+    name = (level or "info").upper()
+    logging.basicConfig(level=logging.WARNING if name == "WARN" else getattr(logging, name),
+                        format="%(asctime)s level=%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _load(config_file: str | None) -> Config:
+    try:
+        return load_config(config_file)
+    except ConfigError as exc:
+        click.echo(f"aitools-exporter: bad configuration: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_common_options
+@click.version_option(__version__, "--version", prog_name="aitools-exporter")
+@click.pass_context
+def main(ctx: click.Context, config_file, listen_address, log_level):
+    """Memory budgets of an AI developer workstation, as a Prometheus exporter."""
+    ctx.obj = {key: value for key, value in
+               dict(config_file=config_file, listen_address=listen_address, log_level=log_level).items()
+               if value is not None}
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(serve)
+
+
+@main.command()
+@_common_options
+@click.pass_context
+def serve(ctx: click.Context, config_file=None, listen_address=None, log_level=None):
+    """Serve /metrics, / and /healthz (the default command)."""
+    settings = _settings(ctx, config_file=config_file, listen_address=listen_address, log_level=log_level)
+    _setup_logging(settings.get("log_level"))
+    config = _load(settings.get("config_file"))
+    from exporter.app import build_registry
+    from exporter.server import start_server
+
+    registry, _ = build_registry(config)
+    address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
+    try:
+        server = start_server(address, registry)
+    except (OSError, ValueError) as exc:
+        click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
+        sys.exit(1)
+    host, port = server.server_address[:2]
+    log.info("aitools-exporter %s serving http://%s:%d/metrics (profile %s, config %s)", __version__,
+             f"[{host}]" if ":" in host else host, port, config.profile, settings.get("config_file") or "built-in defaults")
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    server.shutdown()
+
+
+@main.command()
+@_common_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.pass_context
+def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address=None, log_level=None):
+    """Collect once and print every reading beside its budget."""
+    settings = _settings(ctx, config_file=config_file, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")
+    config = _load(settings.get("config_file"))
+    from exporter.snapshot import render_json, render_table, take_snapshot
+
+    result = take_snapshot(config)
+    click.echo(json.dumps(render_json(config, result), indent=2) if as_json else render_table(config, result))
+
+
+@main.command("check-config")
+@_common_options
+@click.pass_context
+def check_config(ctx: click.Context, config_file=None, listen_address=None, log_level=None):
+    """Validate the configuration file: exit 0, or name the bad key, line and reason and exit 2."""
+    settings = _settings(ctx, config_file=config_file)
+    path = settings.get("config_file")
+    config = _load(path)
+    click.echo(f"{path or 'built-in defaults'}: configuration is valid (profile {config.profile}, "
+               f"{len(config.node_targets)} node targets, {len(config.process_groups)} process groups)")

@@ -1,0 +1,106 @@
+"""The HTTP server: /metrics, a landing page at / and /healthz."""
+
+from __future__ import annotations
+
+import gzip
+import html
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from exporter import __version__
+
+log = logging.getLogger(__name__)
+
+LANDING_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>aitools memory exporter</title></head>
+<body>
+<h1>aitools memory exporter</h1>
+<p>Memory budgets of this workstation, for Prometheus. Version {version}.</p>
+<ul>
+<li><a href="metrics">Metrics</a></li>
+<li><a href="healthz">Health</a></li>
+</ul>
+</body></html>
+"""
+
+
+class ExporterHandler(BaseHTTPRequestHandler):
+    server: "ExporterServer"
+    server_version = f"aitools-exporter/{__version__}"
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stalls mid-request cannot hold a thread for ever
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self._send_metrics()
+        elif path == "/":
+            self._send(200, LANDING_PAGE.format(version=html.escape(__version__)).encode(), "text/html; charset=utf-8")
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found: see / for what this exporter serves\n", "text/plain; charset=utf-8")
+
+    def _send_metrics(self) -> None:
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(self.server.registry)
+        except Exception:  # the collectors guard themselves; this is the last line
+            log.exception("building the metrics page failed")
+            self._send(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8")
+            return
+        encoding = None
+        if "gzip" in self.headers.get("Accept-Encoding", ""):
+            body, encoding = gzip.compress(body, compresslevel=1), "gzip"
+        self._send(200, body, content_type, encoding)
+
+    def _send(self, status: int, body: bytes, content_type: str, encoding: str | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class ExporterServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry):
+        self.registry = registry
+        super().__init__(address, ExporterHandler)
+
+
+class ExporterServerIPv6(ExporterServer):
+    address_family = socket.AF_INET6
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:8730', ':8730' (all interfaces) or '[::1]:8730' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def start_server(address: str, registry: CollectorRegistry) -> ExporterServer:
+    host, port = parse_listen_address(address)
+    server_class = ExporterServerIPv6 if ":" in host else ExporterServer
+    server = server_class((host, port), registry)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
