@@ -26,6 +26,8 @@ def _common_options(command):
                      help="YAML configuration file; without it the built-in defaults apply."),
         click.option("--web.listen-address", "listen_address", envvar="AITOOLS_WEB_LISTEN_ADDRESS", default=None,
                      help=f"Address to serve on (default {DEFAULT_LISTEN_ADDRESS})."),
+        click.option("--web.config.file", "web_config_file", envvar="AITOOLS_WEB_CONFIG_FILE", default=None,
+                     help="TLS and basic auth, in the exporter-toolkit web config format."),
         click.option("--log.level", "log_level", envvar="AITOOLS_LOG_LEVEL", default=None,
                      type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Log level (default info)."),
     ]
@@ -59,10 +61,11 @@ def _load(config_file: str | None) -> Config:
 @_common_options
 @click.version_option(__version__, "--version", prog_name="aitools-exporter")
 @click.pass_context
-def main(ctx: click.Context, config_file, listen_address, log_level):
+def main(ctx: click.Context, config_file, listen_address, web_config_file, log_level):
     """Memory budgets of an AI developer workstation, as a Prometheus exporter."""
     ctx.obj = {key: value for key, value in
-               dict(config_file=config_file, listen_address=listen_address, log_level=log_level).items()
+               dict(config_file=config_file, listen_address=listen_address, web_config_file=web_config_file,
+                    log_level=log_level).items()
                if value is not None}
     if ctx.invoked_subcommand is None:
         ctx.invoke(serve)
@@ -71,23 +74,33 @@ def main(ctx: click.Context, config_file, listen_address, log_level):
 @main.command()
 @_common_options
 @click.pass_context
-def serve(ctx: click.Context, config_file=None, listen_address=None, log_level=None):
+def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None):
     """Serve /metrics, / and /healthz (the default command)."""
-    settings = _settings(ctx, config_file=config_file, listen_address=listen_address, log_level=log_level)
+    settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
+                         web_config_file=web_config_file, log_level=log_level)
     _setup_logging(settings.get("log_level"))
     config = _load(settings.get("config_file"))
     from exporter.app import build_registry
     from exporter.server import start_server
+    from exporter.webconfig import WebConfigError, load_web_config
 
+    web_config = None
+    if settings.get("web_config_file"):
+        try:
+            web_config = load_web_config(settings["web_config_file"])
+        except WebConfigError as exc:
+            click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
+            sys.exit(2)
     registry, _ = build_registry(config)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:
-        server = start_server(address, registry)
+        server = start_server(address, registry, web_config)
     except (OSError, ValueError) as exc:
         click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
         sys.exit(1)
     host, port = server.server_address[:2]
-    log.info("aitools-exporter %s serving http://%s:%d/metrics (profile %s, config %s)", __version__,
+    scheme = "https" if web_config and web_config.ssl_context else "http"
+    log.info("aitools-exporter %s serving %s://%s:%d/metrics (profile %s, config %s)", __version__, scheme,
              f"[{host}]" if ":" in host else host, port, config.profile, settings.get("config_file") or "built-in defaults")
 
     stop = threading.Event()
@@ -102,7 +115,8 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, log_level=N
 @_common_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.pass_context
-def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address=None, log_level=None):
+def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address=None, web_config_file=None,
+             log_level=None):
     """Collect once and print every reading beside its budget."""
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
@@ -116,7 +130,7 @@ def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address
 @main.command("check-config")
 @_common_options
 @click.pass_context
-def check_config(ctx: click.Context, config_file=None, listen_address=None, log_level=None):
+def check_config(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None):
     """Validate the configuration file: exit 0, or name the bad key, line and reason and exit 2."""
     settings = _settings(ctx, config_file=config_file)
     path = settings.get("config_file")

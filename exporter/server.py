@@ -14,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ class ExporterHandler(BaseHTTPRequestHandler):
     timeout = 30  # a client that stalls mid-request cannot hold a thread for ever
 
     def do_GET(self) -> None:
+        if not self.server.web_config.authorized(self.headers.get("Authorization")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="aitools-exporter", charset="UTF-8"')
+            self._finish_headers(b"unauthorized\n", "text/plain; charset=utf-8")
+            return
         path = urlsplit(self.path).path
         if path == "/metrics":
             self._send_metrics()
@@ -62,10 +68,15 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, encoding: str | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
         if encoding:
             self.send_header("Content-Encoding", encoding)
+        self._finish_headers(body, content_type)
+
+    def _finish_headers(self, body: bytes, content_type: str) -> None:
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in self.server.web_config.headers.items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -80,9 +91,22 @@ class ExporterServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry):
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, web_config: WebConfig | None = None):
         self.registry = registry
+        self.web_config = web_config or WebConfig()
         super().__init__(address, ExporterHandler)
+
+    def get_request(self):
+        connection, client = super().get_request()
+        context = self.web_config.ssl_context
+        if context is not None:
+            # The handshake happens on the first read, in the request's own thread, so that a
+            # slow or broken client cannot hold up the accept loop.
+            connection = context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, client
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("request from %s failed", client_address, exc_info=True)
 
 
 class ExporterServerIPv6(ExporterServer):
@@ -98,9 +122,9 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_server(address: str, registry: CollectorRegistry) -> ExporterServer:
+def start_server(address: str, registry: CollectorRegistry, web_config: WebConfig | None = None) -> ExporterServer:
     host, port = parse_listen_address(address)
     server_class = ExporterServerIPv6 if ":" in host else ExporterServer
-    server = server_class((host, port), registry)
+    server = server_class((host, port), registry, web_config)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
