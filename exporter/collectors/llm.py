@@ -1,0 +1,406 @@
+"""Models loaded in the local LLM servers: Ollama and LM Studio.
+
+Ollama: `GET /api/ps` lists the running models, each with `size` (bytes in memory)
+and `size_vram` (the part of it in GPU memory).
+LM Studio 0.4+: `GET /api/v1/models` lists the downloaded models, each with
+`size_bytes` and `loaded_instances`. Older LM Studio (0.3.6 to 0.3.x) only has
+`GET /api/v0/models`, which says which models are loaded but not their size; it
+answers /api/v1/models with HTTP 200 and an "Unexpected endpoint" error, or a 404.
+
+`aitools_llm_server_up` is 1 when the server answered HTTP at all (even with a bad
+status or body) and 0 when it did not (refused, timed out, hung up before
+answering). A failure yields that gauge first, then raises CollectorError.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 2**20
+MAX_ERROR_DETAIL_CHARS = 200
+MAX_BYTE_COUNT = 2**63  # sizes are int64 on both servers
+
+LMSTUDIO_V1_MODELS = "/api/v1/models"
+LMSTUDIO_V0_MODELS = "/api/v0/models"
+# While LM Studio does not know /api/v1/models (before 0.4), read /api/v0/models and ask
+# /api/v1 again after this long, or at once after /api/v0 fails: it may have been updated.
+LMSTUDIO_V1_REPROBE_SECONDS = 300.0
+
+
+class Unreadable(Exception):
+    """The server could not be read. `answered` is True once it sent an HTTP status line."""
+
+    def __init__(self, reason: str, answered: bool, status: int | None = None):
+        super().__init__(reason)
+        self.reason, self.answered, self.status = reason, answered, status
+
+
+@dataclass
+class ModelReading:
+    loaded_bytes: dict[str, int] = field(default_factory=dict)
+    vram_bytes: dict[str, int] = field(default_factory=dict)
+    skipped_entries: int = 0  # model entries without a usable name or size
+
+
+class Deadline:
+    """One overall time limit for all the requests of a collection.
+
+    httpx's timeouts apply to each connect and each read, so a server that drips its
+    body, or stalls after its headers, could hold a read for a whole timeout after most
+    of the budget is gone. At the deadline this shuts the connection's socket down,
+    which ends any read still blocked on it.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expires_at = time.monotonic() + seconds
+        self.expired = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.001, self.expires_at - time.monotonic())
+
+    def passed(self) -> bool:
+        return self.expired or time.monotonic() >= self.expires_at
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx `trace` extension: remember the socket of each new connection."""
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            with self._lock:
+                self._socket = sock
+                if self.expired:
+                    _shut_down(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            _shut_down(self._socket)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut_down(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def byte_count(value: Any) -> int | None:
+    """A size in bytes if `value` is a non-negative finite integer (2.0 counts, 2.5 does not)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and 0 <= value < MAX_BYTE_COUNT:
+        return value
+    return None
+
+
+def model_name(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        # Python's json reads NaN and Infinity, which are not JSON: refuse them.
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise Unreadable("body is not valid JSON (truncated?)", answered=True) from None
+
+
+def error_detail(body: bytes) -> str:
+    """The server's own error text from an error answer: Ollama {"error": "..."},
+    OpenAI style {"error": {"message": "..."}}; empty when there is none."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    if not isinstance(error, str):
+        return ""
+    return " ".join(error.split())[:MAX_ERROR_DETAIL_CHARS]
+
+
+class LLMServerCollector(SourceCollector):
+    """The HTTP side shared by the LLM servers: one bounded GET of a JSON document."""
+
+    def __init__(self, config: Config, base_url: str | None):
+        super().__init__(config)
+        if not base_url:
+            raise ValueError(f"{self.name} has no URL: leave the collector out when it is disabled")
+        self.base_url = base_url.rstrip("/")
+        self.skipped_entries = 0
+        self._client = httpx.Client(
+            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            # Each request opens its own connection: the deadline needs to see the socket,
+            # and a server restarted between scrapes leaves no stale pooled connection.
+            limits=httpx.Limits(max_keepalive_connections=0),
+            # A local server is reached directly, never through an HTTP_PROXY from the environment.
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    def read_models(self, deadline: Deadline) -> ModelReading:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def secrets(self) -> list[str]:
+        """Strings that must never appear in an error message."""
+        return []
+
+    def collect(self):
+        up = gauge("aitools_llm_server_up", "1 when the LLM server answered.", ["server"])
+        loaded = gauge("aitools_llm_model_loaded_bytes",
+                       "Size of each loaded model as its server reports it.", ["server", "model"])
+        vram = gauge("aitools_llm_model_vram_bytes",
+                     "The part of a loaded model in GPU memory, where the server tells it.", ["server", "model"])
+        deadline = Deadline(self.config.timeout)
+        try:
+            reading, failure = self.read_models(deadline), None
+        except Unreadable as exc:
+            reading, failure = None, exc
+        finally:
+            deadline.cancel()
+
+        up.add_metric([self.name], 1.0 if failure is None or failure.answered else 0.0)
+        yield up
+        if failure is not None:
+            raise CollectorError(self._redact(f"{self.name} at {self.base_url}: {failure.reason}"))
+
+        self._note_skipped(reading.skipped_entries)
+        for model, size in sorted(reading.loaded_bytes.items()):
+            loaded.add_metric([self.name, model], float(size))
+        for model, size in sorted(reading.vram_bytes.items()):
+            vram.add_metric([self.name, model], float(size))
+        yield loaded
+        yield vram
+
+    def get_json(self, path: str, deadline: Deadline, headers: dict[str, str] | None = None) -> Any:
+        """GET base_url + path within the deadline and return the parsed JSON of a 2xx answer."""
+        status, body = self._get(path, deadline, headers or {})
+        if not 200 <= status < 300:
+            detail = error_detail(body)
+            raise Unreadable(f"answered HTTP {status} for {path}" + (f": {detail}" if detail else ""),
+                             answered=True, status=status)
+        return parse_json(body)
+
+    def _get(self, path: str, deadline: Deadline, headers: dict[str, str]) -> tuple[int, bytes]:
+        answered = False
+        try:
+            with self._client.stream("GET", self.base_url + path, headers=headers,
+                                     timeout=httpx.Timeout(deadline.remaining()),
+                                     extensions={"trace": deadline.trace}) as response:
+                answered = True
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                    raise Unreadable(f"body of {path} is larger than {MAX_BODY_BYTES // 2**20} MiB", answered=True)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        raise Unreadable(f"body of {path} is larger than {MAX_BODY_BYTES // 2**20} MiB", answered=True)
+                    if deadline.passed():
+                        raise self._timed_out(deadline, answered)
+                return response.status_code, bytes(body)
+        except httpx.TransportError as exc:
+            if deadline.passed() or isinstance(exc, httpx.TimeoutException):
+                raise self._timed_out(deadline, answered) from None
+            raise self._transport_failure(exc, answered) from None
+        except httpx.InvalidURL as exc:
+            raise Unreadable(f"not a usable URL: {exc}", answered=False) from None
+
+    @staticmethod
+    def _timed_out(deadline: Deadline, answered: bool) -> Unreadable:
+        where = " while reading the body" if answered else ""
+        return Unreadable(f"timed out after {deadline.seconds:g}s{where}", answered=answered)
+
+    @staticmethod
+    def _transport_failure(exc: httpx.TransportError, answered: bool) -> Unreadable:
+        if answered:
+            return Unreadable("connection closed before the whole body arrived (truncated)", answered=True)
+        if _caused_by(exc, ConnectionRefusedError):
+            return Unreadable("connection refused", answered=False)
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return Unreadable("closed the connection without answering", answered=False)
+        return Unreadable(f"cannot connect: {' '.join(str(exc).split()) or type(exc).__name__}", answered=False)
+
+    def _redact(self, message: str) -> str:
+        for secret in self.secrets():
+            message = message.replace(secret, "[redacted]")
+        return message
+
+    def _note_skipped(self, skipped: int) -> None:
+        if skipped and skipped != self.skipped_entries:
+            log.warning("%s at %s: skipped %d model entries without a usable name or size",
+                        self.name, self.base_url, skipped)
+        self.skipped_entries = skipped
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _models_list(payload: Any, key: str, path: str) -> list:
+    entries = payload.get(key) if isinstance(payload, dict) else None
+    if isinstance(payload, dict) and key in payload and entries is None:
+        return []  # Go encodes an empty slice it never filled as null
+    if not isinstance(entries, list):
+        raise Unreadable(f"unexpected answer from {path}: no \"{key}\" list", answered=True)
+    return entries
+
+
+def parse_ollama_ps(payload: Any) -> ModelReading:
+    """`/api/ps`: {"models": [{"name", "model", "size", "size_vram", ...}]}."""
+    reading = ModelReading()
+    for entry in _models_list(payload, "models", "/api/ps"):
+        entry = entry if isinstance(entry, dict) else {}
+        name = model_name(entry.get("name")) or model_name(entry.get("model"))
+        size = byte_count(entry.get("size"))
+        if name is None or size is None:
+            reading.skipped_entries += 1
+            continue
+        reading.loaded_bytes[name] = reading.loaded_bytes.get(name, 0) + size
+        in_vram = byte_count(entry.get("size_vram"))
+        if in_vram is not None:
+            reading.vram_bytes[name] = reading.vram_bytes.get(name, 0) + in_vram
+    return reading
+
+
+def parse_lmstudio_v1(payload: Any) -> ModelReading:
+    """`/api/v1/models`: {"models": [{"key", "size_bytes", "loaded_instances": [{"id", "config"}]}]}.
+
+    One series per model key. Each loaded instance of a key is a separate load of its
+    weights, so the key counts size_bytes once per instance.
+    """
+    reading = ModelReading()
+    for entry in _models_list(payload, "models", LMSTUDIO_V1_MODELS):
+        entry = entry if isinstance(entry, dict) else {}
+        instances = entry.get("loaded_instances")
+        if isinstance(instances, list) and not instances:
+            continue  # downloaded, not loaded
+        key = model_name(entry.get("key"))
+        size = byte_count(entry.get("size_bytes"))
+        if key is None or size is None or not isinstance(instances, list):
+            reading.skipped_entries += 1
+            continue
+        reading.loaded_bytes[key] = reading.loaded_bytes.get(key, 0) + size * len(instances)
+    return reading
+
+
+def is_unknown_endpoint(payload: Any) -> bool:
+    """LM Studio answers a path it does not know with HTTP 200 (not 404) and
+    {"error": "Unexpected endpoint or method. (GET /path)"}."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return isinstance(error, str) and error.startswith("Unexpected endpoint or method")
+
+
+def loaded_in_lmstudio_v0(payload: Any) -> list[str]:
+    """`/api/v0/models`: {"object": "list", "data": [{"id", "state": "loaded" | "not-loaded", ...}]}."""
+    return [entry["id"] for entry in _models_list(payload, "data", LMSTUDIO_V0_MODELS)
+            if isinstance(entry, dict) and entry.get("state") == "loaded" and model_name(entry.get("id"))]
+
+
+class OllamaCollector(LLMServerCollector):
+    name = "ollama"
+
+    def __init__(self, config: Config):
+        super().__init__(config, config.ollama_url)
+
+    def read_models(self, deadline: Deadline) -> ModelReading:
+        return parse_ollama_ps(self.get_json("/api/ps", deadline))
+
+
+class LMStudioCollector(LLMServerCollector):
+    name = "lmstudio"
+
+    def __init__(self, config: Config):
+        super().__init__(config, config.lmstudio_url)
+        self._v0_until = 0.0  # monotonic time until which /api/v1/models is known to answer 404
+
+    @staticmethod
+    def token() -> str | None:
+        return os.environ.get("LM_API_TOKEN") or None
+
+    def secrets(self) -> list[str]:
+        token = self.token()
+        return [token] if token else []
+
+    def read_models(self, deadline: Deadline) -> ModelReading:
+        if time.monotonic() >= self._v0_until:
+            try:
+                payload = self.get_json(LMSTUDIO_V1_MODELS, deadline)
+            except Unreadable as exc:
+                if exc.status != 404:
+                    raise
+                payload = None
+            if payload is not None and not is_unknown_endpoint(payload):
+                return parse_lmstudio_v1(payload)
+            self._v0_until = time.monotonic() + LMSTUDIO_V1_REPROBE_SECONDS
+        try:
+            payload = self.get_json(LMSTUDIO_V0_MODELS, deadline)
+        except Unreadable:
+            self._v0_until = 0.0
+            raise
+        if is_unknown_endpoint(payload):
+            self._v0_until = 0.0
+            raise Unreadable(f"knows neither {LMSTUDIO_V1_MODELS} nor {LMSTUDIO_V0_MODELS} "
+                             "(LM Studio before 0.3.6?); update LM Studio to 0.4 or later", answered=True)
+        loaded = loaded_in_lmstudio_v0(payload)
+        if loaded:
+            # /api/v0 gives no size. Publishing these models as 0 bytes would show the
+            # lmstudio budget as unused while models fill memory, so the collector fails
+            # instead (up stays 1: the server answered) and says what to do about it.
+            shown = ", ".join(loaded[:3]) + (f" and {len(loaded) - 3} more" if len(loaded) > 3 else "")
+            raise Unreadable(f"{LMSTUDIO_V0_MODELS} (LM Studio before 0.4) lists {len(loaded)} loaded "
+                             f"model(s) ({shown}) but not their sizes; update LM Studio to 0.4 or later "
+                             f"for {LMSTUDIO_V1_MODELS}", answered=True)
+        return ModelReading()
+
+    def get_json(self, path: str, deadline: Deadline, headers: dict[str, str] | None = None) -> Any:
+        token = self.token()
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            return super().get_json(path, deadline, headers)
+        except Unreadable as exc:
+            if exc.status not in (401, 403):
+                raise
+            hint = ("LM Studio refused the token in LM_API_TOKEN" if token
+                    else "LM Studio requires an API token: set LM_API_TOKEN")
+            raise Unreadable(f"{exc.reason} ({hint})", answered=True, status=exc.status) from None
