@@ -1,0 +1,137 @@
+"""System: pages by state, available memory, swap, and the exporter's own collectors."""
+
+from __future__ import annotations
+
+from .lib import (
+    BYTES,
+    COUNT,
+    INSTANCE,
+    RATIO,
+    SECONDS,
+    finish,
+    new_dashboard,
+    query,
+    row,
+    score_gauge,
+    timeseries,
+    up_stat,
+    value_stat,
+)
+
+UID = "aitools-system"
+PAGES_AS_BYTES = (
+    f"aitools_system_memory_pages{{{INSTANCE}}} * on (instance) group_left () aitools_system_page_size_bytes{{{INSTANCE}}}"
+)
+AVAILABLE_SHARE = f"aitools_system_memory_available_bytes{{{INSTANCE}}} / aitools_system_memory_total_bytes{{{INSTANCE}}}"
+
+
+def build():
+    dashboard = new_dashboard(
+        UID,
+        "AI tools memory: system",
+        "The machine's memory: pages by state (vm_stat or /proc/meminfo), available memory, swap, and the exporter's collectors.",
+    )
+
+    dashboard = dashboard.with_row(row("Now")).with_panel(
+        score_gauge(
+            "System score",
+            "The system component of the efficiency score (0-100): available memory, swap and memory pressure.",
+            f'aitools:efficiency_score{{{INSTANCE}, component="system"}}',
+            "{{component}}",
+            width=6,
+            height=5,
+        )
+    ).with_panel(
+        value_stat(
+            "Available memory",
+            "Memory available without swapping now.",
+            [query(f"aitools_system_memory_available_bytes{{{INSTANCE}}}", "available")],
+            width=6,
+            height=5,
+        )
+    ).with_panel(
+        value_stat(
+            "Available share",
+            "Available memory as a share of physical memory now (red towards 0 %, green towards 100 %).",
+            [query(AVAILABLE_SHARE, "available / total")],
+            unit=RATIO,
+            continuous_ratio=True,
+            width=6,
+            height=5,
+        )
+    ).with_panel(
+        value_stat(
+            "Swap used",
+            "Swap in use now; on macOS growing swap means memory pressure.",
+            [query(f"aitools_system_swap_used_bytes{{{INSTANCE}}}", "swap used")],
+            width=6,
+            height=5,
+        )
+    )
+
+    dashboard = dashboard.with_row(row("Memory")).with_panel(
+        timeseries(
+            "Memory by page state",
+            "Page counts by state times the page size (macOS vm_stat: free, active, inactive, wired, compressed...); states overlap, so not stacked.",
+            [query(PAGES_AS_BYTES, "{{state}}")],
+        )
+    ).with_panel(
+        timeseries(
+            "Available memory against physical memory",
+            "Memory available without swapping, with the machine's physical memory as the ceiling.",
+            [
+                query(f"aitools_system_memory_available_bytes{{{INSTANCE}}}", "available"),
+                query(f"aitools_system_memory_total_bytes{{{INSTANCE}}}", "physical memory", budget_line=True),
+            ],
+        )
+    ).with_panel(
+        timeseries(
+            "Swap used",
+            "Swap in use over time.",
+            [query(f"aitools_system_swap_used_bytes{{{INSTANCE}}}", "swap used")],
+        )
+    ).with_panel(
+        timeseries(
+            "Available share",
+            "Available memory as a share of physical memory over time.",
+            [query(AVAILABLE_SHARE, "available / total")],
+            unit=RATIO,
+        )
+    )
+
+    dashboard = dashboard.with_row(row("Exporter")).with_panel(
+        up_stat(
+            "Collectors",
+            "Whether each collector's last run succeeded (node, docker, ollama, lmstudio, process, system).",
+            f"aitools_collector_success{{{INSTANCE}}}",
+            "{{collector}}",
+            up="ok",
+            down="failing",
+            width=12,
+            height=5,
+        )
+    ).with_panel(
+        up_stat(
+            "Exporter scraped",
+            "Whether Prometheus can scrape the aitools exporter of this workstation (up of the aitools job).",
+            f'up{{job="aitools", {INSTANCE}}}',
+            "exporter",
+            width=12,
+            height=5,
+        )
+    ).with_panel(
+        timeseries(
+            "Collector duration",
+            "How long each collector took at each scrape; a slow backend shows here before it times out.",
+            [query(f"aitools_collector_duration_seconds{{{INSTANCE}}}", "{{collector}}")],
+            unit=SECONDS,
+        )
+    ).with_panel(
+        timeseries(
+            "Series dropped by collectors",
+            "Samples a collector dropped at the last scrape: not finite, negative, duplicate or over the series cap.",
+            [query(f"aitools_collector_series_dropped{{{INSTANCE}}}", "{{collector}}")],
+            unit=COUNT,
+        )
+    )
+    return finish(dashboard)
