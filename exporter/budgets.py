@@ -86,14 +86,14 @@ def readings(config: Config, samples: Samples) -> list[Reading]:
         if up == 0:
             rows.append(Reading("node", f"{labels['target']} (down)", None, "node_heap", budgets["node_heap"]))
 
-    docker_up = samples.value("aitools_docker_up") == 1
+    docker_read = samples.value("aitools_collector_success", collector="docker") == 1
     for labels, used in samples.all("aitools_container_memory_usage_bytes"):
         limit = samples.value("aitools_container_memory_limit_bytes", name=labels["name"])
         rows.append(Reading("docker", f"container {labels['name']}", used,
                             "container limit" if limit is not None else None, limit))
     if config.docker_enabled:
         rows.append(Reading("docker", "all containers",
-                            samples.total("aitools_container_memory_usage_bytes") if docker_up else None,
+                            samples.total("aitools_container_memory_usage_bytes") if docker_read else None,
                             "docker", budgets["docker"]))
 
     for server, url in (("ollama", config.ollama_url), ("lmstudio", config.lmstudio_url)):
@@ -101,9 +101,9 @@ def readings(config: Config, samples: Samples) -> list[Reading]:
             continue
         for labels, used in samples.all("aitools_llm_model_loaded_bytes", server=server):
             rows.append(Reading("llm", f"{server} model {labels['model']}", used))
-        up = samples.value("aitools_llm_server_up", server=server) == 1
+        read = samples.value("aitools_collector_success", collector=server) == 1
         rows.append(Reading("llm", f"{server} loaded models",
-                            samples.total("aitools_llm_model_loaded_bytes", server=server) if up else None,
+                            samples.total("aitools_llm_model_loaded_bytes", server=server) if read else None,
                             server, budgets[server]))
 
     for labels, used in samples.all("aitools_process_group_rss_bytes"):

@@ -1,0 +1,367 @@
+"""Memory of running containers, as `docker stats` shows it.
+
+Only read-only engine endpoints are called, so a socket proxy in front of the engine
+can allow just these:
+
+- GET /version: API version negotiation, once per client;
+- GET /info: the host's memory, which the engine reports as the limit of a container
+  that has none (read once per client and every few minutes);
+- GET /containers/json: the running containers;
+- GET /containers/{id}/stats?stream=false&one-shot=true: one sample per container.
+
+aitools_docker_up is 1 when the engine answered the container list; a failure after
+that (a stats call) fails the collector but leaves it at 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import docker.utils
+import requests.exceptions
+from prometheus_client.metrics_core import Metric
+
+from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.config import Config
+
+# The engine answers stats from a loop that samples the containers it is asked about
+# once a second: plain stream=false waits for two of its rounds, one-shot for the next
+# one (at once only when the loop was idle). Asked one after another, each container
+# costs up to a second; asked all at once, they share a round. Hence one request per
+# container, all in parallel, up to this many.
+MAX_PARALLEL_STATS = 64
+HOST_MEMORY_TTL_SECONDS = 300.0
+ONE_SHOT_MIN_API_VERSION = "1.41"
+COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
+COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
+CONTAINER_LABELS = ("name", "image", "family", "compose_project", "compose_service")
+
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ContainerMemory:
+    name: str
+    image: str
+    family: str
+    compose_project: str
+    compose_service: str
+    usage_bytes: int
+    limit_bytes: int | None  # None: the container has no memory limit
+
+    @property
+    def label_values(self) -> list[str]:
+        return [self.name, self.image, self.family, self.compose_project, self.compose_service]
+
+
+class MalformedAnswer(ValueError):
+    """The engine answered, but not in the shape its API documents."""
+
+
+# --- finding the engine -------------------------------------------------------------
+
+def resolve_docker_host(env: Mapping[str, str], home: Path, platform: str,
+                        system_socket: str = "/var/run/docker.sock") -> str:
+    """The engine address the docker CLI would use: DOCKER_HOST, then the active
+    context, then the platform's socket (the first that exists, else the usual one)."""
+    if env.get("DOCKER_HOST"):
+        return env["DOCKER_HOST"]
+    config_dir = Path(env["DOCKER_CONFIG"]) if env.get("DOCKER_CONFIG") else home / ".docker"
+    context_host = _context_host(config_dir, env.get("DOCKER_CONTEXT"))
+    if context_host:
+        return context_host
+    if platform == "win32":
+        return "npipe:////./pipe/docker_engine"
+    if platform == "darwin":
+        candidates = [home / ".docker" / "run" / "docker.sock", Path(system_socket)]
+    else:
+        candidates = [Path(system_socket)]
+        if env.get("XDG_RUNTIME_DIR"):
+            candidates.append(Path(env["XDG_RUNTIME_DIR"]) / "docker.sock")  # rootless Docker
+    for socket_path in candidates:
+        if socket_path.exists():
+            return f"unix://{socket_path}"
+    return f"unix://{candidates[0]}"
+
+
+def _context_host(config_dir: Path, context_override: str | None) -> str | None:
+    name = context_override or _dig(_read_json(config_dir / "config.json"), "currentContext")
+    if not isinstance(name, str) or name in ("", "default"):
+        return None
+    for meta_file in sorted((config_dir / "contexts" / "meta").glob("*/meta.json")):
+        meta = _read_json(meta_file)
+        if _dig(meta, "Name") == name:
+            host = _dig(meta, "Endpoints", "docker", "Host")
+            return host if isinstance(host, str) and host else None
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _dig(document: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(key)
+    return document
+
+
+# --- reading the engine's answers ---------------------------------------------------
+
+def image_family(image: str) -> str:
+    """The repository's base name: registry, namespace, tag and digest removed.
+
+    `registry.example.com:5000/org/postgres@sha256:...` -> `postgres`. An image ID (the
+    list call gives one when the container's tag has since moved) has no family: ''.
+    """
+    reference = image.split("@", 1)[0]
+    if _IMAGE_ID.fullmatch(reference):
+        return ""
+    return reference.rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def memory_usage(memory_stats: Mapping[str, Any]) -> int:
+    """Usage less inactive file cache, computed as the docker CLI does
+    (calculateMemUsageUnixNoCache): total_inactive_file on cgroup v1, inactive_file on
+    cgroup v2, and the plain usage when that would not be positive."""
+    usage = _count(memory_stats.get("usage"), "memory_stats.usage")
+    stats = memory_stats.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise MalformedAnswer("memory_stats.stats is not an object")
+    for key in ("total_inactive_file", "inactive_file"):
+        if key in stats:
+            inactive = _count(stats[key], f"memory_stats.stats.{key}")
+            if inactive < usage:
+                return usage - inactive
+    return usage
+
+
+def container_memory(summary: Mapping[str, Any], stats: Mapping[str, Any], host_memory: int) -> ContainerMemory | None:
+    """One container's reading from its list entry and its stats; None when it is no
+    longer running (the engine then answers stats with an empty memory_stats)."""
+    memory_stats = stats.get("memory_stats")
+    if not isinstance(memory_stats, dict):
+        raise MalformedAnswer("container stats without memory_stats")
+    if "usage" not in memory_stats:
+        return None
+    # With no limit set, the engine reports the host's memory as the limit.
+    limit = _count(memory_stats.get("limit", 0), "memory_stats.limit")
+    labels = summary.get("Labels")
+    labels = labels if isinstance(labels, dict) else {}
+    image = str(summary.get("Image") or "")
+    return ContainerMemory(
+        name=_container_name(summary),
+        image=image,
+        family=image_family(image),
+        compose_project=labels.get(COMPOSE_PROJECT_LABEL, ""),
+        compose_service=labels.get(COMPOSE_SERVICE_LABEL, ""),
+        usage_bytes=memory_usage(memory_stats),
+        limit_bytes=limit if 0 < limit < host_memory else None,
+    )
+
+
+def _container_name(summary: Mapping[str, Any]) -> str:
+    names = [name.lstrip("/") for name in summary.get("Names") or []]
+    # Legacy links add names like /other/alias; the container's own name has no '/'.
+    own = [name for name in names if "/" not in name]
+    return (own or names or [str(summary.get("Id", ""))[:12]])[0]
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedAnswer(f"{what} is not a byte count: {value!r}")
+    return value
+
+
+def _running_containers(answer: Any) -> list[dict]:
+    if not isinstance(answer, list) or not all(isinstance(item, dict) and item.get("Id") for item in answer):
+        raise MalformedAnswer("GET /containers/json did not give a list of containers")
+    return answer
+
+
+def _host_memory(info: Any) -> int:
+    total = _dig(info, "MemTotal")
+    if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+        raise MalformedAnswer(f"GET /info gave no MemTotal: {total!r}")
+    return total
+
+
+# --- the collector ------------------------------------------------------------------
+
+class DockerCollector(SourceCollector):
+    name = "docker"
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.host: str | None = None
+        self._client: docker.APIClient | None = None
+        self._host_memory: int | None = None
+        self._host_memory_read_at = 0.0
+        # Runs every engine call, so that each one can be abandoned at the deadline.
+        self._pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_STATS, thread_name_prefix="docker")
+
+    def collect(self) -> Iterator[Metric]:
+        # The scrape orchestrator keeps families yielded before a CollectorError, so
+        # aitools_docker_up is published on failure too.
+        deadline = time.monotonic() + self.config.timeout
+        up = gauge("aitools_docker_up", "1 when the Docker engine answered.")
+        try:
+            client = self._connected_client(deadline)
+            listed = _running_containers(
+                self._call("GET /containers/json", deadline, client.containers, filters={"status": "running"}))
+        except (CollectorError, MalformedAnswer) as exc:
+            self._drop_client()
+            up.add_metric([], 0)
+            yield up
+            raise self._as_collector_error(exc) from None
+        up.add_metric([], 1)
+        yield up
+
+        try:
+            readings = self._read_containers(client, listed, deadline)
+        except (CollectorError, MalformedAnswer) as exc:
+            self._drop_client()
+            raise self._as_collector_error(exc) from None
+        usage = gauge("aitools_container_memory_usage_bytes",
+                      "Container memory as docker stats shows it: usage less inactive file cache.",
+                      CONTAINER_LABELS)
+        limit = gauge("aitools_container_memory_limit_bytes",
+                      "The container's memory limit; absent when it has none.", CONTAINER_LABELS)
+        for reading in readings:
+            usage.add_metric(reading.label_values, reading.usage_bytes)
+            if reading.limit_bytes is not None:
+                limit.add_metric(reading.label_values, reading.limit_bytes)
+        yield usage
+        yield limit
+
+    def _read_containers(self, client: docker.APIClient, listed: list[dict], deadline: float) -> list[ContainerMemory]:
+        host_memory = self._cached_host_memory(client, deadline)
+        one_shot = None if docker.utils.version_lt(client.api_version, ONE_SHOT_MIN_API_VERSION) else True
+        futures = [self._pool.submit(client.stats, summary["Id"], stream=False, one_shot=one_shot)
+                   for summary in listed]
+        _, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        if not_done:
+            for future in not_done:
+                future.cancel()
+            raise self._timeout_error("GET /containers/{id}/stats")
+        readings = []
+        for summary, future in zip(listed, futures):
+            try:
+                stats = future.result()
+            except docker.errors.NotFound:
+                continue  # removed since it was listed
+            except Exception as exc:
+                raise self._engine_error(exc, f"GET /containers/{summary['Id'][:12]}/stats") from None
+            if not isinstance(stats, dict):
+                raise MalformedAnswer(f"GET /containers/{summary['Id'][:12]}/stats did not give an object")
+            reading = container_memory(summary, stats, host_memory)
+            if reading is not None:
+                readings.append(reading)
+        return readings
+
+    def _connected_client(self, deadline: float) -> docker.APIClient:
+        """The client of earlier scrapes (its pooled connections make a scrape fast), or a new one."""
+        if self._client is None:
+            self.host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
+            self._client = self._call("GET /version", deadline, self._new_client, self.host)
+            self._host_memory = None
+        return self._client
+
+    def _new_client(self, host: str) -> docker.APIClient:
+        tls = docker.utils.kwargs_from_env().get("tls") if host.startswith("tcp://") else None
+        # version="auto" asks the engine (GET /version) instead of assuming the SDK's newest API.
+        return docker.APIClient(base_url=host, version="auto", timeout=self.config.timeout, tls=tls or False,
+                                max_pool_size=MAX_PARALLEL_STATS)
+
+    def _cached_host_memory(self, client: docker.APIClient, deadline: float) -> int:
+        if self._host_memory is None or time.monotonic() - self._host_memory_read_at > HOST_MEMORY_TTL_SECONDS:
+            self._host_memory = _host_memory(self._call("GET /info", deadline, client.info))
+            self._host_memory_read_at = time.monotonic()
+        return self._host_memory
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+
+    def _call(self, what: str, deadline: float, function, *args, **kwargs):
+        """function(*args, **kwargs) on the pool, given up at the deadline."""
+        future = self._pool.submit(function, *args, **kwargs)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            future.cancel()
+            raise self._timeout_error(what) from None
+        except Exception as exc:
+            raise self._engine_error(exc, what) from None
+
+    def _timeout_error(self, what: str) -> CollectorError:
+        return CollectorError(f"the Docker engine at {self.host} did not answer {what} within {self.config.timeout:g}s")
+
+    def _as_collector_error(self, exc: Exception) -> CollectorError:
+        if isinstance(exc, CollectorError):
+            return exc
+        return CollectorError(f"the Docker engine at {self.host} sent a malformed answer: {exc}")
+
+    def _engine_error(self, exc: Exception, what: str) -> CollectorError:
+        """A one-line reason from the SDK's nested exceptions (DockerException from
+        requests' ConnectionError from urllib3's ProtocolError from the OSError)."""
+        causes = list(_causes(exc))
+        for cause in causes:
+            if isinstance(cause, docker.errors.APIError):
+                explanation = cause.explanation or (cause.response.reason if cause.response is not None else "")
+                return CollectorError(f"the Docker engine at {self.host} answered {what} with HTTP "
+                                      f"{cause.status_code}: {_one_line(explanation)}")
+        for cause in causes:
+            if isinstance(cause, (json.JSONDecodeError, requests.exceptions.JSONDecodeError)):
+                return CollectorError(f"the Docker engine at {self.host} sent a malformed answer to {what}: "
+                                      f"{_one_line(str(cause))}")
+        for cause in causes:
+            if isinstance(cause, FileNotFoundError):
+                return CollectorError(f"cannot reach the Docker engine at {self.host}: no socket there "
+                                      "(is the engine running?)")
+            if isinstance(cause, ConnectionRefusedError):
+                return CollectorError(f"cannot reach the Docker engine at {self.host}: connection refused")
+            if isinstance(cause, PermissionError):
+                return CollectorError(f"cannot reach the Docker engine at {self.host}: permission denied "
+                                      "(is this user allowed to use the Docker socket?)")
+            if isinstance(cause, (TimeoutError, requests.exceptions.Timeout)):
+                return self._timeout_error(what)
+        innermost = causes[-1]
+        return CollectorError(f"cannot reach the Docker engine at {self.host}: "
+                              f"{_one_line(str(innermost) or type(innermost).__name__)}")
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    """exc and what it wraps, outermost first: causes, contexts and exception arguments."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
