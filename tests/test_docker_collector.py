@@ -23,6 +23,7 @@ from exporter.collectors.base import CollectorError
 from exporter.collectors.docker import DockerCollector, image_family, memory_usage, resolve_docker_host
 from exporter.config import Config
 from exporter.scrape import Scraper
+from tests.conftest import missing_realpart
 from tests.parts.docker_engine import DockerEngine, EngineUnavailable
 
 MiB = 2**20
@@ -89,9 +90,15 @@ def containers(docker_engine):
         docker_engine.client.api.remove_container(container_id, force=True)
 
 
-@pytest.fixture
-def collector(docker_engine):
-    return DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+@pytest.fixture(params=["cgroup files", "stats API"])
+def collector(request, docker_engine):
+    """Both ways of reading: the cgroup files where visible, and the engine's stats API."""
+    collector = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+    if request.param == "stats API":
+        collector.cgroup_root = None
+    elif collector.cgroup_root is None:
+        missing_realpart("no /sys/fs/cgroup on this machine")
+    return collector
 
 
 def engine_figures(engine: DockerEngine, ids: dict[str, str]) -> dict[str, int]:
@@ -565,3 +572,47 @@ def test_linux_without_any_socket_names_the_system_one(home):
 
 def test_windows_named_pipe(home):
     assert resolve_docker_host({}, home, "win32") == "npipe:////./pipe/docker_engine"
+
+
+# --- the cgroup fast path ------------------------------------------------------------
+
+def test_cgroup_files_give_the_engines_figures(docker_engine, containers):
+    """Where the engine's cgroups are visible (here), they answer; the API path must agree."""
+    from exporter.collectors.docker import CGROUP_ROOT, cgroup_memory
+
+    ours = {name: containers[name] for name in CONTAINERS}
+    found = {name: cgroup_memory(CGROUP_ROOT, container_id) for name, container_id in ours.items()}
+    if any(figures is None for figures in found.values()):
+        missing_realpart("the engine's memory cgroups are not visible under /sys/fs/cgroup")
+    fast = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+    through_api = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+    through_api.cgroup_root = None
+    fast_usage = by_container(collect(fast)[0][USAGE])
+    api_usage = by_container(collect(through_api)[0][USAGE])
+    for name, spec in CONTAINERS.items():
+        held = spec["run"]["hold_mb"] * MiB
+        assert held <= fast_usage[name][1] <= held + 8 * MiB, name
+        assert abs(fast_usage[name][1] - api_usage[name][1]) <= 2 * MiB, name
+        assert fast_usage[name][0] == api_usage[name][0]  # same labels
+    assert found["supabase-db"][1] == 64 * MiB and found["dev-postgres"][1] is None
+    assert by_container(collect(fast)[0][LIMIT]).keys() & CONTAINERS.keys() == {"supabase-db"}
+
+
+def test_cgroup_v2_files(tmp_path):
+    from exporter.collectors.docker import cgroup_memory
+
+    container_id = "a" * 64
+    directory = tmp_path / "system.slice" / f"docker-{container_id}.scope"
+    directory.mkdir(parents=True)
+    (directory / "memory.current").write_text("104857600\n")
+    (directory / "memory.max").write_text("max\n")
+    (directory / "memory.stat").write_text("anon 80000000\nfile 20000000\ninactive_file 4857600\nactive_file 1\n")
+    assert cgroup_memory(tmp_path, container_id) == (100_000_000, None)
+    (directory / "memory.max").write_text("268435456\n")
+    assert cgroup_memory(tmp_path, container_id) == (100_000_000, 256 * MiB)
+    assert cgroup_memory(tmp_path, "b" * 64) is None
+    assert cgroup_memory(tmp_path, "../../etc") is None
+    (directory / "memory.stat").write_text("garbage")
+    assert cgroup_memory(tmp_path, container_id) == (104857600, 256 * MiB)
+    (directory / "memory.current").write_text("not a number")
+    assert cgroup_memory(tmp_path, container_id) is None

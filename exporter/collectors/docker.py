@@ -50,6 +50,10 @@ COMPOSE_SERVICE_LABEL = "com.docker.compose.service"
 CONTAINER_LABELS = ("name", "image", "family", "compose_project", "compose_service")
 
 _IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# cgroup v1 writes "no limit" as the largest page-aligned 64-bit value; anything this large is none.
+CGROUP_NO_LIMIT = 2**62
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,10 @@ def container_memory(summary: Mapping[str, Any], stats: Mapping[str, Any], host_
         return None
     # With no limit set, the engine reports the host's memory as the limit.
     limit = _count(memory_stats.get("limit", 0), "memory_stats.limit")
+    return _with_labels(summary, memory_usage(memory_stats), limit if 0 < limit < host_memory else None)
+
+
+def _with_labels(summary: Mapping[str, Any], usage_bytes: int, limit_bytes: int | None) -> ContainerMemory:
     labels = summary.get("Labels")
     labels = labels if isinstance(labels, dict) else {}
     image = str(summary.get("Image") or "")
@@ -173,9 +181,42 @@ def container_memory(summary: Mapping[str, Any], stats: Mapping[str, Any], host_
         family=image_family(image),
         compose_project=labels.get(COMPOSE_PROJECT_LABEL, ""),
         compose_service=labels.get(COMPOSE_SERVICE_LABEL, ""),
-        usage_bytes=memory_usage(memory_stats),
-        limit_bytes=limit if 0 < limit < host_memory else None,
+        usage_bytes=usage_bytes,
+        limit_bytes=limit_bytes,
     )
+
+
+def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | None:
+    """(usage as docker stats computes it, limit or None) from the container's memory
+    cgroup, as the engine itself reads it; None when no cgroup of that id is visible."""
+    if not _CONTAINER_ID.fullmatch(container_id):
+        return None
+    candidates = (  # cgroupfs and systemd drivers, cgroup v1 and v2
+        root / "memory" / "docker" / container_id,
+        root / "memory" / "system.slice" / f"docker-{container_id}.scope",
+        root / "system.slice" / f"docker-{container_id}.scope",
+        root / "docker" / container_id,
+    )
+    for directory in candidates:
+        try:
+            if (directory / "memory.usage_in_bytes").exists():  # v1
+                usage = int((directory / "memory.usage_in_bytes").read_text())
+                limit = int((directory / "memory.limit_in_bytes").read_text())
+                inactive_key = "total_inactive_file"
+            elif (directory / "memory.current").exists():  # v2
+                usage = int((directory / "memory.current").read_text())
+                raw_limit = (directory / "memory.max").read_text().strip()
+                limit = CGROUP_NO_LIMIT if raw_limit == "max" else int(raw_limit)
+                inactive_key = "inactive_file"
+            else:
+                continue
+            stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines()
+                        if line.count(" ") == 1)
+        except (OSError, ValueError):
+            return None  # gone mid-read, or not ours to read: the API answers instead
+        memory_stats = {"usage": usage, "stats": {inactive_key: int(stat.get(inactive_key, 0))}}
+        return memory_usage(memory_stats), (limit if 0 < limit < CGROUP_NO_LIMIT else None)
+    return None
 
 
 def _container_name(summary: Mapping[str, Any]) -> str:
@@ -215,6 +256,7 @@ class DockerCollector(SourceCollector):
         self._client: docker.APIClient | None = None
         self._host_memory: int | None = None
         self._host_memory_read_at = 0.0
+        self.cgroup_root: Path | None = CGROUP_ROOT if CGROUP_ROOT.is_dir() else None
         # Runs every engine call, so that each one can be abandoned at the deadline.
         self._pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_STATS, thread_name_prefix="docker")
 
@@ -253,6 +295,22 @@ class DockerCollector(SourceCollector):
         yield limit
 
     def _read_containers(self, client: docker.APIClient, listed: list[dict], deadline: float) -> list[ContainerMemory]:
+        readings = []
+        if self.cgroup_root is not None:
+            through_api = []
+            for summary in listed:
+                figures = cgroup_memory(self.cgroup_root, summary["Id"])
+                if figures is None:
+                    through_api.append(summary)
+                else:
+                    readings.append(_with_labels(summary, *figures))
+            listed = through_api
+        if listed:
+            readings += self._read_containers_through_api(client, listed, deadline)
+        return readings
+
+    def _read_containers_through_api(self, client: docker.APIClient, listed: list[dict],
+                                     deadline: float) -> list[ContainerMemory]:
         host_memory = self._cached_host_memory(client, deadline)
         one_shot = None if docker.utils.version_lt(client.api_version, ONE_SHOT_MIN_API_VERSION) else True
         futures = [self._pool.submit(client.stats, summary["Id"], stream=False, one_shot=one_shot)
