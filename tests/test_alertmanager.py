@@ -16,21 +16,18 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
-import json
 import shutil
-import socket
 import socketserver
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.conftest import missing_realpart
+from tests.parts.monitoring import Alertmanager, MissingBinary, WebhookReceiver, alertmanager_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "alertmanager" / "alertmanager.yml"
@@ -123,40 +120,6 @@ def test_webhook_url_in_one_place_and_no_secret_in_the_config():
 
 # ----------------------------------------------------- a real Alertmanager
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class WebhookReceiver:
-    """Collects the JSON bodies Alertmanager posts."""
-
-    def __init__(self):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                received.append(json.loads(body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alerts(self) -> list[dict]:
-        return [alert for body in list(self.received) for alert in body["alerts"]]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 class SMTPSink:
     """A minimal SMTP server: EHLO (offers AUTH PLAIN), AUTH, MAIL, RCPT, DATA, QUIT."""
 
@@ -216,80 +179,6 @@ class SMTPSink:
         self.server.server_close()
 
 
-def local_config(webhook_url: str, smarthost: str, password_file: Path) -> dict:
-    """The shipped config, pointed at the local receivers, with short group waits.
-
-    Changed: the webhook URL, the smarthost (plain SMTP on 127.0.0.1, so no TLS), the
-    password file, the template path (absolute) and group_wait/group_interval (1s/2s).
-    Routes, matchers, grouping, inhibitions and templates stay as shipped.
-    """
-    document = config()
-    for receiver in document["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = webhook_url
-    document["global"].update(smtp_smarthost=smarthost, smtp_require_tls=False,
-                              smtp_auth_password_file=str(password_file))
-    document["templates"] = [str(TEMPLATES / "*.tmpl")]
-
-    def shorten(route: dict):
-        for key, value in (("group_wait", "1s"), ("group_interval", "2s")):
-            if key in route:
-                route[key] = value
-        for child in route.get("routes", []):
-            shorten(child)
-
-    shorten(document["route"])
-    document["route"]["group_wait"], document["route"]["group_interval"] = "1s", "2s"
-    return document
-
-
-
-class Alertmanager:
-    def __init__(self, config_path: Path, workdir: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "alertmanager.log", "w+")
-        self.process = subprocess.Popen(
-            [binary("prometheus-alertmanager", "prometheus-alertmanager"), f"--config.file={config_path}",
-             f"--storage.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--cluster.listen-address=", "--log.level=debug"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"Alertmanager did not start:\n{self.logs()}")
-            time.sleep(0.2)
-
-    def logs(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def post(self, alerts: list[dict]):
-        response = httpx.post(f"{self.url}/api/v2/alerts", json=alerts, timeout=10)
-        assert response.status_code == 200, response.text
-
-    def alerts(self, **filters: str) -> list[dict]:
-        response = httpx.get(f"{self.url}/api/v2/alerts", params=filters, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
 def alert(alertname: str, instance: str, severity: str, component: str, **labels: str) -> dict:
     return {
         "labels": {"alertname": alertname, "instance": instance, "severity": severity, "component": component,
@@ -340,10 +229,13 @@ def running_alertmanager(tmp_path):
     # No newline at the end: Alertmanager 0.25 sends the file's content as it is.
     password_file.write_text("s3cret-from-a-file")
     config_path = tmp_path / "alertmanager.yml"
-    config_path.write_text(yaml.safe_dump(local_config(webhook.url, smtp.address, password_file), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(alertmanager_config(webhook.url, smtp.address, password_file), sort_keys=False))
     check = amtool("check-config", str(config_path))
     assert check.returncode == 0, check.stdout + check.stderr
-    manager = Alertmanager(config_path, tmp_path)
+    try:
+        manager = Alertmanager(config_path, tmp_path)
+    except MissingBinary as exc:
+        missing_realpart(str(exc))
     yield manager, webhook, smtp
     manager.stop()
     webhook.close()
@@ -370,7 +262,7 @@ def test_inhibitions_and_receivers_in_a_real_alertmanager(running_alertmanager):
         got = manager.alerts(active="false", silenced="false", inhibited="true", unprocessed="false")
         return got if {key(a["labels"]) for a in got} == expected_inhibited else None
 
-    inhibited = wait_for(inhibited_now, what=f"the inhibited alerts\n{manager.logs()}")
+    inhibited = wait_for(inhibited_now, what=f"the inhibited alerts\n{manager.log()}")
     for a in inhibited:
         assert a["status"]["state"] == "suppressed"
         assert a["status"]["inhibitedBy"], a["labels"]
@@ -380,7 +272,7 @@ def test_inhibitions_and_receivers_in_a_real_alertmanager(running_alertmanager):
 
     # The webhook gets every active alert, with its annotations, and no inhibited one.
     wait_for(lambda: {key(a["labels"]) for a in webhook.alerts()} >= expected_active,
-             what=f"the webhook notifications\n{manager.logs()}")
+             what=f"the webhook notifications\n{manager.log()}")
     time.sleep(3)  # another group_interval: an inhibited alert would have come by now
     delivered = webhook.alerts()
     assert {key(a["labels"]) for a in delivered} == expected_active
@@ -393,7 +285,7 @@ def test_inhibitions_and_receivers_in_a_real_alertmanager(running_alertmanager):
     # The critical ones also go out by e-mail: one message per group, every alert of it
     # with its summary, description and action; the password came from the file.
     critical = [a for a, inhibited in SCENARIO if not inhibited and a["labels"]["severity"] == "critical"]
-    wait_for(lambda: len(smtp.messages) >= len(critical), what=f"the e-mails\n{manager.logs()}")
+    wait_for(lambda: len(smtp.messages) >= len(critical), what=f"the e-mails\n{manager.log()}")
     time.sleep(1)
     assert len(smtp.messages) == len(critical)
     assert smtp.logins and all(login == ("aitools-alerts@example.com", "s3cret-from-a-file") for login in smtp.logins)

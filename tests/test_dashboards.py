@@ -15,12 +15,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
 import urllib.parse
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import UNDER_CI, missing_realpart
+from tests.parts.monitoring import MissingBinary, Prometheus, wait_until
 
 try:
     import grafana_foundation_sdk  # noqa: F401  (the test extra of pyproject.toml)
@@ -477,12 +476,6 @@ aitools_collector_series_dropped{{collector="docker"}} 0
 MAY_BE_EMPTY = ("baseline_growth", "ALERTS")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _Standin(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         body = STANDIN_METRICS.encode()
@@ -496,19 +489,9 @@ class _Standin(BaseHTTPRequestHandler):
         pass
 
 
-def _query(base: str, expr: str) -> list[dict]:
-    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        document = json.load(answer)
-    assert document["status"] == "success", document
-    return document["data"]["result"]
-
-
 @pytest.fixture(scope="module")
 def prometheus_with_rules(tmp_path_factory):
-    binary = shutil.which("prometheus")
-    if binary is None:
-        missing_realpart("prometheus is not installed (apt-get install prometheus)")
+    """Debian's Prometheus with the bundled rules, scraping a stand-in exporter."""
     rule_files = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
     assert rule_files, "prometheus/rules/*.yml"
     workdir = tmp_path_factory.mktemp("prometheus")
@@ -521,59 +504,43 @@ def prometheus_with_rules(tmp_path_factory):
         "scrape_configs": [{"job_name": "aitools", "static_configs": [{"targets": [target]}]}],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
-    log = open(workdir / "prometheus.log", "wb")
-    process = subprocess.Popen(
-        [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"prometheus exited: {(workdir / 'prometheus.log').read_text()[-2000:]}")
-            try:
-                if _query(base, 'aitools:efficiency_score:overall') and len(_query(base, "aitools:efficiency_score")) == 4:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the rules produced no score in 90 s: {(workdir / 'prometheus.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        time.sleep(2)  # a few more evaluations: every rule has run on every series
-        yield base, target
-    finally:
-        process.terminate()
+        prometheus = Prometheus(workdir / "prometheus.yml", workdir)
+    except MissingBinary as exc:
+        missing_realpart(str(exc))
+    try:
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            wait_until(lambda: prometheus.query("aitools:efficiency_score:overall")
+                       and len(prometheus.query("aitools:efficiency_score")) == 4, 90, "the rules' scores")
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}: {prometheus.log()[-2000:]}")
+        time.sleep(2)  # a few more evaluations: every rule has run on every series
+        yield prometheus, target
+    finally:
+        prometheus.stop()
         standin.shutdown()
         standin.server_close()
 
 
 def test_every_panel_query_returns_its_series(prometheus_with_rules):
-    base, instance = prometheus_with_rules
+    prometheus, instance = prometheus_with_rules
     values = {"instance": instance, "target": ".*", "project": ".*", "datasource": "x", **GRAFANA_BUILTINS}
     empty = []
     for name, where, expr in all_queries():
-        result = _query(base, substitute(expr, values))
+        result = prometheus.query(substitute(expr, values))
         if not result and not any(marker in expr for marker in MAY_BE_EMPTY):
             empty.append(f"{name} {where}: {expr}")
     assert not empty, "queries that show nothing:\n" + "\n".join(empty)
 
 
 def test_queries_show_the_right_values(prometheus_with_rules):
-    base, instance = prometheus_with_rules
+    prometheus, instance = prometheus_with_rules
     values = {"instance": instance, "target": ".*", "project": ".*", "datasource": "x", **GRAFANA_BUILTINS}
 
     def run(dashboard: str, title: str, ref: str = "A") -> list[dict]:
         panel = next(p for p in panels_of(committed()[dashboard]) if p["title"] == title)
         target = next(t for t in panel["targets"] if t["refId"] == ref)
-        return _query(base, substitute(target["expr"], values))
+        return prometheus.query(substitute(target["expr"], values))
 
     # The top consumers: one of each kind, largest first, named in `consumer`.
     top = run("overview.json", "Top consumers now")
