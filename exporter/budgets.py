@@ -59,15 +59,16 @@ class Samples:
             for sample in family.samples:
                 self.by_name[sample.name].append((sample.labels, sample.value))
 
-    def all(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-        return [(l, v) for l, v in self.by_name.get(name, []) if all(l.get(k) == val for k, val in labels.items())]
+    # The metric name is positional-only: `name` is also a label (of the container metrics).
+    def all(self, metric: str, /, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [(l, v) for l, v in self.by_name.get(metric, []) if all(l.get(k) == val for k, val in labels.items())]
 
-    def value(self, name: str, **labels: str) -> float | None:
-        found = self.all(name, **labels)
+    def value(self, metric: str, /, **labels: str) -> float | None:
+        found = self.all(metric, **labels)
         return found[0][1] if found else None
 
-    def total(self, name: str, **labels: str) -> float:
-        return sum(v for _, v in self.all(name, **labels))
+    def total(self, metric: str, /, **labels: str) -> float:
+        return sum(v for _, v in self.all(metric, **labels))
 
 
 def node_tracked_bytes(samples: Samples, target: str) -> float | None:

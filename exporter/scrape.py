@@ -37,6 +37,16 @@ class SourceResult:
     dropped: int = 0
 
 
+def _label_value(value: object) -> str | None:
+    """A label value the exposition can always write: text, at most MAX_LABEL_VALUE_LENGTH
+    characters, valid UTF-8 (a lone surrogate, which JSON can carry as "\\ud800", would make
+    the whole page fail to encode); None when it is not text at all."""
+    if not isinstance(value, str):
+        return None
+    value = value[:MAX_LABEL_VALUE_LENGTH]
+    return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+
+
 def _sanitise(family: Metric) -> tuple[Metric, int]:
     """Drop non-finite or negative samples and cap the series; returns how many were dropped."""
     kept, dropped, seen = [], 0, set()
@@ -45,7 +55,10 @@ def _sanitise(family: Metric) -> tuple[Metric, int]:
         if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) or value < 0:
             dropped += 1
             continue
-        labels = {k: v[:MAX_LABEL_VALUE_LENGTH] for k, v in sample.labels.items()}
+        labels = {k: _label_value(v) for k, v in sample.labels.items()}
+        if None in labels.values():
+            dropped += 1
+            continue
         key = (sample.name, tuple(sorted(labels.items())))
         if key in seen or len(kept) >= MAX_SERIES_PER_FAMILY:
             dropped += 1
@@ -54,6 +67,33 @@ def _sanitise(family: Metric) -> tuple[Metric, int]:
         kept.append(sample._replace(labels=labels))
     family.samples = kept
     return family, dropped
+
+
+def _merge(page: dict[str, Metric], families: list[Metric]) -> int:
+    """Adds a collector's families to the page's, one family per name: both exposition
+    formats allow a name's HELP and TYPE once, and two collectors may publish the same
+    family (Ollama and LM Studio both publish aitools_llm_*). Returns how many samples were
+    dropped: the same series as another collector's, or a family of another type."""
+    dropped = 0
+    for family in families:
+        present = page.get(family.name)
+        if present is None:
+            page[family.name] = family
+            continue
+        if present.type != family.type:
+            dropped += len(family.samples)
+            continue
+        seen = {(sample.name, tuple(sorted(sample.labels.items()))) for sample in present.samples}
+        added = []
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            if key in seen:
+                dropped += 1
+                continue
+            seen.add(key)
+            added.append(sample)
+        present.samples = present.samples + added
+    return dropped
 
 
 def _run_source(source: SourceCollector) -> SourceResult:
@@ -119,11 +159,12 @@ class Scraper(Collector):
             futures[source.name] = self._running[source.name] = self._pool.submit(_run_source, source)
         wait(futures.values(), timeout=self.timeout + SCRAPE_MARGIN_SECONDS)
 
-        families: list[Metric] = []
+        page: dict[str, Metric] = {}
         success = gauge("aitools_collector_success", "1 when the collector's last run succeeded.", ["collector"])
         duration = gauge("aitools_collector_duration_seconds", "How long the collector took.", ["collector"])
         dropped = gauge("aitools_collector_series_dropped",
-                        "Samples the collector dropped this scrape: not finite, negative, duplicate or over the series cap.",
+                        "Samples the collector dropped this scrape: not finite, negative, a label value that is not text, "
+                        "duplicate or over the series cap.",
                         ["collector"])
         for source in self.sources:
             future = futures.get(source.name)
@@ -135,12 +176,12 @@ class Scraper(Collector):
             else:
                 result = SourceResult(error=f"timed out after {self.timeout:g}s",
                                       duration=time.perf_counter() - started)
-            families.extend(result.families)
+            result.dropped += _merge(page, result.families)
             success.add_metric([source.name], 1.0 if result.success else 0.0)
             duration.add_metric([source.name], result.duration)
             dropped.add_metric([source.name], float(result.dropped))
             self._log_transition(source.name, result.error)
-        return families + [success, duration, dropped]
+        return list(page.values()) + [success, duration, dropped]
 
     def _log_transition(self, name: str, error: str | None) -> None:
         """Say once when a collector starts failing (or fails differently), and once when it recovers."""

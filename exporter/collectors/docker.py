@@ -28,13 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import docker.utils
-import requests.exceptions
 from prometheus_client.metrics_core import Metric
 
 from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
+                                            UnixSocketEngine, version_lt)
 from exporter.config import Config
 
 # The engine answers stats from a loop that samples the containers it is asked about
@@ -179,8 +177,8 @@ def _with_labels(summary: Mapping[str, Any], usage_bytes: int, limit_bytes: int 
         name=_container_name(summary),
         image=image,
         family=image_family(image),
-        compose_project=labels.get(COMPOSE_PROJECT_LABEL, ""),
-        compose_service=labels.get(COMPOSE_SERVICE_LABEL, ""),
+        compose_project=_text(labels.get(COMPOSE_PROJECT_LABEL)),
+        compose_service=_text(labels.get(COMPOSE_SERVICE_LABEL)),
         usage_bytes=usage_bytes,
         limit_bytes=limit_bytes,
     )
@@ -191,36 +189,70 @@ def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | Non
     cgroup, as the engine itself reads it; None when no cgroup of that id is visible."""
     if not _CONTAINER_ID.fullmatch(container_id):
         return None
+    base = str(root)
     candidates = (  # cgroupfs and systemd drivers, cgroup v1 and v2
-        root / "memory" / "docker" / container_id,
-        root / "memory" / "system.slice" / f"docker-{container_id}.scope",
-        root / "system.slice" / f"docker-{container_id}.scope",
-        root / "docker" / container_id,
+        f"{base}/memory/docker/{container_id}/",
+        f"{base}/memory/system.slice/docker-{container_id}.scope/",
+        f"{base}/system.slice/docker-{container_id}.scope/",
+        f"{base}/docker/{container_id}/",
     )
+    # Read at every scrape for every container: plain reads, no probing and no Path objects.
     for directory in candidates:
         try:
-            if (directory / "memory.usage_in_bytes").exists():  # v1
-                usage = int((directory / "memory.usage_in_bytes").read_text())
-                limit = int((directory / "memory.limit_in_bytes").read_text())
-                inactive_key = "total_inactive_file"
-            elif (directory / "memory.current").exists():  # v2
-                usage = int((directory / "memory.current").read_text())
-                raw_limit = (directory / "memory.max").read_text().strip()
-                limit = CGROUP_NO_LIMIT if raw_limit == "max" else int(raw_limit)
-                inactive_key = "inactive_file"
-            else:
-                continue
-            stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines()
-                        if line.count(" ") == 1)
+            try:  # v1
+                usage = int(_read_file(directory + "memory.usage_in_bytes"))
+                limit = int(_read_file(directory + "memory.limit_in_bytes"))
+                inactive_key = b"total_inactive_file"
+            except (FileNotFoundError, NotADirectoryError):  # v2, or no cgroup here
+                try:
+                    usage = int(_read_file(directory + "memory.current"))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                raw_limit = _read_file(directory + "memory.max").strip()
+                limit = CGROUP_NO_LIMIT if raw_limit == b"max" else int(raw_limit)
+                inactive_key = b"inactive_file"
+            inactive = _memory_stat_value(_read_file(directory + "memory.stat"), inactive_key)
         except (OSError, ValueError):
             return None  # gone mid-read, or not ours to read: the API answers instead
-        memory_stats = {"usage": usage, "stats": {inactive_key: int(stat.get(inactive_key, 0))}}
+        memory_stats = {"usage": usage, "stats": {inactive_key.decode(): inactive}}
         return memory_usage(memory_stats), (limit if 0 < limit < CGROUP_NO_LIMIT else None)
     return None
 
 
+def _read_file(path: str) -> bytes:
+    """A cgroup file: cgroupfs answers a read with all it has when the buffer holds it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, 8192)
+        if len(data) < 8192:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _memory_stat_value(text: bytes, key: bytes) -> int:
+    """The value of `key` in a memory.stat file ("key value" lines); 0 when it has none."""
+    padded = b"\n" + text
+    at = padded.find(b"\n" + key + b" ")
+    if at < 0:
+        return 0
+    start = at + len(key) + 2
+    end = padded.find(b"\n", start)
+    return int(padded[start:] if end < 0 else padded[start:end])
+
+
+def _text(value: Any) -> str:
+    """A label's value as the API documents it (a string), or '' when it is not one."""
+    return value if isinstance(value, str) else ""
+
+
 def _container_name(summary: Mapping[str, Any]) -> str:
-    names = [name.lstrip("/") for name in summary.get("Names") or []]
+    names = summary.get("Names")
+    names = [name.lstrip("/") for name in names if isinstance(name, str)] if isinstance(names, list) else []
     # Legacy links add names like /other/alias; the container's own name has no '/'.
     own = [name for name in names if "/" not in name]
     return (own or names or [str(summary.get("Id", ""))[:12]])[0]
@@ -253,7 +285,7 @@ class DockerCollector(SourceCollector):
     def __init__(self, config: Config):
         super().__init__(config)
         self.host: str | None = None
-        self._client: docker.APIClient | None = None
+        self._client: EngineClient | None = None
         self._host_memory: int | None = None
         self._host_memory_read_at = 0.0
         self.cgroup_root: Path | None = CGROUP_ROOT if CGROUP_ROOT.is_dir() else None
@@ -294,7 +326,7 @@ class DockerCollector(SourceCollector):
         yield usage
         yield limit
 
-    def _read_containers(self, client: docker.APIClient, listed: list[dict], deadline: float) -> list[ContainerMemory]:
+    def _read_containers(self, client: EngineClient, listed: list[dict], deadline: float) -> list[ContainerMemory]:
         readings = []
         if self.cgroup_root is not None:
             through_api = []
@@ -309,10 +341,12 @@ class DockerCollector(SourceCollector):
             readings += self._read_containers_through_api(client, listed, deadline)
         return readings
 
-    def _read_containers_through_api(self, client: docker.APIClient, listed: list[dict],
+    def _read_containers_through_api(self, client: EngineClient, listed: list[dict],
                                      deadline: float) -> list[ContainerMemory]:
         host_memory = self._cached_host_memory(client, deadline)
-        one_shot = None if docker.utils.version_lt(client.api_version, ONE_SHOT_MIN_API_VERSION) else True
+        one_shot = None if version_lt(client.api_version, ONE_SHOT_MIN_API_VERSION) else True
+        if isinstance(client, UnixSocketEngine):
+            client.reserve(len(listed))  # all in flight at once: the engine answers them in one round
         futures = [self._pool.submit(client.stats, summary["Id"], stream=False, one_shot=one_shot)
                    for summary in listed]
         _, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
@@ -324,9 +358,9 @@ class DockerCollector(SourceCollector):
         for summary, future in zip(listed, futures):
             try:
                 stats = future.result()
-            except docker.errors.NotFound:
-                continue  # removed since it was listed
             except Exception as exc:
+                if _is_not_found(exc):
+                    continue  # removed since it was listed
                 raise self._engine_error(exc, f"GET /containers/{summary['Id'][:12]}/stats") from None
             if not isinstance(stats, dict):
                 raise MalformedAnswer(f"GET /containers/{summary['Id'][:12]}/stats did not give an object")
@@ -335,7 +369,7 @@ class DockerCollector(SourceCollector):
                 readings.append(reading)
         return readings
 
-    def _connected_client(self, deadline: float) -> docker.APIClient:
+    def _connected_client(self, deadline: float) -> EngineClient:
         """The client of earlier scrapes (its pooled connections make a scrape fast), or a new one."""
         if self._client is None:
             self.host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
@@ -343,13 +377,21 @@ class DockerCollector(SourceCollector):
             self._host_memory = None
         return self._client
 
-    def _new_client(self, host: str) -> docker.APIClient:
+    def _new_client(self, host: str) -> EngineClient:
+        for scheme in ("unix://", "http+unix://"):
+            if host.startswith(scheme):
+                return UnixSocketEngine(host[len(scheme):], timeout=self.config.timeout)
+        # tcp:// (with the docker CLI's DOCKER_TLS_VERIFY and DOCKER_CERT_PATH), ssh://, npipe://:
+        # the Docker SDK, imported only for them.
+        import docker
+        import docker.utils
+
         tls = docker.utils.kwargs_from_env().get("tls") if host.startswith("tcp://") else None
         # version="auto" asks the engine (GET /version) instead of assuming the SDK's newest API.
         return docker.APIClient(base_url=host, version="auto", timeout=self.config.timeout, tls=tls or False,
                                 max_pool_size=MAX_PARALLEL_STATS)
 
-    def _cached_host_memory(self, client: docker.APIClient, deadline: float) -> int:
+    def _cached_host_memory(self, client: EngineClient, deadline: float) -> int:
         if self._host_memory is None or time.monotonic() - self._host_memory_read_at > HOST_MEMORY_TTL_SECONDS:
             self._host_memory = _host_memory(self._call("GET /info", deadline, client.info))
             self._host_memory_read_at = time.monotonic()
@@ -380,16 +422,22 @@ class DockerCollector(SourceCollector):
         return CollectorError(f"the Docker engine at {self.host} sent a malformed answer: {exc}")
 
     def _engine_error(self, exc: Exception, what: str) -> CollectorError:
-        """A one-line reason from the SDK's nested exceptions (DockerException from
-        requests' ConnectionError from urllib3's ProtocolError from the OSError)."""
+        """A one-line reason from the client's nested exceptions (the SDK's: DockerException
+        from requests' ConnectionError from urllib3's ProtocolError from the OSError)."""
         causes = list(_causes(exc))
+        # The SDK's exceptions, when the SDK is in use (imported for hosts other than unix://).
+        sdk_errors, requests_errors = sys.modules.get("docker.errors"), sys.modules.get("requests.exceptions")
         for cause in causes:
-            if isinstance(cause, docker.errors.APIError):
+            if isinstance(cause, EngineAPIError):
+                return CollectorError(f"the Docker engine at {self.host} answered {what} with HTTP "
+                                      f"{cause.status_code}: {_one_line(cause.explanation or cause.reason)}")
+            if sdk_errors is not None and isinstance(cause, sdk_errors.APIError):
                 explanation = cause.explanation or (cause.response.reason if cause.response is not None else "")
                 return CollectorError(f"the Docker engine at {self.host} answered {what} with HTTP "
                                       f"{cause.status_code}: {_one_line(explanation)}")
         for cause in causes:
-            if isinstance(cause, (json.JSONDecodeError, requests.exceptions.JSONDecodeError)):
+            # requests' JSONDecodeError is a json.JSONDecodeError too.
+            if isinstance(cause, (json.JSONDecodeError, MalformedEngineAnswer)):
                 return CollectorError(f"the Docker engine at {self.host} sent a malformed answer to {what}: "
                                       f"{_one_line(str(cause))}")
         for cause in causes:
@@ -401,11 +449,17 @@ class DockerCollector(SourceCollector):
             if isinstance(cause, PermissionError):
                 return CollectorError(f"cannot reach the Docker engine at {self.host}: permission denied "
                                       "(is this user allowed to use the Docker socket?)")
-            if isinstance(cause, (TimeoutError, requests.exceptions.Timeout)):
+            if isinstance(cause, TimeoutError) or (requests_errors is not None
+                                                   and isinstance(cause, requests_errors.Timeout)):
                 return self._timeout_error(what)
         innermost = causes[-1]
         return CollectorError(f"cannot reach the Docker engine at {self.host}: "
                               f"{_one_line(str(innermost) or type(innermost).__name__)}")
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    sdk_errors = sys.modules.get("docker.errors")
+    return isinstance(exc, EngineNotFound) or (sdk_errors is not None and isinstance(exc, sdk_errors.NotFound))
 
 
 def _causes(exc: BaseException) -> Iterable[BaseException]:

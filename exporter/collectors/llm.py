@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.tls import tls_verify
 from exporter.config import Config
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 2**20
 MAX_ERROR_DETAIL_CHARS = 200
 MAX_BYTE_COUNT = 2**63  # sizes are int64 on both servers
+
+# Visible ASCII: what an Authorization header can carry (RFC 9110 field values, less
+# spaces and tabs, which no bearer token holds).
+_BEARER_TOKEN_CHARACTERS = re.compile(r"[\x21-\x7e]+")
 
 LMSTUDIO_V1_MODELS = "/api/v1/models"
 LMSTUDIO_V0_MODELS = "/api/v0/models"
@@ -72,9 +78,7 @@ class Deadline:
         self.expired = False
         self._socket: socket.socket | None = None
         self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        _WATCHDOG.watch(self)
 
     def remaining(self) -> float:
         return max(0.001, self.expires_at - time.monotonic())
@@ -98,7 +102,48 @@ class Deadline:
             _shut_down(self._socket)
 
     def cancel(self) -> None:
-        self._timer.cancel()
+        _WATCHDOG.forget(self)
+
+
+class _Watchdog:
+    """One thread that expires every Deadline when its time comes.
+
+    A timer thread for each collection would start and end two threads at every scrape,
+    for months; that churn costs CPU and keeps the resident memory creeping (each new
+    thread allocates from another of glibc's per-thread arenas)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._deadlines: set[Deadline] = set()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline) -> None:
+        with self._condition:
+            self._deadlines.add(deadline)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="llm-deadlines", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def forget(self, deadline: Deadline) -> None:
+        with self._condition:
+            self._deadlines.discard(deadline)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                now = time.monotonic()
+                due = [deadline for deadline in self._deadlines if deadline.expires_at <= now]
+                if not due:
+                    soonest = min((deadline.expires_at for deadline in self._deadlines), default=None)
+                    self._condition.wait(None if soonest is None else soonest - now)
+                    continue
+                self._deadlines.difference_update(due)
+            for deadline in due:
+                deadline._expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _shut_down(sock: socket.socket | None) -> None:
@@ -169,6 +214,7 @@ class LLMServerCollector(SourceCollector):
             # A local server is reached directly, never through an HTTP_PROXY from the environment.
             trust_env=False,
             follow_redirects=False,
+            verify=tls_verify(self.base_url),
         )
 
     def read_models(self, deadline: Deadline) -> ModelReading:  # pragma: no cover - abstract
@@ -354,7 +400,8 @@ class LMStudioCollector(LLMServerCollector):
 
     @staticmethod
     def token() -> str | None:
-        return os.environ.get("LM_API_TOKEN") or None
+        # A token read from a file often ends in a newline; it is not part of the token.
+        return os.environ.get("LM_API_TOKEN", "").strip() or None
 
     def secrets(self) -> list[str]:
         token = self.token()
@@ -394,6 +441,11 @@ class LMStudioCollector(LLMServerCollector):
     def get_json(self, path: str, deadline: Deadline, headers: dict[str, str] | None = None) -> Any:
         token = self.token()
         headers = dict(headers or {})
+        if token and not _BEARER_TOKEN_CHARACTERS.fullmatch(token):
+            # The HTTP library would refuse the header with the token in its error message
+            # (and in its debug log): say what is wrong without ever handing it over.
+            raise Unreadable("LM_API_TOKEN cannot be sent: it holds a space, a control character or a "
+                             "non-ASCII character", answered=False)
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:

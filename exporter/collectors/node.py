@@ -15,15 +15,19 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import websocket
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus_text
 
 from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.tls import tls_verify
 from exporter.config import NodeTarget
+
+if TYPE_CHECKING:
+    import websocket  # imported where an inspector target is read: url targets need none of it
 
 # A hostile or broken target must not exhaust the exporter's memory.
 MAX_BODY_BYTES = 4 * 2**20
@@ -183,7 +187,7 @@ def http_get(url: str, deadline: float, timeout: float) -> tuple[str, bytes]:
     """(Content-Type, body) of a 2xx answer, reading at most MAX_BODY_BYTES."""
     try:
         # trust_env=False: targets are local processes, never reached through a proxy from the environment.
-        with httpx.Client(timeout=_remaining(deadline, timeout), trust_env=False) as client:
+        with httpx.Client(timeout=_remaining(deadline, timeout), trust_env=False, verify=tls_verify(url)) as client:
             headers = {
                 "Accept": "application/json, text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.8, */*;q=0.5",
                 # A compressed answer could inflate far beyond MAX_BODY_BYTES within one chunk.
@@ -202,8 +206,10 @@ def http_get(url: str, deadline: float, timeout: float) -> tuple[str, bytes]:
                 return response.headers.get("content-type", ""), b"".join(chunks)
     except httpx.TimeoutException:
         raise TargetError(f"no answer within {timeout:g}s") from None
-    except httpx.RemoteProtocolError as exc:
-        raise TargetError(f"connection closed before the whole answer arrived: {exc}") from None
+    except httpx.RemoteProtocolError:
+        # Not httpx's text: it counts the bytes received, which differ from answer to answer,
+        # and a reason that changes at every scrape would be logged at every scrape.
+        raise TargetError("connection closed before the whole answer arrived") from None
     except httpx.ConnectError as exc:
         raise TargetError("connection refused" if "refused" in str(exc).lower() else f"cannot connect: {exc}") from None
     except httpx.HTTPError as exc:
@@ -253,6 +259,8 @@ def _cdp_call(connection: websocket.WebSocket, message_id: int, method: str, par
 
 def _inspector_extras(connection: websocket.WebSocket, deadline: float, timeout: float) -> tuple[float | None, float | None]:
     """(rss, heap limit) by evaluating an expression in the target; (None, None) when that fails."""
+    import websocket
+
     try:
         result = _cdp_call(connection, 2, "Runtime.evaluate",
                            {"expression": INSPECTOR_EXTRAS_EXPRESSION, "returnByValue": True, "silent": True},
@@ -264,6 +272,8 @@ def _inspector_extras(connection: websocket.WebSocket, deadline: float, timeout:
 
 
 def read_inspector_target(address: str, deadline: float, timeout: float) -> HeapReading:
+    import websocket
+
     try:
         _, listing = http_get(f"http://{address}/json/list", deadline, timeout)
     except TargetError as exc:
@@ -300,7 +310,14 @@ def read_target(target: NodeTarget, deadline: float, timeout: float) -> HeapRead
 
 
 def describe(target: NodeTarget) -> str:
-    return target.url if target.url is not None else f"inspector {target.inspector}"
+    """The target for a person, without a password the URL may hold (http://user:pass@host/)."""
+    if target.url is None:
+        return f"inspector {target.inspector}"
+    parts = urlsplit(target.url)
+    if parts.password is None:
+        return target.url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:<secret>@{host}"))
 
 
 def _one_line(text: str) -> str:
