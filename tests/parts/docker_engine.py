@@ -17,6 +17,7 @@ import atexit
 import io
 import os
 import shutil
+import socket
 import signal
 import subprocess
 import tarfile
@@ -237,6 +238,16 @@ def _unmount_under(folder: Path) -> None:
             subprocess.run(["umount", "-l", mount_point], capture_output=True)
 
 
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def _sweep_stale_workdirs() -> None:
     """Removes what an earlier, killed test run left behind: folders whose dockerd is gone
     and that no process uses any more."""
@@ -249,6 +260,8 @@ def _sweep_stale_workdirs() -> None:
             pid = None
         if pid is not None and psutil.pid_exists(pid):
             continue  # a running engine, perhaps of a parallel test run
+        if _socket_answers(workdir / "docker.sock"):
+            continue  # an engine whose pid this run cannot see (another PID namespace)
         if not _processes_using(workdir):
             _unmount_under(workdir)
             shutil.rmtree(workdir, ignore_errors=True)
