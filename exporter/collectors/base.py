@@ -23,6 +23,11 @@ class CollectorError(Exception):
     """The source could not be read; the message says why, in one line."""
 
 
+class SourceNotRunning(CollectorError):
+    """The source is simply not running (connection refused, no socket): a normal state on a
+    workstation (Ollama not started, Docker Desktop quit, the dev server stopped), not a failure."""
+
+
 class SourceCollector(Collector):
     name: ClassVar[str]
 
