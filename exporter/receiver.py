@@ -281,6 +281,13 @@ class ReceiverHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+        if self.close_connection:
+            # The answer goes out before the close: a client still sending an unread body
+            # then gets it before the reset that closing on unread data causes.
+            try:
+                self.connection.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
