@@ -34,7 +34,7 @@ DEFAULT_CONFIG_TEXT = """\
 # aitools-exporter configuration, created by `aitools-exporter service install`.
 # Every key is optional (README, "Configuration"); the services and the CLI read this file.
 profile: development            # development | production
-budgets: {{}}                   # e.g. {{ollama: 8GB, docker: 5GB}}
+budgets: {{}}                     # e.g. {{ollama: 8GB, docker: 5GB}}
 node:
   targets: []                   # e.g. [{{name: api, url: "http://127.0.0.1:3000/memory"}}]
 receiver:
@@ -232,7 +232,6 @@ def unit_for(service: Service, config: Path, receive_address: str | None) -> str
     return (
         "[Unit]\n"
         f"Description={service.description}\n"
-        "Documentation=https://github.com/aitools/aitools-memory-exporter#readme\n"
         "\n"
         "[Service]\n"
         "Type=simple\n"
