@@ -285,6 +285,8 @@ class Actions:
                 loaded = [entry for entry in loaded if entry[0] == model]
             if server == "ollama":
                 now = datetime.now(timezone.utc)
+                # Ollama sets expires_at when a request ends: one in the past is a model answering a
+                # long request now (or leaving anyway), never the one to unload.
                 idle = [entry for entry in loaded if entry[2] is not None and entry[2] > now]
                 if not idle:
                     continue

@@ -6,8 +6,9 @@ notification (exporter/notify.py) and, where the config enables it, the alert's 
 (exporter/actions.py).
 
 Bounded: a request body over MAX_BODY_BYTES is refused (413) from its Content-Length
-without being read, a body must arrive within REQUEST_SECONDS, at most MAX_CONNECTIONS
-connections are served at once (others are closed at once), and the work after a
+without being read, a body must arrive within REQUEST_SECONDS and a connection ends after
+CONNECTION_SECONDS (slow headers included), at most MAX_CONNECTIONS connections are served
+at once (others are closed at once), and the work after a
 request is queued (at most QUEUE_SIZE notifications waiting; more are answered 503, so
 Alertmanager retries them) and done by one worker thread, so a burst of alerts never
 runs fixes in parallel.
@@ -41,6 +42,7 @@ DEFAULT_RECEIVER_ADDRESS = "127.0.0.1:8731"
 MAX_BODY_BYTES = 1 * 2**20
 MAX_CONNECTIONS = 16
 REQUEST_SECONDS = 10.0
+CONNECTION_SECONDS = 30.0  # a connection is closed after this long, whatever it does (slow headers too)
 QUEUE_SIZE = 32
 MAX_ALERTS = 1000
 MAX_TOKEN_BYTES = 4096
@@ -315,9 +317,18 @@ class ReceiverServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request, client_address) -> None:
+        def cut() -> None:
+            try:
+                request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        timer = threading.Timer(CONNECTION_SECONDS, cut)
+        timer.daemon = True
+        timer.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            timer.cancel()
             self._slots.release()
 
     def handle_error(self, request, client_address) -> None:

@@ -248,8 +248,8 @@ def test_ollama_least_recently_used_model_is_unloaded_with_the_documented_reques
 
 
 def test_ollama_model_whose_keep_alive_ran_out_is_not_chosen(ollama, receiver_for, tmp_path):
-    """Ollama holds the keep-alive timer while a model answers a request: an expiry in the past
-    is a model busy now (or leaving anyway), never the one unloaded."""
+    """Ollama sets expires_at only when a request ends (server/sched.go): an expiry in the past
+    is a model answering a long request now (or leaving anyway), never the one unloaded."""
     now = datetime.now(timezone.utc)
     ollama.load("busy:8b", size=3 * GB)
     ollama.load("idle:7b", size=2 * GB)

@@ -333,3 +333,28 @@ def test_node_target_heapsnapshot_keys():
                         ("heapsnapshot_signal: SIGUSR2, pid: 5, pidfile: /p", "not both")):
         with pytest.raises(ConfigError, match=re.escape(reason)):
             parse_config(f"node: {{targets: [{{name: api, url: 'http://127.0.0.1:1/m', {bad}}}]}}\n")
+
+
+def test_connections_are_bounded_in_number_and_time(linux_desktop, monkeypatch):
+    """MAX_CONNECTIONS at once; one more is closed at once; a client that dribbles its headers
+    is cut off after CONNECTION_SECONDS; the receiver serves again afterwards."""
+    import exporter.receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "CONNECTION_SECONDS", 2.0)
+    host, port = linux_desktop.server.server_address[:2]
+    held = []
+    for _ in range(receiver_module.MAX_CONNECTIONS):
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        held.append(sock)
+    time.sleep(0.5)
+    extra = socket.create_connection((host, port), timeout=10)
+    assert extra.recv(100) == b""  # closed at once: no slot free
+    extra.close()
+    started = time.monotonic()
+    assert held[0].recv(100) == b""  # cut off, not held for ever
+    assert time.monotonic() - started < 10
+    for sock in held:
+        sock.close()
+    time.sleep(0.3)
+    assert httpx.get(linux_desktop.url + "/healthz", timeout=5).status_code == 200
