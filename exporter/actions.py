@@ -130,8 +130,9 @@ class Actions:
         self.audit_path = audit_path
         self.counters = counters  # callable(action, result)
         self.clock = clock
-        self.scraper = Scraper(build_sources(config), config.timeout)
-        self.sources = {source.name: source for source in self.scraper.sources}
+        # The exporter's own collectors re-read the state; not built when no fix is enabled.
+        self.scraper = Scraper(build_sources(config), config.timeout) if config.actions_enabled else None
+        self.sources = {source.name: source for source in self.scraper.sources} if self.scraper else {}
         self._lock = threading.Lock()
         self._group_done: dict[str, float] = {}
         self._snapshot_done: dict[str, float] = {}

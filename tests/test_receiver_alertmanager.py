@@ -126,3 +126,19 @@ def test_alertmanager_with_the_wrong_token_is_refused(setup):
     time.sleep(1)
     assert recorders.calls("notify-send") == []
     assert "401" in manager.log()
+
+
+def test_compose_mounts_the_token_where_alertmanager_yml_reads_it_and_reaches_the_host():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    service = yaml.safe_load((root / "compose.monitoring.yml").read_text())["services"]["alertmanager"]
+    config = yaml.safe_load((root / "alertmanager" / "alertmanager.yml").read_text())
+    (hook,) = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    credentials = hook["http_config"]["authorization"]["credentials_file"]
+    mounts = [v for v in service["volumes"] if v.split(":")[-2:-1] == [credentials] or f":{credentials}:" in v]
+    assert mounts == [f"${{AITOOLS_RECEIVER_TOKEN_FILE:-~/.config/aitools/receiver.token}}:{credentials}:ro"]
+    assert "host.docker.internal:host-gateway" in service["extra_hosts"]
+    assert hook["url"] == "http://host.docker.internal:8731/"
+    # The route sends everything there: the root receiver and every child route.
+    assert config["route"]["receiver"] == "webhook"
