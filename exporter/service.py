@@ -162,7 +162,6 @@ def plist_for(service: Service, config: Path, receive_address: str | None) -> di
         "RunAtLoad": True,
         "KeepAlive": True,
         "ThrottleInterval": 10,
-        "ProcessType": "Background" if service.command == "serve" else "Interactive",
         "EnvironmentVariables": {"PATH": LAUNCHD_PATH},
         "WorkingDirectory": str(home()),
         "StandardOutPath": str(logs_dir() / f"{name}.log"),
