@@ -188,6 +188,8 @@ def receive(ctx: click.Context, audit_file=None, config_file=None, listen_addres
         click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
         sys.exit(1)
     host, port = server.server_address[:2]
+    if web_config_file or ctx.obj.get("web_config_file"):
+        log.warning("--web.config.file is for serve: the receiver serves plain HTTP and checks its bearer token")
     if receiver.token is None:
         log.warning("no receiver.token_file: any local process may post alerts (fixes stay off without a token)")
     log.info("aitools-exporter %s receiving Alertmanager webhooks on http://%s:%d/ (config %s; actions %s%s; "

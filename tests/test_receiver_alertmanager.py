@@ -4,6 +4,7 @@ CLI (`aitools-exporter receive`), notify-send stood in on PATH."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,13 +23,13 @@ TOKEN = "token-from-receiver-token-file"
 
 
 class ReceiverProcess:
-    def __init__(self, tmp_path, recorders: Recorders, token: str = TOKEN):
+    def __init__(self, tmp_path, recorders: Recorders, token: str = TOKEN,
+                 config_text: str = "docker: {enabled: false}\nollama: {url: null}\nlmstudio: {url: null}\n"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (tmp_path / "receiver.token").write_text(token + "\n")
         config = tmp_path / "exporter.yml"
-        config.write_text("docker: {enabled: false}\nollama: {url: null}\nlmstudio: {url: null}\n"
-                          f"receiver: {{token_file: {tmp_path / 'receiver.token'}}}\n")
+        config.write_text(config_text + f"receiver: {{token_file: {tmp_path / 'receiver.token'}}}\n")
         env = {"PATH": f"{recorders.folder}:{os.environ['PATH']}", "HOME": str(tmp_path), "AITOOLS_PLATFORM": "linux",
                "DISPLAY": ":0", "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"}
         self.log_path = tmp_path / "receiver.log"
@@ -62,8 +63,8 @@ def setup(tmp_path):
     recorders = Recorders(tmp_path / "bin", ("notify-send",))
     started = []
 
-    def start(alertmanager_token: str = TOKEN):
-        receiver = ReceiverProcess(tmp_path, recorders)
+    def start(alertmanager_token: str = TOKEN, **receiver_options):
+        receiver = ReceiverProcess(tmp_path, recorders, **receiver_options)
         started.append(receiver)
         (tmp_path / "am-token").write_text(alertmanager_token)
         (tmp_path / "smtp_password").write_text("unused")
@@ -126,6 +127,33 @@ def test_alertmanager_with_the_wrong_token_is_refused(setup):
     time.sleep(1)
     assert recorders.calls("notify-send") == []
     assert "401" in manager.log()
+
+
+def test_alertmanager_to_receiver_to_docker_stop_of_the_stray_copy(setup, docker_engine, tmp_path):
+    """The whole chain: Alertmanager notifies, the receiver confirms in a real engine and stops
+    the copy outside any compose project; the compose one runs on."""
+    start, recorders = setup
+    docker_engine.stop_all()
+    try:
+        docker_engine.client.containers.run("supabase/postgres:15.1.0.147", ["sleep", "1000000"], name="supabase_db_e2e",
+                                            detach=True, network_mode="none",
+                                            labels={"com.docker.compose.project": "supabase"})
+        docker_engine.client.containers.run("postgres:15", ["sleep", "1000000"], name="stray-postgres", detach=True,
+                                            network_mode="none")
+        receiver, manager = start(config_text=(
+            f"docker: {{host: '{docker_engine.host}'}}\nollama: {{url: null}}\nlmstudio: {{url: null}}\n"
+            "actions: {enabled: [stop_duplicate_container], dry_run: false}\n"))
+        manager.post([duplicate()])
+        wait_until(lambda: recorders.calls("notify-send"), 60, f"a notification\n{manager.log()[-3000:]}")
+        (call,) = recorders.calls("notify-send")
+        assert call[4].endswith("Done: docker stop stray-postgres")
+        assert docker_engine.client.containers.get("stray-postgres").status == "exited"
+        assert docker_engine.client.containers.get("supabase_db_e2e").status == "running"
+        assert receiver.metric('aitools_receiver_actions_total{action="stop_duplicate_container",result="done"}') == 1
+        entry = json.loads((tmp_path / "audit.jsonl").read_text())
+        assert (entry["alert"], entry["target"], entry["result"]) == ("AitoolsDuplicateService", "stray-postgres", "done")
+    finally:
+        docker_engine.stop_all()
 
 
 def test_compose_mounts_the_token_where_alertmanager_yml_reads_it_and_reaches_the_host():
