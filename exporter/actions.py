@@ -140,7 +140,7 @@ class Actions:
 
     # -- the entry point
 
-    def handle(self, group_key: str, status: str, alerts: list[dict]) -> list[Decision]:
+    def handle(self, group_key: str, alerts: list[dict]) -> list[Decision]:
         """The decisions for the firing alerts of one group (resolved ones never act)."""
         wanted = [(alert, ACTION_FOR_ALERT.get(alert["labels"].get("alertname", "")))
                   for alert in alerts if alert["status"] == "firing"]

@@ -28,7 +28,9 @@ PLATFORM_ENV = "AITOOLS_PLATFORM"
 COMMAND_TIMEOUT_SECONDS = 10.0
 MAX_TITLE_CHARS = 120
 MAX_BODY_CHARS = 600
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Control characters (newlines and tabs aside) and the bidirectional overrides that could make
+# a notification read differently from what it says.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 
 
 def current_platform() -> str:

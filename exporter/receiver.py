@@ -180,7 +180,7 @@ class Receiver:
     def process(self, payload: dict) -> None:
         decisions = []
         if payload["status"] == "firing" and self.config.actions_enabled:
-            decisions = self.actions.handle(payload["groupKey"], payload["status"], payload["alerts"])
+            decisions = self.actions.handle(payload["groupKey"], payload["alerts"])
         result = self.notifier.show(compose_notification(payload, decisions))
         self.notifications.labels(result).inc()
 
