@@ -101,7 +101,8 @@ def duplicate(ends_at: datetime | None = None) -> dict:
 
 def test_alertmanager_notifies_the_receiver_firing_then_resolved(setup):
     start, recorders = setup
-    receiver, manager = start()
+    # A token file written with `echo` ends in a newline: Alertmanager and the receiver both trim it.
+    receiver, manager = start(alertmanager_token=TOKEN + "\n")
     manager.post([duplicate()])
     wait_until(lambda: recorders.calls("notify-send"), 60, f"a notification\n{manager.log()[-3000:]}")
     (firing,) = recorders.calls("notify-send")
