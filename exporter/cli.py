@@ -1,4 +1,4 @@
-"""The `aitools-exporter` command: serve (default), snapshot, check-config."""
+"""The `aitools-exporter` command: serve (default), snapshot, check-config, receive, service."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ def _setup_logging(level: str | None) -> None:
             logging.getLogger(library).setLevel(logging.WARNING)
 
 
+def _config_file(given: str | None) -> str | None:
+    """--config.file, else the default file (~/.config/aitools/exporter.yml) when it exists, else None
+    (the built-in defaults)."""
+    if given:
+        return given
+    from exporter.service import default_config_path
+
+    default = default_config_path()
+    return str(default) if default.is_file() else None
+
+
 def _load(config_file: str | None) -> Config:
     try:
         return load_config(config_file)
@@ -83,7 +94,8 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
                          web_config_file=web_config_file, log_level=log_level)
     _setup_logging(settings.get("log_level"))
-    config = _load(settings.get("config_file"))
+    settings["config_file"] = _config_file(settings.get("config_file"))
+    config = _load(settings["config_file"])
     from exporter.app import build_registry
     from exporter.server import start_server
     from exporter.webconfig import WebConfigError, load_web_config
@@ -124,7 +136,7 @@ def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address
     """Collect once and print every reading beside its budget."""
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
-    config = _load(settings.get("config_file"))
+    config = _load(_config_file(settings.get("config_file")))
     from exporter.snapshot import render_json, render_table, take_snapshot
 
     result = take_snapshot(config)
@@ -137,7 +149,101 @@ def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address
 def check_config(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None):
     """Validate the configuration file: exit 0, or name the bad key, line and reason and exit 2."""
     settings = _settings(ctx, config_file=config_file)
-    path = settings.get("config_file")
+    path = _config_file(settings.get("config_file"))
     config = _load(path)
     click.echo(f"{path or 'built-in defaults'}: configuration is valid (profile {config.profile}, "
                f"{len(config.node_targets)} node targets, {len(config.process_groups)} process groups)")
+
+
+@main.command()
+@_common_options
+@click.option("--audit.file", "audit_file", envvar="AITOOLS_AUDIT_FILE", default=None,
+              help="Audit log of the fixes, one JSON line per decision (default: ~/Library/Logs/aitools/"
+                   "receiver-audit.jsonl on macOS, ~/.local/state/aitools/receiver-audit.jsonl elsewhere).")
+@click.pass_context
+def receive(ctx: click.Context, audit_file=None, config_file=None, listen_address=None, web_config_file=None,
+            log_level=None):
+    """Alertmanager webhook receiver: desktop notifications and, where enabled, fixes (default 127.0.0.1:8731)."""
+    from pathlib import Path
+
+    from exporter.receiver import DEFAULT_RECEIVER_ADDRESS, Receiver, start_receiver
+    from exporter.service import default_audit_path
+
+    settings = _settings(ctx, config_file=config_file, listen_address=listen_address, log_level=log_level)
+    _setup_logging(settings.get("log_level"))
+    path = _config_file(settings.get("config_file"))
+    config = _load(path)
+    audit = Path(audit_file) if audit_file else default_audit_path()
+    try:
+        receiver = Receiver(config, audit)
+    except ValueError as exc:
+        click.echo(f"aitools-exporter: {exc}", err=True)
+        sys.exit(2)
+    # The receiver has its own port: the exporter's --web.listen-address given before `receive`
+    # does not apply here, only one given after it.
+    address = listen_address or DEFAULT_RECEIVER_ADDRESS
+    try:
+        server = start_receiver(address, receiver)
+    except (OSError, ValueError) as exc:
+        click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
+        sys.exit(1)
+    host, port = server.server_address[:2]
+    if web_config_file or ctx.obj.get("web_config_file"):
+        log.warning("--web.config.file is for serve: the receiver serves plain HTTP and checks its bearer token")
+    if receiver.token is None:
+        log.warning("no receiver.token_file: any local process may post alerts (fixes stay off without a token)")
+    log.info("aitools-exporter %s receiving Alertmanager webhooks on http://%s:%d/ (config %s; actions %s%s; "
+             "audit log %s)", __version__, f"[{host}]" if ":" in host else host, port, path or "built-in defaults",
+             ", ".join(config.actions_enabled) or "none",
+             " (dry run)" if config.actions_enabled and config.actions_dry_run else "", audit)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    server.shutdown()
+
+
+@main.group()
+def service():
+    """Run `serve` and `receive` as your background services (LaunchAgents on macOS, systemd user units on Linux)."""
+
+
+@service.command("install")
+@click.option("--receive.listen-address", "receive_address", default=None,
+              help="Address of the receiver service (default 127.0.0.1:8731; on Linux with Docker Engine the "
+                   "docker0 address, e.g. 172.17.0.1:8731, so that Alertmanager in compose reaches it).")
+def service_install(receive_address=None):
+    """Install and start both services; creates ~/.config/aitools/exporter.yml and the receiver token when absent."""
+    from exporter.service import ServiceError, install
+
+    try:
+        for line in install(receive_address=receive_address):
+            click.echo(line)
+    except ServiceError as exc:
+        click.echo(f"aitools-exporter: {exc}", err=True)
+        sys.exit(1)
+
+
+@service.command("uninstall")
+def service_uninstall():
+    """Stop and remove both services (the configuration and the token stay)."""
+    from exporter.service import ServiceError, uninstall
+
+    try:
+        for line in uninstall():
+            click.echo(line)
+    except ServiceError as exc:
+        click.echo(f"aitools-exporter: {exc}", err=True)
+        sys.exit(1)
+
+
+@service.command("status")
+def service_status():
+    """Whether each service is installed, loaded and answering; exit 0 only when both answer."""
+    from exporter.service import status
+
+    lines, healthy = status()
+    for line in lines:
+        click.echo(line)
+    sys.exit(0 if healthy else 3)

@@ -44,6 +44,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "": 1.0}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 _LABEL_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _HOST_PORT_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+# The receiver's fixes (exporter/actions.py), by the names `actions.enabled` takes.
+ACTIONS = ("unload_idle_model", "stop_duplicate_container", "node_heap_snapshot")
+HEAPSNAPSHOT_SIGNALS = ("SIGUSR2",)
 
 
 class ConfigError(ValueError):
@@ -95,6 +98,9 @@ class NodeTarget:
     name: str
     url: str | None = None
     inspector: str | None = None  # host:port of `node --inspect`
+    heapsnapshot_signal: str | None = None  # the node_heap_snapshot action: the signal of --heapsnapshot-signal
+    pid: int | None = None  # the node_heap_snapshot action: the process to signal...
+    pidfile: str | None = None  # ...or a file holding its pid
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ class Config:
     process_groups: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
     system_source: str = "auto"
     timeout: float = DEFAULT_TIMEOUT_SECONDS
+    receiver_token_file: str | None = None
+    actions_dry_run: bool = True
+    actions_enabled: tuple[str, ...] = ()
+    actions_keep_projects: tuple[str, ...] = ()
 
     @property
     def total_budget_name(self) -> str:
@@ -194,7 +204,8 @@ def parse_config(text: str, path: str | None = None) -> Config:
         raise ConfigError("", f"not valid YAML: {reason}", line, path) from None
     reader = _Reader(_key_lines(root) if root is not None else {}, path)
     top = reader.mapping(document, "", (
-        "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout"))
+        "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout",
+        "receiver", "actions"))
 
     values: dict[str, Any] = {}
     if "profile" in top:
@@ -238,7 +249,64 @@ def parse_config(text: str, path: str | None = None) -> Config:
             values["timeout"] = parse_duration(top["timeout"])
         except ValueError as exc:
             raise reader.error("timeout", str(exc)) from None
+    values.update(_receiver_and_actions(reader, top))
     return Config(**values)
+
+
+def _receiver_and_actions(reader: _Reader, top: dict) -> dict[str, Any]:
+    """`receiver: {token_file}` and `actions: {dry_run, enabled, keep_projects}` (aitools-exporter receive)."""
+    values: dict[str, Any] = {}
+    receiver = reader.mapping(top.get("receiver"), "receiver", ("token_file",))
+    token_file = receiver.get("token_file")
+    if token_file is not None:
+        if not isinstance(token_file, str) or not token_file.strip():
+            raise reader.error("receiver.token_file", f"must be the path of a file holding the token, not {token_file!r}")
+        values["receiver_token_file"] = str(Path(token_file).expanduser())
+    actions = reader.mapping(top.get("actions"), "actions", ("dry_run", "enabled", "keep_projects"))
+    if "dry_run" in actions:
+        values["actions_dry_run"] = reader.boolean(actions["dry_run"], "actions.dry_run")
+    enabled = actions.get("enabled") or []
+    if not isinstance(enabled, list) or not all(isinstance(name, str) for name in enabled):
+        raise reader.error("actions.enabled", f"must be a list of: {', '.join(ACTIONS)}")
+    for index, name in enumerate(enabled):
+        if name not in ACTIONS:
+            raise reader.error(f"actions.enabled[{index}]", f"unknown action {name!r}; one of: {', '.join(ACTIONS)}")
+    values["actions_enabled"] = tuple(dict.fromkeys(enabled))
+    keep = actions.get("keep_projects") or []
+    if not isinstance(keep, list) or not all(isinstance(name, str) and name for name in keep):
+        raise reader.error("actions.keep_projects", "must be a list of compose project names")
+    values["actions_keep_projects"] = tuple(keep)
+    if values["actions_enabled"] and token_file is None:
+        raise reader.error("actions.enabled" if "actions" in top else "actions",
+                           "receiver.token_file is required when any action is enabled: "
+                           "the receiver must know the request comes from your Alertmanager")
+    return values
+
+
+def _heapsnapshot_keys(reader: _Reader, item: dict, key: str) -> dict[str, Any]:
+    """A node target's `heapsnapshot_signal` with `pid` or `pidfile` (the node_heap_snapshot action)."""
+    found: dict[str, Any] = {}
+    signal_name = item.get("heapsnapshot_signal")
+    if signal_name is not None:
+        found["heapsnapshot_signal"] = reader.choice(signal_name, f"{key}.heapsnapshot_signal", HEAPSNAPSHOT_SIGNALS)
+    if "pid" in item:
+        pid = item["pid"]
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
+            raise reader.error(f"{key}.pid", f"must be a process id (a number above 1), not {pid!r}")
+        found["pid"] = pid
+    if "pidfile" in item:
+        pidfile = item["pidfile"]
+        if not isinstance(pidfile, str) or not pidfile.strip():
+            raise reader.error(f"{key}.pidfile", f"must be the path of a file holding the pid, not {pidfile!r}")
+        found["pidfile"] = str(Path(pidfile).expanduser())
+    if "pid" in found and "pidfile" in found:
+        raise reader.error(key, "give pid or pidfile, not both")
+    if signal_name is not None and "pid" not in found and "pidfile" not in found:
+        raise reader.error(f"{key}.heapsnapshot_signal", "needs the target's pid or pidfile")
+    if signal_name is None and ("pid" in found or "pidfile" in found):
+        raise reader.error(key, "pid and pidfile are for heapsnapshot_signal: set it too "
+                                "(the process must run with --heapsnapshot-signal=SIGUSR2)")
+    return found
 
 
 def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
@@ -249,7 +317,9 @@ def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
     targets: list[NodeTarget] = []
     for index, item in enumerate(raw):
         key = f"node.targets[{index}]"
-        item = reader.mapping(item, key, ("name", "url", "inspector"))
+        item = reader.mapping(item, key, ("name", "url", "inspector",
+                                          "heapsnapshot_signal", "pid", "pidfile"))
+        snapshot_keys = _heapsnapshot_keys(reader, item, key)
         name = item.get("name")
         if not isinstance(name, str) or not _LABEL_SAFE_NAME.match(name):
             raise reader.error(f"{key}.name" if "name" in item else key,
@@ -259,12 +329,12 @@ def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
         if ("url" in item) == ("inspector" in item):
             raise reader.error(key, "give exactly one of url or inspector")
         if "url" in item:
-            targets.append(NodeTarget(name, url=reader.url(item["url"], f"{key}.url")))
+            targets.append(NodeTarget(name, url=reader.url(item["url"], f"{key}.url"), **snapshot_keys))
         else:
             inspector = item["inspector"]
             if not isinstance(inspector, str) or not _HOST_PORT_RE.match(inspector) or not 0 < int(inspector.rsplit(":", 1)[1]) < 65536:
                 raise reader.error(f"{key}.inspector", f"must be host:port of `node --inspect`, like 127.0.0.1:9229, not {inspector!r}")
-            targets.append(NodeTarget(name, inspector=inspector))
+            targets.append(NodeTarget(name, inspector=inspector, **snapshot_keys))
     return tuple(targets)
 
 

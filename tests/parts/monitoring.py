@@ -156,13 +156,35 @@ class Prometheus(_Process):
 
 # --- Alertmanager ----------------------------------------------------------------
 
-def alertmanager_config(webhook_url: str, smarthost: str, password_file: Path) -> dict:
-    """The bundled alertmanager.yml with the override applied: the webhook URL, plain SMTP
-    on loopback, the password file, the template path, group_wait 1s, group_interval 2s."""
-    document = yaml.safe_load((ALERTMANAGER_DIR / "alertmanager.yml").read_text())
+def enable_email_route(text: str) -> str:
+    """alertmanager.yml with its optional e-mail route turned on as the file documents it:
+    the five commented lines after "uncomment the five lines below" uncommented."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "uncomment the five lines below" in line) + 1
+    while lines[start].lstrip().startswith("# (`continue`") or not lines[start].lstrip().startswith("# -"):
+        start += 1
+    for index in range(start, start + 5):
+        indent = len(lines[index]) - len(lines[index].lstrip())
+        assert lines[index].lstrip().startswith("# "), lines[index]
+        lines[index] = " " * indent + lines[index].lstrip()[2:]
+    return "\n".join(lines) + "\n"
+
+
+def alertmanager_config(webhook_url: str, smarthost: str, password_file: Path, token_file: Path | None = None,
+                        email: bool = False) -> dict:
+    """The bundled alertmanager.yml with the override applied: the webhook URL and its token
+    file, plain SMTP on loopback, the password file, the template path, group_wait 1s,
+    group_interval 2s. email=True turns the optional e-mail route on, as the file says."""
+    text = (ALERTMANAGER_DIR / "alertmanager.yml").read_text()
+    document = yaml.safe_load(enable_email_route(text) if email else text)
+    if token_file is None:
+        token_file = password_file.parent / "receiver.token"
+        if not token_file.exists():
+            token_file.write_text("test-receiver-token")
     for receiver in document["receivers"]:
         for hook in receiver.get("webhook_configs", []):
             hook["url"] = webhook_url
+            hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
     document["global"].update(smtp_smarthost=smarthost, smtp_require_tls=False,
                               smtp_auth_password_file=str(password_file))
     document["templates"] = [str(ALERTMANAGER_DIR / "templates" / "*.tmpl")]
