@@ -1,11 +1,10 @@
 """Process groups against real processes named swift-frontend."""
 
-import re
-
 import psutil
 
 from exporter.collectors.process import ProcessCollector
 from exporter.config import Config, ProcessGroup
+from exporter.patterns import compile_pattern
 
 
 def readings(config):
@@ -40,7 +39,7 @@ def test_group_rss_is_the_sum_psutil_sees(swift_frontend):
 def test_cmdline_regex_groups(swift_frontend):
     process = swift_frontend.start(hold_mb=20)
     config = Config(process_groups=(
-        ProcessGroup("holders", cmdline=re.compile(r"bytearray\(20 \* 2\*\*20\)")),
+        ProcessGroup("holders", cmdline=compile_pattern(r"bytearray\(20 \* 2\*\*20\)")),
         ProcessGroup("nobody", names=("no-such-process-name",)),
     ))
     result = readings(config)

@@ -16,6 +16,7 @@ import psutil
 
 from exporter.collectors.base import CollectorError, SourceCollector, gauge
 from exporter.config import ProcessGroup
+from exporter.patterns import CMDLINE_LIMIT
 
 PROC = "/proc"
 # The kernel keeps at most this many bytes of a name in /proc/PID/stat (TASK_COMM_LEN - 1).
@@ -26,24 +27,25 @@ def matches(group: ProcessGroup, name: str, cmdline: list[str] | None) -> bool:
     if name in group.names:
         return True
     if group.cmdline is not None and cmdline:
-        return group.cmdline.search(" ".join(cmdline)) is not None
+        return group.cmdline.search(" ".join(cmdline))
     return False
 
 
 # --- Linux: /proc straight -------------------------------------------------------------
 
-def _read(path: str, size: int = 4096) -> bytes:
-    """The whole of a /proc file, in as few system calls as it takes and without a file
-    object around them. /proc answers a read with everything it has when the buffer is
-    large enough: a shorter answer than the buffer is the whole file."""
+def _read(path: str, size: int = 4096, most: int = CMDLINE_LIMIT) -> bytes:
+    """A /proc file (its first `most` bytes at most), in as few system calls as it takes
+    and without a file object around them. /proc answers a read with everything it has
+    when the buffer is large enough: a shorter answer than the buffer is the whole file."""
     fd = os.open(path, os.O_RDONLY)
     try:
         data = os.read(fd, size)
         if len(data) < size:
             return data
-        chunks = [data]
-        while chunk := os.read(fd, 65536):  # a long command line
+        chunks, total = [data], len(data)
+        while total < most and (chunk := os.read(fd, min(65536, most - total))):  # a long command line
             chunks.append(chunk)
+            total += len(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -101,8 +103,8 @@ def _scan_procfs(groups: tuple[ProcessGroup, ...], rss: dict[str, int], count: d
                     name = full
         members = by_name.get(name, ())
         if by_cmdline and cmdline:
-            text = parse_cmdline(cmdline)
-            more = [group for group in by_cmdline if group not in members and group.cmdline.search(text)]
+            # The raw bytes, NULs read as spaces: what parse_cmdline() gives, cut at CMDLINE_LIMIT.
+            more = [group for group in by_cmdline if group not in members and group.cmdline.search(cmdline)]
             if more:
                 members = [*members, *more]
         if not members:
