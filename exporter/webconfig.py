@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import functools
 import hashlib
 import logging
@@ -57,8 +58,9 @@ class WebConfig:
     _cache: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # One bcrypt check at a time, as exporter-toolkit: wrong logins from many connections
-    # then take one core, not all, and the scrapes keep the rest.
-    _bcrypt_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # then take one core, not all, and the scrapes keep the rest. Granted in arrival order,
+    # so the real login waits for the checks queued before it, not for every later one.
+    _bcrypt_lock: "FairLock" = field(default_factory=lambda: FairLock(), repr=False)
 
     def authorized(self, authorization: str | None) -> bool:
         """Whether an Authorization header satisfies basic_auth_users (always, when there are none)."""
@@ -86,7 +88,36 @@ class WebConfig:
         return ok
 
 
-def _check(password: bytes, hashed: bytes | None, lock: threading.Lock) -> bool:
+class FairLock:
+    """A lock granted in the order it was asked for (Go's sync.Mutex, which exporter-toolkit
+    uses, turns to this order too once a waiter has waited 1 ms). Python's Lock wakes any
+    waiter: under a flood one login could wait behind many later ones."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def __enter__(self) -> "FairLock":
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder before us, who hands the lock over
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by the next in line
+            else:
+                self._held = False
+
+
+def _check(password: bytes, hashed: bytes | None, lock: FairLock) -> bool:
     """bcrypt's verdict, one check at a time. An unknown user still costs a check, so that
     timing does not tell which users exist. bcrypt reads at most 72 bytes and refuses more:
     such a password is wrong (as in Go's bcrypt), not an error that drops the connection."""

@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from exporter.webconfig import EVICTED_WHEN_FULL, MAX_CACHED_CREDENTIALS, WebConfig
+from exporter.webconfig import EVICTED_WHEN_FULL, MAX_CACHED_CREDENTIALS, FairLock, WebConfig
 from tests.parts.exporter_process import ExporterProcess
 
 QUIET_BACKENDS = 'docker: {enabled: false}\nollama: {url: null}\nlmstudio: {url: null}\n'
@@ -97,6 +97,30 @@ def test_a_flood_of_wrong_logins_does_not_hold_up_the_real_login(guarded_exporte
     assert max(login_seconds[1:]) < 3
     # One bcrypt check at a time: at most one core for bcrypt, plus the serving.
     assert cores < 1.4, f"exporter used {cores:.2f} cores"
+
+
+def test_bcrypt_checks_are_granted_in_arrival_order():
+    lock, order, inside = FairLock(), [], []
+
+    def check(number):
+        with lock:
+            inside.append(number)
+            assert len(inside) == 1, "two checks at once"
+            order.append(number)
+            time.sleep(0.002)
+            inside.remove(number)
+
+    threads = []
+    with lock:  # a check under way; 20 more arrive one after another
+        for number in range(20):
+            threads.append(threading.Thread(target=check, args=(number,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while len(lock._waiters) <= number and time.monotonic() < deadline:  # queued before the next comes
+                time.sleep(0.001)
+    for thread in threads:
+        thread.join(10)
+    assert order == list(range(20))
 
 
 @pytest.mark.parametrize("length", [72, 73, 100, 4096])
