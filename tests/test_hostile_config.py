@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 from exporter.config import MAX_DEPTH, MAX_FILE_BYTES, ConfigError, parse_config
+from exporter.webconfig import WebConfigError, load_web_config
 
 # Generous bounds for a shared 2-core machine: the exporter's own start (imports) costs
 # some 0.5 s and 40 MB; before the fix the billion laughs took 14.7 s and 899 MB.
@@ -63,6 +64,7 @@ ATTACKS = {
     "docker-port": ("docker:\n  host: tcp://127.0.0.1:70000\n", "docker.host", 2, "Port out of range"),
     "int-of-5000-digits": ("profile: development\ntimeout: " + "9" * 5000 + "\n", "timeout", 2,
                            "cannot read the value"),
+    "impossible-date": ("timeout: 3s\nprofile: 2024-13-45\n", "profile", 2, "cannot read the value"),
     "back-reference": ("process_groups:\n  py:\n    cmdline: '(python)\\1'\n", "process_groups.py.cmdline", 3,
                        "invalid escape sequence"),
     "look-ahead": ("process_groups:\n  py: {cmdline: 'python(?=.*torch)'}\n", "process_groups.py.cmdline", 2,
@@ -109,3 +111,17 @@ def test_anchors_without_aliases_and_the_nesting_the_file_needs_still_load():
     assert config.profile == "production"
     assert config.node_targets[0].url == "http://[::1]:3000/m"
     assert parse_config("docker: {host: 'tcp://127.0.0.1:2375'}\n").docker_host == "tcp://127.0.0.1:2375"
+
+
+@pytest.mark.parametrize("text, where, reason", [
+    (laughs(9, 9), ":2: b[0]: ", "aliases"),
+    ("basic_auth_users:\n  prometheus: '$2y$10$x'\n  prometheus: '$2y$10$y'\n", ":3: basic_auth_users.prometheus: ",
+     "duplicate key"),
+    ("tls_server_config: " + "[" * 5000 + "]" * 5000 + "\n", ":1: tls_server_config", "nested deeper"),
+])
+def test_the_web_config_file_is_read_as_strictly(tmp_path, text, where, reason):
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    with pytest.raises(WebConfigError) as caught:
+        load_web_config(path)
+    assert f"{path}{where}" in str(caught.value) and reason in str(caught.value)
