@@ -124,3 +124,30 @@ def test_patterns_re2_cannot_run_in_linear_time_are_refused(pattern, reason):
         parse_config(f"process_groups:\n  ml:\n    cmdline: '{pattern}'\n", "c.yml")
     assert caught.value.key == "process_groups.ml.cmdline" and caught.value.line == 3
     assert reason in caught.value.reason and "RE2" in caught.value.reason
+
+
+def test_a_long_program_name_is_still_found_when_its_command_line_is_cut(tmp_path):
+    """The kernel cuts names at 15 bytes; the full one comes from the command line, of which
+    only the first CMDLINE_LIMIT bytes are read."""
+    import os
+    import shutil
+
+    from exporter.collectors.process import ProcessCollector
+    from exporter.config import Config, ProcessGroup
+
+    name = "hostile-long-program-name"
+    binary = tmp_path / name
+    shutil.copy2(os.path.realpath(sys.executable), binary)
+    process = subprocess.Popen([str(binary), "-c", SLEEP, *LONG], env=dict(os.environ, PYTHONHOME=sys.base_prefix))
+    try:
+        time.sleep(0.3)
+        config = Config(process_groups=(ProcessGroup("long", names=(name,)),
+                                        ProcessGroup("cut", cmdline=compile_pattern(f"{name} -c import time"))))
+        found = {(s.name, s.labels["group"]): s.value for f in ProcessCollector(config).collect() for s in f.samples}
+        assert found[("aitools_process_group_processes", "long")] == 1
+        assert found[("aitools_process_group_processes", "cut")] == 1
+        assert found[("aitools_process_group_rss_bytes", "long")] == pytest.approx(
+            psutil.Process(process.pid).memory_info().rss, abs=4 * 2**20)
+    finally:
+        process.kill()
+        process.wait(10)

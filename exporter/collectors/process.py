@@ -67,8 +67,8 @@ def parse_cmdline(data: bytes) -> str:
 def program_name(data: bytes) -> str:
     """The file name of the program in /proc/PID/cmdline: psutil's basename of cmdline()[0]."""
     text = data.decode("utf-8", "surrogateescape")
-    if text.endswith("\0"):
-        arguments = text[:-1].split("\0")
+    if "\0" in text:  # arguments ended by NULs (the last may be cut off at CMDLINE_LIMIT)
+        arguments = text.removesuffix("\0").split("\0")
         first = arguments[0] if len(arguments) > 1 else arguments[0].split(" ", 1)[0]
     else:
         first = text.split(" ", 1)[0]
