@@ -127,6 +127,9 @@ class Config:
 
 MAX_FILE_BYTES = 256 * 1024  # a configuration file is a few hundred bytes; this is plenty
 MAX_DEPTH = 32  # mappings and lists nested deeper than this are refused
+# Keys, values and list items: a configuration has a few hundred. PyYAML parses in Python,
+# some 20-50 µs a node: this bounds a file's cost, where its size alone would allow 130,000.
+MAX_NODES = 10_000
 
 
 def _dotted(path: list[str]) -> str:
@@ -136,13 +139,15 @@ def _dotted(path: list[str]) -> str:
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML's safe loader, made strict and bounded for files a user writes by hand:
     no aliases (`*name`: the "billion laughs" expand them), at most MAX_DEPTH levels
-    (deeper is refused before Python's recursion limit), no duplicate keys (as
-    Prometheus's loader), and every key's dotted path noted with its line."""
+    (deeper is refused before Python's recursion limit), at most MAX_NODES nodes, no
+    duplicate keys (as Prometheus's loader), and every key's dotted path noted with its line."""
 
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.path: list[str] = []
         self.lines: dict[str, int] = {}
+        self.depth = 0  # open mappings and lists (a key can be one too: `{{{`)
+        self.nodes = 0
 
     def refuse(self, reason: str, mark) -> ConfigError:
         return ConfigError(_dotted(self.path), reason, mark.line + 1 if mark else None)
@@ -150,9 +155,19 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             raise self.refuse("aliases (*name) are not allowed: write the value out", self.peek_event().start_mark)
-        if self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent) and len(self.path) >= MAX_DEPTH:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.refuse(f"more than {MAX_NODES} keys, values and list items: not a configuration file",
+                              self.peek_event().start_mark)
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
             raise self.refuse(f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
-        return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def compose_mapping_node(self, anchor):
         start = self.get_event()

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from exporter.config import MAX_DEPTH, MAX_FILE_BYTES, ConfigError, parse_config
+from exporter.config import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, ConfigError, parse_config
 from exporter.webconfig import WebConfigError, load_web_config
 
 # Generous bounds for a shared 2-core machine: the exporter's own start (imports) costs
@@ -54,6 +54,11 @@ ATTACKS = {
                           f"nested deeper than {MAX_DEPTH} levels"),
     "nested-5000-mappings": ("node:\n  targets: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n",
                              "node.targets" + ".a" * (MAX_DEPTH - 2), 2, f"nested deeper than {MAX_DEPTH} levels"),
+    # 130,000 list items in 256 KiB: PyYAML parses in Python, some 10 s of work before the node cap.
+    "130k-items": ("budgets: [" + "1," * 130_000 + "]\n", f"budgets[{MAX_NODES - 3}]", 1,
+                   f"more than {MAX_NODES} keys, values and list items"),
+    "25k-keys": ("".join(f"k{i}: 1\n" for i in range(25_000)), f"k{MAX_NODES // 2 - 1}", MAX_NODES // 2,
+                 f"more than {MAX_NODES} keys"),
     "duplicate-key": ("profile: development\nbudgets:\n  docker: 4GB\n  docker: 40GB\n", "budgets.docker", 4,
                       "duplicate key"),
     "duplicate-top-key": ("timeout: 3s\nprofile: development\nprofile: production\n", "profile", 3, "duplicate key"),
@@ -83,7 +88,8 @@ def test_hostile_file_is_refused_naming_key_and_line(name):
 
 
 @pytest.mark.parametrize("name", ["billion-laughs", "billion-laughs-432", "nested-5000-lists",
-                                  "nested-5000-mappings", "int-of-5000-digits", "back-reference"])
+                                  "nested-5000-mappings", "130k-items", "25k-keys", "int-of-5000-digits",
+                                  "back-reference"])
 def test_check_config_refuses_the_attack_in_bounded_time_and_memory(tmp_path, name):
     text, key, line, reason = ATTACKS[name]
     path = tmp_path / f"{name}.yml"
@@ -94,6 +100,13 @@ def test_check_config_refuses_the_attack_in_bounded_time_and_memory(tmp_path, na
     assert "Traceback" not in result["stderr"]
     assert result["seconds"] < TIME_BOUND_SECONDS
     assert result["peak_rss"] < RSS_BOUND_BYTES, f"peak RSS {result['peak_rss'] / 2**20:.0f} MiB"
+
+
+def test_mappings_nested_as_keys_are_counted_too():
+    # `{{{…`: each mapping is the key of the one around it, so no key path grows.
+    with pytest.raises(ConfigError) as caught:
+        parse_config("{" * 200_000, "attack.yml")
+    assert caught.value.line == 1 and f"nested deeper than {MAX_DEPTH} levels" in caught.value.reason
 
 
 def test_a_file_over_the_size_cap_is_refused_unread(tmp_path):
