@@ -88,7 +88,8 @@ def test_hostile_file_is_refused_naming_key_and_line(name):
 
 
 @pytest.mark.parametrize("name", ["billion-laughs", "billion-laughs-432", "nested-5000-lists",
-                                  "nested-5000-mappings", "130k-items", "25k-keys", "int-of-5000-digits",
+                                  "nested-5000-mappings", "130k-items", "25k-keys", "int-of-5000-digits", "duplicate-key",
+                                  "port-over-65535", "unparseable-url",
                                   "back-reference"])
 def test_check_config_refuses_the_attack_in_bounded_time_and_memory(tmp_path, name):
     text, key, line, reason = ATTACKS[name]
