@@ -139,3 +139,10 @@ def test_the_web_config_file_is_read_as_strictly(tmp_path, text, where, reason):
     with pytest.raises(WebConfigError) as caught:
         load_web_config(path)
     assert f"{path}{where}" in str(caught.value) and reason in str(caught.value)
+
+
+def test_an_endless_file_is_not_read_to_its_end():
+    from exporter.config import load_config
+
+    with pytest.raises(ConfigError, match=f"larger than {MAX_FILE_BYTES // 1024} KiB"):
+        load_config("/dev/zero")
