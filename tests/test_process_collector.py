@@ -44,7 +44,8 @@ def test_group_rss_is_the_sum_psutil_sees(swift_frontend):
 def test_cmdline_regex_groups(swift_frontend):
     process = swift_frontend.start(hold_mb=20)
     config = Config(process_groups=(
-        ProcessGroup("holders", cmdline=compile_pattern(r"bytearray\(20 \* 2\*\*20\)")),
+        # This run's copies only (their folder), not other runs' on the machine.
+        ProcessGroup("holders", cmdline=compile_pattern(re.escape(str(swift_frontend.folder)) + r".*bytearray\(20 \* 2\*\*20\)")),
         ProcessGroup("nobody", names=("no-such-process-name",)),
     ))
     result = readings(config)
