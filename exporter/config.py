@@ -10,8 +10,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
+
+from exporter.patterns import Pattern, PatternError, compile_pattern
 
 PROFILES = ("development", "production")
 SYSTEM_SOURCES = ("auto", "procfs", "vm_stat")
@@ -54,7 +57,7 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, reason: str, line: int | None = None, path: str | None = None):
         self.key, self.reason, self.line, self.path = key, reason, line, path
-        where = f"{path}:{line}: " if path and line else (f"line {line}: " if line else "")
+        where = f"{path}:{line}: " if path and line else f"{path}: " if path else f"line {line}: " if line else ""
         super().__init__(f"{where}{key}: {reason}" if key else f"{where}{reason}")
 
 
@@ -107,7 +110,7 @@ class NodeTarget:
 class ProcessGroup:
     name: str
     names: tuple[str, ...] = ()
-    cmdline: re.Pattern[str] | None = None
+    cmdline: Pattern | None = None  # RE2, see exporter/patterns.py
 
 
 @dataclass(frozen=True)
@@ -132,20 +135,134 @@ class Config:
         return f"{self.profile}_total"
 
 
-def _key_lines(node: yaml.Node, prefix: str = "") -> dict[str, int]:
-    """Dotted key path -> 1-based line, for every key and list item in the document."""
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = f"{prefix}[{index}]"
-            lines[path] = item.start_mark.line + 1
-            lines.update(_key_lines(item, path))
-    return lines
+MAX_FILE_BYTES = 256 * 1024  # a configuration file is a few hundred bytes; this is plenty
+MAX_DEPTH = 32  # mappings and lists nested deeper than this are refused
+# Keys, values and list items: a configuration has a few hundred. PyYAML parses in Python,
+# some 20-50 µs a node: this bounds a file's cost, where its size alone would allow 130,000.
+MAX_NODES = 10_000
+
+
+def _dotted(path: list[str]) -> str:
+    return "".join(part if part.startswith("[") or not index else f".{part}" for index, part in enumerate(path))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, made strict and bounded for files a user writes by hand:
+    no aliases (`*name`: the "billion laughs" expand them), at most MAX_DEPTH levels
+    (deeper is refused before Python's recursion limit), at most MAX_NODES nodes, no
+    duplicate keys (as Prometheus's loader), and every key's dotted path noted with its line."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.path: list[str] = []
+        self.lines: dict[str, int] = {}
+        self.depth = 0  # open mappings and lists (a key can be one too: `{{{`)
+        self.nodes = 0
+
+    def refuse(self, reason: str, mark) -> ConfigError:
+        return ConfigError(_dotted(self.path), reason, mark.line + 1 if mark else None)
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise self.refuse("aliases (*name) are not allowed: write the value out", self.peek_event().start_mark)
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.refuse(f"more than {MAX_NODES} keys, values and list items: not a configuration file",
+                              self.peek_event().start_mark)
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise self.refuse(f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def compose_mapping_node(self, anchor):
+        start = self.get_event()
+        tag = start.tag if start.tag not in (None, "!") else self.resolve(yaml.MappingNode, None, start.implicit)
+        node = yaml.MappingNode(tag, [], start.start_mark, None, flow_style=start.flow_style)
+        seen: set[str] = set()
+        while not self.check_event(yaml.MappingEndEvent):
+            key = self.compose_node(node, None)
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            self.path.append(name)
+            try:
+                if isinstance(key, yaml.ScalarNode):
+                    if name in seen:
+                        raise self.refuse("duplicate key (each key may appear once in a mapping)", key.start_mark)
+                    seen.add(name)
+                self.lines.setdefault(_dotted(self.path), key.start_mark.line + 1)
+                value = self.compose_node(node, key)
+            finally:
+                self.path.pop()
+            node.value.append((key, value))
+        node.end_mark = self.get_event().end_mark
+        return node
+
+    def compose_sequence_node(self, anchor):
+        start = self.get_event()
+        tag = start.tag if start.tag not in (None, "!") else self.resolve(yaml.SequenceNode, None, start.implicit)
+        node = yaml.SequenceNode(tag, [], start.start_mark, None, flow_style=start.flow_style)
+        while not self.check_event(yaml.SequenceEndEvent):
+            self.path.append(f"[{len(node.value)}]")
+            try:
+                self.lines.setdefault(_dotted(self.path), self.peek_event().start_mark.line + 1)
+                node.value.append(self.compose_node(node, len(node.value)))
+            finally:
+                self.path.pop()
+        node.end_mark = self.get_event().end_mark
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:  # an int of 5,000 digits, a date like 2024-13-45
+            line = node.start_mark.line + 1
+            keys = [key for key, at in self.lines.items() if at == line]
+            raise ConfigError(keys[-1] if keys else "", f"cannot read the value {str(node.value)[:40]!r}: {exc}",
+                              line) from None
+
+
+def load_yaml(text: str, path: str | None = None) -> tuple[Any, dict[str, int]]:
+    """The document of a YAML file and the line of each dotted key path, strictly and in
+    bounded time and memory (see _StrictLoader); errors name the key and the line."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError("", f"the file is larger than {MAX_FILE_BYTES // 1024} KiB: not a configuration file", None, path)
+    loader = None
+    try:
+        loader = _StrictLoader(text)
+        root = loader.get_single_node()
+        document = loader.construct_document(root) if root is not None else None
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.reason, exc.line, path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(_dotted(loader.path) if loader else "", f"not valid YAML: {reason}", line, path) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return document, loader.lines
+
+
+def url_problem(url: str) -> str | None:
+    """Why urllib cannot use a URL (no host, a port that is not 1-65535, spaces or
+    control characters), or None when it can."""
+    if any(ord(char) <= 32 or ord(char) == 127 for char in url):
+        return "it contains spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        return str(exc)
+    if not parts.hostname:
+        return "it names no host"
+    if port == 0:
+        return "port 0 cannot be connected to"
+    return None
 
 
 class _Reader:
@@ -180,6 +297,9 @@ class _Reader:
             return None
         if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
             raise self.error(key, f"must be an http:// or https:// URL or null, not {value!r}")
+        problem = url_problem(value)
+        if problem:
+            raise self.error(key, f"{value!r} is not a usable URL: {problem}")
         return value.rstrip("/")
 
     def boolean(self, value: Any, key: str) -> bool:
@@ -194,15 +314,8 @@ class _Reader:
 
 
 def parse_config(text: str, path: str | None = None) -> Config:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError("", f"not valid YAML: {reason}", line, path) from None
-    reader = _Reader(_key_lines(root) if root is not None else {}, path)
+    document, lines = load_yaml(text, path)
+    reader = _Reader(lines, path)
     top = reader.mapping(document, "", (
         "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout",
         "receiver", "actions"))
@@ -229,6 +342,9 @@ def parse_config(text: str, path: str | None = None) -> Config:
         host = docker["host"]
         if not isinstance(host, str) or not re.match(r"^(unix|tcp|npipe|ssh|http|https)://", host):
             raise reader.error("docker.host", f"must be a Docker host like unix:///var/run/docker.sock or tcp://127.0.0.1:2375, not {host!r}")
+        problem = url_problem(host) if host.startswith(("tcp://", "http://", "https://")) else None
+        if problem:
+            raise reader.error("docker.host", f"{host!r} is not a usable Docker host: {problem}")
         values["docker_host"] = host
 
     for server in ("ollama", "lmstudio"):
@@ -359,8 +475,8 @@ def _process_groups(reader: _Reader, raw: Any) -> tuple[ProcessGroup, ...]:
             if not isinstance(spec["cmdline"], str):
                 raise reader.error(f"{key}.cmdline", "must be a regular expression string")
             try:
-                pattern = re.compile(spec["cmdline"])
-            except re.error as exc:
+                pattern = compile_pattern(spec["cmdline"])
+            except PatternError as exc:
                 raise reader.error(f"{key}.cmdline", f"not a valid regular expression: {exc}") from None
         if not names and pattern is None:
             raise reader.error(key, "give names (exact process names) or cmdline (a regular expression)")
@@ -373,7 +489,11 @@ def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)  # a larger file (or /dev/zero) is refused, not read
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError("", f"the file is larger than {MAX_FILE_BYTES // 1024} KiB: not a configuration file", None, str(path))
+        text = data.decode("utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read the configuration file: {exc.strerror or exc}", None, str(path)) from None
     except UnicodeDecodeError:

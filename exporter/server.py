@@ -65,7 +65,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self._send(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8")
             return
         encoding = None
-        if "gzip" in self.headers.get("Accept-Encoding", ""):
+        if accepts_gzip(self.headers.get("Accept-Encoding", "")):
             body, encoding = gzip.compress(body, compresslevel=1), "gzip"
         self._send(200, body, content_type, encoding)
 
@@ -88,6 +88,29 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip: named (or `*` when gzip is not named)
+    with a q-value above 0. `gzip;q=0` means "not gzip"; a q-value that does not parse counts as 0."""
+    named: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, *parameters = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for parameter in parameters:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+                if not 0 <= quality <= 1:  # nan, inf and negatives included
+                    quality = 0.0
+        if coding:
+            named[coding.lower()] = quality
+    if "gzip" in named:
+        return named["gzip"] > 0
+    return named.get("*", 0.0) > 0
 
 
 class ExporterServer(ThreadingHTTPServer):

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import functools
 import hashlib
 import logging
+import random
 import ssl
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,12 @@ CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_NONE
                "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
 TLS_KEYS = ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
             "cipher_suites", "prefer_server_cipher_suites", "curve_preferences")
-# A verification result is cached so that each scrape does not pay bcrypt's deliberate cost again.
+# A successful check is cached so that each scrape does not pay bcrypt's deliberate cost
+# again. Only successes: a flood of wrong logins can then neither fill the cache nor push
+# the real login out of it. When full, a random tenth is evicted (as exporter-toolkit does),
+# not the whole cache.
 MAX_CACHED_CREDENTIALS = 256
+EVICTED_WHEN_FULL = MAX_CACHED_CREDENTIALS // 10
 
 
 class WebConfigError(ValueError):
@@ -50,34 +55,82 @@ class WebConfig:
     ssl_context: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
-    _cache: dict[bytes, bool] = field(default_factory=dict, repr=False)
+    _cache: set[bytes] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # One bcrypt check at a time, as exporter-toolkit: wrong logins from many connections
+    # then take one core, not all, and the scrapes keep the rest. Granted in arrival order,
+    # so the real login waits for the checks queued before it, not for every later one.
+    _bcrypt_lock: "FairLock" = field(default_factory=lambda: FairLock(), repr=False)
 
     def authorized(self, authorization: str | None) -> bool:
         """Whether an Authorization header satisfies basic_auth_users (always, when there are none)."""
         if not self.users:
             return True
-        if not authorization or not authorization.startswith("Basic "):
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "basic":  # the scheme name is case-insensitive (RFC 9110)
             return False
         try:
-            user, _, password = base64.b64decode(authorization[6:], validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            user, _, password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
             return False
         hashed = self.users.get(user)
         key = hashlib.sha256(b"\0".join([user.encode(), hashed or b"", password.encode()])).digest()
         with self._lock:
-            cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        import bcrypt
-
-        # An unknown user still costs a bcrypt check, so that timing does not tell which users exist.
-        ok = bcrypt.checkpw(password.encode(), hashed or _dummy_hash()) and hashed is not None
-        with self._lock:
-            if len(self._cache) >= MAX_CACHED_CREDENTIALS:
-                self._cache.clear()
-            self._cache[key] = ok
+            if key in self._cache:
+                return True
+        ok = _check(password.encode(), hashed, self._bcrypt_lock)
+        if ok:
+            with self._lock:
+                if len(self._cache) >= MAX_CACHED_CREDENTIALS:
+                    for evicted in random.sample(list(self._cache), EVICTED_WHEN_FULL):
+                        self._cache.discard(evicted)
+                self._cache.add(key)
         return ok
+
+
+class FairLock:
+    """A lock granted in the order it was asked for (Go's sync.Mutex, which exporter-toolkit
+    uses, turns to this order too once a waiter has waited 1 ms). Python's Lock wakes any
+    waiter: under a flood one login could wait behind many later ones."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+        self._held = False
+
+    def __enter__(self) -> "FairLock":
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return self
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder before us, who hands the lock over
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by the next in line
+            else:
+                self._held = False
+
+
+def _check(password: bytes, hashed: bytes | None, lock: FairLock) -> bool:
+    """bcrypt's verdict, one check at a time. An unknown user still costs a check, so that
+    timing does not tell which users exist. bcrypt reads at most 72 bytes and refuses more:
+    such a password is wrong (as in Go's bcrypt), not an error that drops the connection."""
+    if len(password) > 72:
+        return False
+    import bcrypt
+
+    with lock:
+        try:
+            ok = bcrypt.checkpw(password, hashed or _dummy_hash())
+        except ValueError:  # a hash bcrypt cannot read: checked at load, so not expected
+            return False
+    return ok and hashed is not None
 
 
 @functools.cache
@@ -89,12 +142,19 @@ def _dummy_hash() -> bytes:
 
 def load_web_config(path: str | Path) -> WebConfig:
     path = Path(path)
+    from exporter.config import MAX_FILE_BYTES, ConfigError, load_yaml
+
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with open(path, "rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+        # The configuration file's strict reader: no aliases, bounded depth and size, no duplicate keys.
+        document = load_yaml(data.decode("utf-8"), str(path))[0] or {}
     except OSError as exc:
         raise WebConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise WebConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise WebConfigError(f"{path}: not UTF-8 text") from None
+    except ConfigError as exc:
+        raise WebConfigError(str(exc)) from None
     if not isinstance(document, dict):
         raise WebConfigError(f"{path}: must be a mapping")
     unknown = set(document) - {"tls_server_config", "http_server_config", "basic_auth_users"}

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import __version__
+from tests.conftest import missing_realpart
 from tests.parts.exporter_process import ExporterProcess, free_port
 
 CONTRACT_ALWAYS = {
@@ -46,8 +47,8 @@ def test_zero_configuration_serves_on_the_default_address():
             port_free = False
     except httpx.HTTPError:
         pass
-    if not port_free:
-        pytest.skip("something already listens on 127.0.0.1:8730")
+    if not port_free:  # the default address is what this test is about: no other port will do
+        missing_realpart("something already listens on 127.0.0.1:8730, the default address")
     exporter = subprocess.Popen([sys.executable, "-m", "exporter"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         proc = ExporterProcess.__new__(ExporterProcess)

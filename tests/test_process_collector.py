@@ -3,9 +3,13 @@
 import re
 
 import psutil
+import pytest
+
+from exporter.collectors import process as process_module
 
 from exporter.collectors.process import ProcessCollector
 from exporter.config import Config, ProcessGroup
+from exporter.patterns import compile_pattern
 
 
 def readings(config):
@@ -40,7 +44,8 @@ def test_group_rss_is_the_sum_psutil_sees(swift_frontend):
 def test_cmdline_regex_groups(swift_frontend):
     process = swift_frontend.start(hold_mb=20)
     config = Config(process_groups=(
-        ProcessGroup("holders", cmdline=re.compile(r"bytearray\(20 \* 2\*\*20\)")),
+        # This run's copies only (their folder), not other runs' on the machine.
+        ProcessGroup("holders", cmdline=compile_pattern(re.escape(str(swift_frontend.folder)) + r".*bytearray\(20 \* 2\*\*20\)")),
         ProcessGroup("nobody", names=("no-such-process-name",)),
     ))
     result = readings(config)
@@ -57,3 +62,55 @@ def test_processes_exiting_during_the_scan_are_skipped(swift_frontend):
     for process in churn:
         process.wait()
     assert result[("aitools_process_group_processes", "py")] >= 1
+
+
+@pytest.fixture
+def psutil_path(monkeypatch):
+    """The macOS path (psutil's name, cmdline and memory_info) on this Linux machine."""
+    monkeypatch.setattr(process_module, "USE_PSUTIL", True)
+
+    def no_procfs(*args):
+        raise AssertionError("the /proc path ran although the psutil path was forced")
+
+    monkeypatch.setattr(process_module, "_scan_procfs", no_procfs)
+
+
+def test_psutil_path_sums_the_group_and_matches_command_lines(psutil_path, swift_frontend):
+    first = swift_frontend.start(hold_mb=40)
+    second = swift_frontend.start(hold_mb=70)
+    # Other test runs on the machine may have swift-frontend processes too: the folder of
+    # this run's copies, in their command lines, picks out these two exactly.
+    mine = re.escape(str(swift_frontend.folder))
+    config = Config(process_groups=(
+        ProcessGroup("swift-frontend", names=("swift-frontend",)),
+        ProcessGroup("mine", cmdline=compile_pattern(mine)),
+        ProcessGroup("holders", cmdline=compile_pattern(mine + r".*bytearray\(70 \* 2\*\*20\)")),
+        ProcessGroup("nobody", names=("no-such-process-name",), cmdline=compile_pattern("no-such-(command|line)")),
+    ))
+    result = readings(config)
+    expected = first.memory_info().rss + second.memory_info().rss
+    assert result[("aitools_process_group_processes", "mine")] == 2
+    assert abs(result[("aitools_process_group_rss_bytes", "mine")] - expected) < 4 * 2**20
+    assert result[("aitools_process_group_rss_bytes", "mine")] > 110 * 2**20
+    assert result[("aitools_process_group_processes", "swift-frontend")] >= 2
+    assert result[("aitools_process_group_rss_bytes", "swift-frontend")] >= expected - 4 * 2**20
+    assert result[("aitools_process_group_processes", "holders")] == 1
+    assert abs(result[("aitools_process_group_rss_bytes", "holders")] - second.memory_info().rss) < 4 * 2**20
+    assert result[("aitools_process_group_processes", "nobody")] == 0
+    assert result[("aitools_process_group_rss_bytes", "nobody")] == 0
+
+
+def test_psutil_and_procfs_paths_agree(swift_frontend, monkeypatch):
+    swift_frontend.start(hold_mb=30)
+    mine = re.escape(str(swift_frontend.folder))
+    config = Config(process_groups=(ProcessGroup("mine", cmdline=compile_pattern(mine)),
+                                    ProcessGroup("held", cmdline=compile_pattern(mine + r".*bytearray\(30 "))))
+    procfs = readings(config)
+    monkeypatch.setattr(process_module, "USE_PSUTIL", True)
+    by_psutil = readings(config)
+    assert by_psutil.keys() == procfs.keys()
+    for key, value in procfs.items():
+        tolerance = 0 if key[0].endswith("_processes") else 4 * 2**20
+        assert abs(by_psutil[key] - value) <= tolerance, key
+    assert procfs[("aitools_process_group_processes", "held")] == 1
+    assert procfs[("aitools_process_group_rss_bytes", "held")] > 30 * 2**20

@@ -39,7 +39,15 @@ def test_procfs_against_meminfo_and_psutil():
 
 
 def test_auto_on_linux_is_procfs():
-    assert values(SystemCollector(Config())) .keys() == values(SystemCollector(Config(system_source="procfs"))).keys()
+    auto = values(SystemCollector(Config()))
+    procfs = values(SystemCollector(Config(system_source="procfs")))
+    assert auto.keys() == procfs.keys()
+    assert ("aitools_system_memory_pressure_level", ()) not in auto  # a macOS reading only
+    for key, value in procfs.items():
+        if key[0] in ("aitools_system_page_size_bytes", "aitools_system_memory_total_bytes"):
+            assert auto[key] == value, key
+        else:  # the same /proc/meminfo read twice: only what moved in between differs
+            assert auto[key] == pytest.approx(value, abs=64 * 2**20 / (4096 if "pages" in key[0] else 1)), key
 
 
 def test_meminfo_parser_maps_states():
@@ -64,28 +72,38 @@ def fake_path(tmp_path, monkeypatch):
     return tmp_path
 
 
+RECORDED_PAGES = {
+    "vm_stat_apple_silicon.txt": {"free": 6062, "active": 829498, "inactive": 817204, "speculative": 12447,
+                                  "wired": 309858, "purgeable": 25870, "compressed": 653227,
+                                  "file_backed": 575370, "anonymous": 1083779},
+    "vm_stat_intel.txt": {"free": 21417, "active": 924521, "inactive": 900876, "speculative": 19018,
+                          "wired": 604291, "purgeable": 80473, "compressed": 623436,
+                          "file_backed": 591738, "anonymous": 1252677},
+}
+
+
 @pytest.mark.parametrize("recording, page_size", [("vm_stat_apple_silicon.txt", 16384), ("vm_stat_intel.txt", 4096)])
 def test_vm_stat_source_reads_the_recorded_output(fake_path, recording, page_size):
     install_vm_stat(fake_path, f"cat '{DATA / recording}'\n")
     result = values(SystemCollector(Config(system_source="vm_stat")))
     assert result[("aitools_system_page_size_bytes", ())] == page_size
-    expected_page_size, expected = parse_vm_stat((DATA / recording).read_text())
-    assert pages(result) == expected
-    if page_size == 16384:
-        assert expected == {"free": 6062, "active": 829498, "inactive": 817204, "speculative": 12447,
-                            "wired": 309858, "purgeable": 25870, "compressed": 653227,
-                            "file_backed": 575370, "anonymous": 1083779}
+    # The numbers as the recording prints them (compressed: "Pages occupied by compressor").
+    assert pages(result) == RECORDED_PAGES[recording]
+    assert parse_vm_stat((DATA / recording).read_text()) == (page_size, RECORDED_PAGES[recording])
     # total, available and swap still come from the platform
     assert result[("aitools_system_memory_total_bytes", ())] == psutil.virtual_memory().total
 
 
-def test_memory_pressure_from_sysctl_where_it_answers(fake_path):
+@pytest.mark.parametrize("answer, level", [("1", 1), ("2", 2), ("4", 4), ("3", None), ("warn", None), ("", None)])
+def test_memory_pressure_from_sysctl_where_it_answers(fake_path, answer, level):
     install_vm_stat(fake_path, f"cat '{DATA / 'vm_stat_apple_silicon.txt'}'\n")
     sysctl = fake_path / "sysctl"
-    sysctl.write_text('#!/bin/sh\n[ "$2" = kern.memorystatus_vm_pressure_level ] && echo 2\n')
+    # Answers only the exact argv the collector must use: `sysctl -n kern.memorystatus_vm_pressure_level`.
+    sysctl.write_text(f'#!/bin/sh\n[ "$1 $2 $#" = "-n kern.memorystatus_vm_pressure_level 2" ] && echo {answer}\n')
     sysctl.chmod(0o755)
     result = values(SystemCollector(Config(system_source="vm_stat")))
-    assert result[("aitools_system_memory_pressure_level", ())] == 2
+    assert result.get(("aitools_system_memory_pressure_level", ())) == level
+    assert pages(result) == RECORDED_PAGES["vm_stat_apple_silicon.txt"]
 
 
 @pytest.mark.parametrize("script, reason", [
