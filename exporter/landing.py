@@ -20,6 +20,7 @@ from __future__ import annotations
 import html
 import threading
 import time
+import weakref
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -34,7 +35,7 @@ REFRESH_SECONDS = 30
 REUSE_SECONDS = 5.0
 
 _lock = threading.Lock()
-_last: dict[int, tuple[float, bytes]] = {}  # id(registry) -> (monotonic time, page)
+_last: "weakref.WeakKeyDictionary[CollectorRegistry, tuple[float, bytes]]" = weakref.WeakKeyDictionary()
 
 STYLE = """
 body{font:14px/1.4 -apple-system,system-ui,"Segoe UI",sans-serif;margin:1.5em auto;max-width:64em;padding:0 1em;color:#1d1d1f;background:#fff}
@@ -63,7 +64,7 @@ def page(registry: CollectorRegistry) -> bytes:
     """The landing page for the registry the server serves."""
     with _lock:
         now = time.monotonic()
-        cached = _last.get(id(registry))
+        cached = _last.get(registry)
         if cached is not None and now - cached[0] < REUSE_SECONDS:
             return cached[1]
         config, scraper = _parts(registry)
@@ -72,7 +73,7 @@ def page(registry: CollectorRegistry) -> bytes:
         else:
             samples = Samples(registry.collect())
             body = render(config, snapshot_of(config, samples, scraper.last_errors() if scraper else {}))
-        _last[id(registry)] = (time.monotonic(), body)
+        _last[registry] = (time.monotonic(), body)
         return body
 
 
