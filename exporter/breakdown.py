@@ -38,6 +38,7 @@ KNOWN_APPS = ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python", 
 # not under Docker.
 MONITORING_SERVICES = frozenset({"prometheus", "alertmanager", "grafana", "docker-proxy", "aitools-exporter"})
 NO_PROJECT = "(no compose project)"
+_SAME = object()
 SERVER_TITLES = {"ollama": "Ollama", "lmstudio": "LM Studio"}
 
 
@@ -47,16 +48,15 @@ class Node:
     bytes: float | None
     budget: str | None = None
     budget_bytes: float | None = None
-    counted_bytes: float | None = None  # what counts against the budget, when that is not `bytes`
+    counted_bytes: float | None = None  # what counts against the budget (not always `bytes`); None: not read
     children: list["Node"] = field(default_factory=list)
     note: str | None = None
 
     @property
     def share(self) -> float | None:
-        counted = self.bytes if self.counted_bytes is None else self.counted_bytes
-        if counted is None or not self.budget_bytes:
+        if self.counted_bytes is None or not self.budget_bytes:
             return None
-        return counted / self.budget_bytes
+        return self.counted_bytes / self.budget_bytes
 
     def as_dict(self) -> dict:
         return {"name": self.name, "bytes": self.bytes, "budget": self.budget, "budget_bytes": self.budget_bytes,
@@ -86,9 +86,10 @@ class _Breakdown:
     def reading(self, area: str, budget: str) -> Reading | None:
         return next((row for row in self.rows if row.area == area and row.budget == budget), None)
 
-    def budget(self, node: Node, name: str, counted: float | None = None) -> Node:
+    def budget(self, node: Node, name: str, counted: float | None | object = _SAME) -> Node:
+        """Sets the budget that applies to the node and what counts against it (default: the node's memory)."""
         node.budget, node.budget_bytes = name, self.config.budgets.get(name)
-        node.counted_bytes = counted
+        node.counted_bytes = node.bytes if counted is _SAME else counted
         return node
 
     # --- docker and monitoring
@@ -105,7 +106,7 @@ class _Breakdown:
                 limit = self.samples.value("aitools_container_memory_limit_bytes", name=labels.get("name", ""))
                 node = Node(labels.get("name", "?"), used)
                 if limit is not None:
-                    node.budget, node.budget_bytes = "container limit", limit
+                    node.budget, node.budget_bytes, node.counted_bytes = "container limit", limit, used
                 nodes.append(node)
             services = {labels.get("compose_service") for labels, _ in found}
             if project != NO_PROJECT and services <= MONITORING_SERVICES:
@@ -143,17 +144,18 @@ class _Breakdown:
 
     # --- xcode
     def swift(self) -> Node:
+        """With the apps collector: the xcode app, the swift-frontend group under it against
+        swift_build. Without: the node is the swift-frontend group itself."""
+        name = "Swift compilation (Xcode)"
         rss = self.samples.value("aitools_process_group_rss_bytes", group=SWIFT_BUILD_GROUP)
-        count = self.samples.value("aitools_process_group_processes", group=SWIFT_BUILD_GROUP)
+        if "xcode" not in self.apps:
+            node = Node(name, rss)
+            return self.budget(node, "swift_build") if rss is not None else node
         children = []
         if rss is not None:
+            count = self.samples.value("aitools_process_group_processes", group=SWIFT_BUILD_GROUP)
             children.append(self.budget(Node(f"swift-frontend ({int(count or 0)} processes)", rss), "swift_build"))
-        figure = self.app("xcode") if "xcode" in self.apps else rss
-        node = Node("Swift compilation (Xcode)", figure, children=children)
-        if rss is not None and "xcode" not in self.apps:
-            self.budget(node, "swift_build")
-            node.children = []  # the node is the group itself
-        return node
+        return Node(name, self.app("xcode"), children=children)
 
     # --- llm
     def llm(self) -> Node:

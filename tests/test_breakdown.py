@@ -122,6 +122,7 @@ APPS = {"docker": 9.1 * GB, "node": 0.8 * GB, "xcode": 5.5 * GB, "ide": 3.7 * GB
 def test_tree_takes_the_apps_figures_where_the_samples_have_them(swift_frontend, ollama_standin, lmstudio_standin):
     swift_frontend.start(hold_mb=40)
     config = llm_config(ollama_standin, lmstudio_standin, docker_enabled=False)
+    lmstudio_standin.mode = "refused"  # its app is measured, its loaded models are not
     registry, scraper = build_registry(config)
     samples = Samples(with_apps(registry.collect(), APPS))
 
@@ -139,6 +140,9 @@ def test_tree_takes_the_apps_figures_where_the_samples_have_them(swift_frontend,
     # The budgets still count what they count: the loaded models, the swift-frontend group.
     ollama = find(tree, "LLM services", "Ollama")
     assert (ollama.bytes, ollama.counted_bytes, ollama.budget) == (APPS["ollama"], 5_500_000_000, "ollama")
+    lmstudio = find(tree, "LLM services", "LM Studio")
+    assert (lmstudio.bytes, lmstudio.counted_bytes, lmstudio.share) == (APPS["lmstudio"], None, None)
+    assert lmstudio.note.startswith("not read")
     swift = find(tree, "Swift compilation (Xcode)")
     group = samples.value("aitools_process_group_rss_bytes", group="swift-frontend")
     assert [(c.name, c.bytes, c.budget) for c in swift.children] == [

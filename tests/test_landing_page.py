@@ -190,3 +190,12 @@ def test_landing_page_reuses_a_fresh_collection(served):
     assert [path for path, _ in ollama.requests[before:]] == ["/api/ps", "/api/tags"]  # one collection
     second = httpx.get(exporter.url + "/", timeout=30).text
     assert first == second and len(ollama.requests) == before + 2
+
+
+def test_a_registry_without_the_exporters_collectors_gets_the_page_of_links():
+    from prometheus_client.registry import CollectorRegistry
+
+    from exporter.landing import page
+
+    body = page(CollectorRegistry()).decode()
+    assert 'href="metrics"' in body and 'href="healthz"' in body and "<script" not in body

@@ -236,6 +236,11 @@ class OllamaStandin(Standin):
     def unload(self, name: str) -> None:
         self.running.pop(name, None)
 
+    def remove(self, name: str) -> None:
+        """`ollama rm`: unloaded and no longer installed."""
+        self.running.pop(name, None)
+        self.installed.pop(name, None)
+
     def respond(self, path: str, authorization: str | None) -> tuple[int, bytes]:
         if path == "/api/ps":
             return 200, _json({"models": list(self.running.values())})
