@@ -45,7 +45,7 @@ th{font-weight:600;color:#444}td.num{text-align:right;font-variant-numeric:tabul
 .bar{width:14em;height:.9em;background:#eee;border-radius:.45em;overflow:hidden;display:inline-block;vertical-align:middle}
 .bar>span{display:block;height:100%;background:#34a853}.bar.near>span{background:#f9ab00}.bar.over>span{background:#d93025}
 .status-OVER{color:#d93025;font-weight:600}.status-near{color:#b06000}.fits{color:#188038;font-weight:600}.nofit{color:#b06000}
-.note{color:#777;font-size:.9em;white-space:nowrap}.error{color:#d93025}code{font-size:.95em}
+.note{color:#777;font-size:.9em}td.note{white-space:nowrap}.error{color:#d93025}code{font-size:.95em}
 """
 
 
