@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.budgets import SWIFT_BUILD_GROUP, Reading, Samples, node_tracked_bytes, readings
+from exporter.budgets import SWIFT_BUILD_GROUP, Samples, node_tracked_bytes, readings
 from exporter.config import Config
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
@@ -78,13 +78,16 @@ class _Breakdown:
     def __init__(self, config: Config, samples: Samples):
         self.config, self.samples = config, samples
         self.apps = {labels["app"]: value for labels, value in samples.all("aitools_app_memory_bytes")}
-        self.rows = readings(config, samples)
+        # What counts against each budget, as budgets.readings() defines it (the one
+        # definition); per-item budgets (node_heap per target, container limits) aside.
+        self.counted = {row.budget: row.used_bytes for row in readings(config, samples)
+                        if row.budget in config.budgets and row.budget != "node_heap"}
 
     def app(self, name: str) -> float | None:
         return self.apps.get(name)
 
-    def reading(self, area: str, budget: str) -> Reading | None:
-        return next((row for row in self.rows if row.area == area and row.budget == budget), None)
+    def counted_against(self, budget: str, fallback: float | None) -> float | None:
+        return self.counted[budget] if budget in self.counted else fallback
 
     def budget(self, node: Node, name: str, counted: float | None | object = _SAME) -> Node:
         """Sets the budget that applies to the node and what counts against it (default: the node's memory)."""
@@ -121,8 +124,7 @@ class _Breakdown:
         containers = _sum(child.bytes for child in children)
         node = Node("Docker", self.app("docker") if "docker" in self.apps else containers, children=children)
         if self.config.docker_enabled:
-            counted = self.reading("docker", "docker")
-            self.budget(node, "docker", counted.used_bytes if counted else containers)
+            self.budget(node, "docker", self.counted_against("docker", containers))
         return node
 
     def monitoring(self, containers: list[Node]) -> Node:
@@ -150,11 +152,12 @@ class _Breakdown:
         rss = self.samples.value("aitools_process_group_rss_bytes", group=SWIFT_BUILD_GROUP)
         if "xcode" not in self.apps:
             node = Node(name, rss)
-            return self.budget(node, "swift_build") if rss is not None else node
+            return self.budget(node, "swift_build", self.counted_against("swift_build", rss)) if rss is not None else node
         children = []
         if rss is not None:
             count = self.samples.value("aitools_process_group_processes", group=SWIFT_BUILD_GROUP)
-            children.append(self.budget(Node(f"swift-frontend ({int(count or 0)} processes)", rss), "swift_build"))
+            child = Node(f"swift-frontend ({int(count or 0)} processes)", rss)
+            children.append(self.budget(child, "swift_build", self.counted_against("swift_build", rss)))
         return Node(name, self.app("xcode"), children=children)
 
     # --- llm
@@ -171,7 +174,7 @@ class _Breakdown:
             figure = self.app(server) if server in self.apps else loaded
             node = Node(SERVER_TITLES[server], figure, children=models,
                         note=None if read else "not read (see the collectors that failed)")
-            servers.append(self.budget(node, server, loaded))
+            servers.append(self.budget(node, server, self.counted_against(server, loaded)))
         figure = _sum(child.bytes for child in servers)
         return Node("LLM services", figure, children=servers)
 
@@ -193,8 +196,8 @@ class _Breakdown:
         available = self.samples.value("aitools_system_memory_available_bytes")
         used = total - available if total is not None and available is not None else None
         root = Node("Workstation (used memory)", used, children=top)
-        counted = self.reading("total", self.config.total_budget_name)
-        self.budget(root, self.config.total_budget_name, counted.used_bytes if counted else None)
+        total = self.config.total_budget_name
+        self.budget(root, total, self.counted_against(total, None))
         return root, self.monitoring(monitoring_containers)
 
 
