@@ -61,9 +61,15 @@ def share_text(node: Node) -> str:
     return f"{counted}{human_bytes(node.budget_bytes)} {node.budget}{share}"
 
 
+def printable(text: str) -> str:
+    """A name from outside, safe on a terminal: control characters (escape sequences,
+    newlines) shown as Python escapes instead of acting."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _tree_labels(node: Node, lead: str = "", branch: str = ""):
     """(drawn label, node) for the node and its descendants, drawn as `tree` does."""
-    yield lead + branch + node.name, node
+    yield lead + branch + printable(node.name), node
     below = lead + ("" if not branch else "│  " if branch == "├─ " else "   ")
     for index, child in enumerate(node.children):
         yield from _tree_labels(child, below, "└─ " if index == len(node.children) - 1 else "├─ ")
@@ -79,7 +85,8 @@ def render_tree(node: Node) -> list[str]:
 def render_fits(fits: list[ModelFit]) -> list[str]:
     if not fits:
         return ["  (no installed model that is not loaded, or no memory figures)"]
-    return [f"  {fit.server:<9} {fit.model}  {human_bytes(fit.size_bytes)}: {fit.verdict}" for fit in fits]
+    return [f"  {fit.server:<9} {printable(fit.model)}  {human_bytes(fit.size_bytes)}: {printable(fit.verdict)}"
+            for fit in fits]
 
 
 def render_table(config: Config, snapshot: Snapshot) -> str:
@@ -88,7 +95,8 @@ def render_table(config: Config, snapshot: Snapshot) -> str:
     for reading in snapshot.readings:
         budget = f"{human_bytes(reading.budget_bytes)} ({reading.budget})" if reading.budget else ""
         ratio = f"{reading.ratio:.0%}" if reading.ratio is not None else ""
-        rows.append((reading.area, reading.subject, human_bytes(reading.used_bytes), budget, ratio, _status(reading)))
+        rows.append((reading.area, printable(reading.subject), human_bytes(reading.used_bytes), budget, ratio,
+                     _status(reading)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [f"aitools-exporter snapshot, profile {config.profile}", ""]
     if snapshot.tree is not None:
@@ -101,7 +109,7 @@ def render_table(config: Config, snapshot: Snapshot) -> str:
     failed = {name: error for name, error in snapshot.collector_errors.items() if error}
     if failed:
         lines += ["", "Collectors that failed:"]
-        lines += [f"  {name}: {error}" for name, error in sorted(failed.items())]
+        lines += [f"  {name}: {printable(error)}" for name, error in sorted(failed.items())]
     return "\n".join(lines)
 
 

@@ -164,3 +164,17 @@ def test_snapshot_command_prints_the_tree_and_json(tmp_path, swift_frontend):
     assert [child["name"] for child in data["tree"]["children"]][:3] == [
         "Docker", "Node.js servers", "Swift compilation (Xcode)"]
     assert data["llm_fits"] == [] and data["readings"]
+
+
+def test_names_from_outside_cannot_drive_the_terminal(ollama_standin, lmstudio_standin):
+    """A model named with an escape sequence or a newline prints as text, one line each."""
+    hostile = "evil\x1b[2J\x1b]0;pwned\x07\nsecond-line:7b"
+    ollama_standin.load(hostile, size=10**9)
+    ollama_standin.install("also\x1b[31mred:7b", size_on_disk=10**9)
+    config = Config(ollama_url=ollama_standin.url, lmstudio_url=None, docker_enabled=False)
+    registry, scraper = build_registry(config)
+    table = render_table(config, snapshot_of(config, Samples(registry.collect()), scraper.last_errors()))
+    assert "\x1b" not in table and "\x07" not in table
+    assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\nsecond-line:7b" in table
+    assert "also\\x1b[31mred:7b  1.0 GB: fits now" in table
+    assert not any(line.startswith("second-line") for line in table.splitlines())
