@@ -133,7 +133,7 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
 @click.pass_context
 def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address=None, web_config_file=None,
              log_level=None):
-    """Collect once and print every reading beside its budget."""
+    """Collect once and print where the memory goes (a tree), which installed models fit now, and every reading beside its budget."""
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
     config = _load(_config_file(settings.get("config_file")))

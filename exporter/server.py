@@ -50,7 +50,13 @@ class ExporterHandler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send_metrics()
         elif path == "/":
-            self._send(200, LANDING_PAGE.format(version=html.escape(__version__)).encode(), "text/html; charset=utf-8")
+            from exporter.landing import page  # the breakdown page (exporter/landing.py)
+            try:
+                body = page(self.server.registry)
+            except Exception:  # never worse than the plain page of links
+                log.exception("building the landing page failed")
+                body = LANDING_PAGE.format(version=html.escape(__version__)).encode()
+            self._send(200, body, "text/html; charset=utf-8")
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         else:

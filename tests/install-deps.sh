@@ -12,6 +12,8 @@ command -v prometheus-process-exporter >/dev/null || need+=(prometheus-process-e
 command -v node >/dev/null || need+=(nodejs)
 # systemd-analyze verifies the units of `aitools-exporter service install` (no systemd runs).
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The browser that renders the landing page (tests/test_landing_page.py).
+command -v chromium >/dev/null || need+=(chromium)
 # The Docker socket proxy of compose.monitoring.yml (compose/docker-proxy/nginx.conf).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then

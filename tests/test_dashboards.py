@@ -53,6 +53,7 @@ EXPORTER_METRICS = frozenset({
     "aitools_node_rss_bytes", "aitools_node_target_up",
     "aitools_container_memory_usage_bytes", "aitools_container_memory_limit_bytes", "aitools_docker_up",
     "aitools_llm_model_loaded_bytes", "aitools_llm_model_vram_bytes", "aitools_llm_server_up",
+    "aitools_llm_model_installed_bytes",
     "aitools_process_group_rss_bytes", "aitools_process_group_processes",
     "aitools_system_memory_pages", "aitools_system_page_size_bytes", "aitools_system_memory_total_bytes",
     "aitools_system_memory_available_bytes", "aitools_system_swap_used_bytes",
@@ -454,6 +455,11 @@ aitools_llm_server_up{{server="lmstudio"}} 1
 aitools_llm_model_loaded_bytes{{server="ollama",model="llama3.2:3b"}} {3 * GiB}
 aitools_llm_model_vram_bytes{{server="ollama",model="llama3.2:3b"}} {2 * GiB}
 aitools_llm_model_loaded_bytes{{server="lmstudio",model="qwen2.5-coder-7b-instruct"}} {4500 * MiB}
+aitools_llm_model_installed_bytes{{server="ollama",model="llama3.2:3b"}} 2019393189
+aitools_llm_model_installed_bytes{{server="ollama",model="qwen2.5:0.5b"}} 397821319
+aitools_llm_model_installed_bytes{{server="ollama",model="llama3.3:70b"}} 42520413916
+aitools_llm_model_installed_bytes{{server="lmstudio",model="qwen2.5-coder-7b-instruct"}} {4500 * MiB}
+aitools_llm_model_installed_bytes{{server="lmstudio",model="google/gemma-3-12b"}} 8100000000
 aitools_process_group_rss_bytes{{group="swift-frontend"}} {5 * GiB}
 aitools_process_group_processes{{group="swift-frontend"}} 4
 aitools_system_page_size_bytes 16384
@@ -579,6 +585,13 @@ def test_queries_show_the_right_values(prometheus_with_rules):
     # Swift: RSS per process.
     per_process = run("swift.json", "RSS per swift-frontend process")
     assert [float(s["value"][1]) for s in per_process] == [5 * GiB / 4]
+    # Installed models: which fit now (the machine leaves 24 GiB - 6.4 GiB, more than either budget).
+    fit = [(s["metric"]["server"], s["metric"]["model"], float(s["value"][1])) for s in run("llm.json", "Fit now")]
+    assert fit == [("lmstudio", "google/gemma-3-12b", 8.1e9), ("ollama", "qwen2.5:0.5b", 397821319)]
+    blocked = run("llm.json", "Need another model unloaded first")
+    assert [(s["metric"]["model"], float(s["value"][1])) for s in blocked] == [("llama3.3:70b", 42520413916)]
+    room = {s["metric"]["server"]: float(s["value"][1]) for s in run("llm.json", "Room for another model")}
+    assert room == {"ollama": 8e9 - 3 * GiB, "lmstudio": 16e9 - 4500 * MiB}  # the budgets bind, not the memory
     # The GPU share of the Ollama model.
     share = run("llm.json", "GPU share of each model")
     assert [round(float(s["value"][1]), 4) for s in share] == [0.6667]

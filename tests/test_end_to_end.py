@@ -54,6 +54,9 @@ SUPABASE = {  # name: (image, compose service, MiB held)
 }
 OLLAMA_MODEL, OLLAMA_SIZE = "llama3.1:8b", 4_920_000_000
 LMSTUDIO_MODEL, LMSTUDIO_SIZE = "qwen2.5-7b-instruct", 4_680_000_000
+# Installed, not loaded: Ollama is over its budget, so nothing more fits there; LM Studio
+# has 11.3 GB of its budget left.
+OLLAMA_INSTALLED, LMSTUDIO_DOWNLOADED = ("qwen2.5:0.5b", 397_821_319), ("mistral-7b-instruct-v0.3", 4_080_000_000)
 CONTRACT_METRICS = (
     "aitools_node_heap_used_bytes", "aitools_node_heap_total_bytes", "aitools_node_heap_limit_bytes",
     "aitools_node_rss_bytes", "aitools_node_target_up", "aitools_container_memory_usage_bytes",
@@ -63,6 +66,8 @@ CONTRACT_METRICS = (
     "aitools_system_memory_total_bytes", "aitools_system_memory_available_bytes", "aitools_system_swap_used_bytes",
     "aitools_budget_bytes", "aitools_profile_info", "aitools_collector_success",
     "aitools_collector_duration_seconds", "aitools_build_info",
+    # Additions (second round).
+    "aitools_llm_model_installed_bytes",
 )
 
 
@@ -103,6 +108,8 @@ def stack(docker_engine):
             ollama.load(OLLAMA_MODEL, size=OLLAMA_SIZE, size_vram=OLLAMA_SIZE)
             lmstudio = cleanup.enter_context(LMStudioStandin())
             lmstudio.load(LMSTUDIO_MODEL, size_bytes=LMSTUDIO_SIZE)
+            ollama.install(OLLAMA_INSTALLED[0], size_on_disk=OLLAMA_INSTALLED[1])
+            lmstudio.download(LMSTUDIO_DOWNLOADED[0], size_bytes=LMSTUDIO_DOWNLOADED[1])
 
             # --- budgets about 10 % under what is measured now, where an alert is expected
             docker_total = sum(docker_engine.memory_stats(cid)["usage"] - docker_engine.memory_stats(cid)["stats"]
@@ -247,6 +254,17 @@ def test_every_recording_rule_has_a_value(fired):
     assert scores["docker"] < 100 and scores["llm"] < 100
     overall = prometheus.value("aitools:efficiency_score:overall")
     assert 50 <= overall < 100
+
+
+def test_which_installed_models_fit(fired):
+    prometheus = fired["prometheus"]
+    fits = {(s["metric"]["server"], s["metric"]["model"]): float(s["value"][1])
+            for s in prometheus.query("aitools:llm_model_fits")}
+    assert fits == {("ollama", OLLAMA_INSTALLED[0]): 0, ("lmstudio", LMSTUDIO_DOWNLOADED[0]): 1}
+    installed = {(s["metric"]["server"], s["metric"]["model"]): float(s["value"][1])
+                 for s in prometheus.query("aitools_llm_model_installed_bytes")}
+    assert installed[("lmstudio", LMSTUDIO_DOWNLOADED[0])] == LMSTUDIO_DOWNLOADED[1]
+    assert installed[("ollama", OLLAMA_INSTALLED[0])] == OLLAMA_INSTALLED[1]
 
 
 def test_every_dashboard_panel_query_returns_data(fired):

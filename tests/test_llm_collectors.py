@@ -78,7 +78,7 @@ def test_ollama_reports_each_loaded_model_with_its_vram(ollama_standin):
     assert result.models(LOADED) == {"llama3.1:8b": 4_900_000_000, "qwen2.5:0.5b": 1_100_000_000,
                                      "mistral:7b": 5_137_025_024}
     assert result.models(VRAM) == {"llama3.1:8b": 4_900_000_000, "qwen2.5:0.5b": 0, "mistral:7b": 3_000_000_000}
-    assert [path for path, _ in ollama_standin.requests] == ["/api/ps"]
+    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"]
 
 
 def test_ollama_follows_models_loaded_and_unloaded_between_scrapes(ollama_standin):
@@ -481,3 +481,94 @@ def test_scraper_keeps_the_up_gauge_of_a_server_slower_than_the_timeout(ollama_s
     assert values[("aitools_collector_success", (("collector", "ollama"),))] == 0
     assert values[(UP, (("server", "ollama"),))] == 0
     assert scraper.last_errors()["ollama"] == f"ollama at {ollama_standin.url}: timed out after {TIMEOUT:g}s"
+
+
+# --- installed models (aitools_llm_model_installed_bytes) -----------------------------
+
+INSTALLED = "aitools_llm_model_installed_bytes"
+
+
+def test_ollama_reports_every_installed_model_loaded_or_not(ollama_standin):
+    ollama_standin.install("llama3.1:8b", size_on_disk=4_920_753_328)
+    ollama_standin.install("qwen2.5-coder:32b", size_on_disk=19_851_349_856, family="qwen2")
+    ollama_standin.install("nomic-embed-text:latest", size_on_disk=274_302_450, family="nomic-bert")
+    ollama_standin.load("llama3.1:8b", size=6_654_289_920)  # in memory: weights and context
+
+    result = collect(ollama(ollama_standin))
+
+    assert (result.up, result.error) == (1, None)
+    assert result.models(INSTALLED) == {"llama3.1:8b": 4_920_753_328, "qwen2.5-coder:32b": 19_851_349_856,
+                                        "nomic-embed-text:latest": 274_302_450}
+    assert result.models(LOADED) == {"llama3.1:8b": 6_654_289_920}
+    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"]
+
+
+def test_ollama_reads_the_documented_tags_example_and_leaves_out_cloud_and_unusable_entries(ollama_standin):
+    """The response example of docs.ollama.com/api/tags, with a cloud model (Ollama 0.12+:
+    remote_host/remote_model, runs elsewhere) and entries without a usable name or size."""
+    documented = {"name": "gemma3", "model": "gemma3", "modified_at": "2025-10-03T23:34:03.409490317-07:00",
+                  "size": 3338801804,
+                  "digest": "a2af6cc3eb7fa8be8504abaf9b04e88f17a119ec3f04a3addf55f92841195f5a",
+                  "details": {"format": "gguf", "family": "gemma", "families": ["gemma"],
+                              "parameter_size": "4.3B", "quantization_level": "Q4_K_M"}}
+    cloud = {"name": "gpt-oss:120b-cloud", "model": "gpt-oss:120b-cloud", "size": 384,
+             "remote_model": "gpt-oss:120b", "remote_host": "https://ollama.com:443"}
+    tags = {"models": [documented, cloud, {"model": "phi3:mini", "size": 2.0e9}, {"name": "bad", "size": -1},
+                       {"name": "", "size": 5}, "not an object"]}
+    ollama_standin.installed = dict(enumerate(tags["models"]))  # served as list(installed.values())
+
+    result = collect(ollama(ollama_standin))
+
+    assert (result.up, result.error) == (1, None)
+    assert result.models(INSTALLED) == {"gemma3": 3338801804, "phi3:mini": 2_000_000_000}
+
+
+@pytest.mark.parametrize("mode", ["http500", "malformed", "truncated", "hangup", "stall"])
+def test_ollama_tags_failing_costs_only_the_installed_models(ollama_standin, mode, caplog):
+    ollama_standin.load("llama3.1:8b", size=4_900_000_000)
+    collector = ollama(ollama_standin)
+    ollama_standin.path_modes = {"/api/tags": mode}
+
+    with caplog.at_level("WARNING", logger="exporter.collectors.llm"):
+        first, second = collect(collector), collect(collector)
+
+    for result in (first, second):
+        assert (result.up, result.error) == (1, None)  # the budgets' figures are all there
+        assert result.models(LOADED) == {"llama3.1:8b": 4_900_000_000}
+        assert result.models(INSTALLED) == {}
+        assert result.seconds < TIMEOUT + SCRAPE_MARGIN_SECONDS
+    warnings = [r.getMessage() for r in caplog.records if "installed models unknown" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # said once, not at every scrape
+    assert warnings[0].startswith(f"ollama at {ollama_standin.url}: installed models unknown: ")
+
+    ollama_standin.path_modes = {}
+    assert collect(collector).models(INSTALLED) == {"llama3.1:8b": int(4_900_000_000 * 0.9)}
+
+
+def test_ollama_tags_with_a_wrong_shape_costs_only_the_installed_models(ollama_standin):
+    ollama_standin.load("llama3.1:8b", size=4_900_000_000)
+    ollama_standin.installed = None  # serves {"models": null}: nothing installed (Go's nil slice)
+    result = collect(ollama(ollama_standin))
+    assert (result.error, result.models(LOADED), result.models(INSTALLED)) == (None, {"llama3.1:8b": 4_900_000_000}, {})
+
+
+def test_lmstudio_reports_every_downloaded_model_once_loaded_or_not(lmstudio_standin):
+    lmstudio_standin.load("google/gemma-3-12b", size_bytes=8_100_000_000, instances=2)
+    lmstudio_standin.download("mistral-7b-instruct-v0.3", size_bytes=4_080_000_000)
+    lmstudio_standin.download("text-embedding-nomic-embed-text-v1.5", size_bytes=84_110_000, type="embedding")
+
+    result = collect(lmstudio(lmstudio_standin))
+
+    assert (result.up, result.error) == (1, None)
+    assert result.models(INSTALLED) == {"google/gemma-3-12b": 8_100_000_000,  # once, whatever the instances
+                                        "mistral-7b-instruct-v0.3": 4_080_000_000,
+                                        "text-embedding-nomic-embed-text-v1.5": 84_110_000}
+    assert result.models(LOADED) == {"google/gemma-3-12b": 2 * 8_100_000_000}
+    assert [path for path, _ in lmstudio_standin.requests] == ["/api/v1/models"]  # no extra request
+
+
+def test_lmstudio_v0_publishes_no_installed_sizes(lmstudio_standin):
+    lmstudio_standin.api_version = "v0"
+    lmstudio_standin.download("meta-llama-3.1-8b-instruct", size_bytes=4_920_000_000)
+    result = collect(lmstudio(lmstudio_standin))
+    assert (result.up, result.error, result.models(INSTALLED)) == (1, None, {})

@@ -264,9 +264,10 @@ class Churn:
         while not self.stopping.wait(0.2):
             self.models_loaded += 1
             self.ollama.load(f"churn-model-{self.models_loaded}:7b", size=10**9 + self.models_loaded)
-            self.ollama.unload(f"churn-model-{self.models_loaded - 3}:7b")
+            # Removed, not just unloaded: the installed models stay a few, as on a real machine.
+            self.ollama.remove(f"churn-model-{self.models_loaded - 3}:7b")
         for number in range(self.models_loaded - 2, self.models_loaded + 1):
-            self.ollama.unload(f"churn-model-{number}:7b")
+            self.ollama.remove(f"churn-model-{number}:7b")
 
 
 @pytest.mark.timeout(1800)  # some 4 minutes on an idle 2-core machine; room for a busy one

@@ -46,6 +46,7 @@ from exporter.collectors.llm import (
     parse_json,
     parse_lmstudio_v1,
     parse_ollama_ps,
+    parse_ollama_tags,
 )
 from exporter.collectors.node import (
     MAX_PLAUSIBLE_BYTES,
@@ -259,6 +260,21 @@ def test_ollama_body_is_a_sane_reading_or_unreadable(body):
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), payloads(ollama_entries, "models").map(dumps)))
+@example(b'{"models": [{"name": "m", "size": 5, "remote_host": "https://ollama.com:443"}]}')
+def test_ollama_tags_body_is_a_map_of_sizes_or_unreadable(body):
+    """Exactly what the collector does with a 200 answer of /api/tags."""
+    try:
+        installed = parse_ollama_tags(parse_json(body))
+    except Unreadable as exc:
+        assert exc.answered and exc.reason
+        return
+    for name, size in installed.items():
+        assert isinstance(name, str) and name.strip()
+        assert isinstance(size, int) and 0 <= size < MAX_BYTE_COUNT
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(st.binary(max_size=300), payloads(lmstudio_entries, "models").map(dumps)))
 def test_lmstudio_v1_body_is_a_sane_reading_or_unreadable(body):
     try:
@@ -270,6 +286,9 @@ def test_lmstudio_v1_body_is_a_sane_reading_or_unreadable(body):
         return
     check_model_reading(reading)
     assert reading.vram_bytes == {}
+    for key, size in reading.installed_bytes.items():
+        assert isinstance(key, str) and key.strip()
+        assert isinstance(size, int) and 0 <= size < MAX_BYTE_COUNT
 
 
 @settings(max_examples=300, deadline=None)
@@ -451,6 +470,7 @@ def test_hostile_ollama_cannot_flood_or_poison_the_scrape(hostile_ollama, payloa
     hostile_ollama.answer = (200, body)
     try:
         expected = parse_ollama_ps(parse_json(body))
+        installed = parse_ollama_tags(parse_json(body))  # the stand-in answers /api/tags alike
     except Unreadable:
         expected = None
     scraper = Scraper([OllamaCollector(Config(ollama_url=hostile_ollama.url, timeout=5))], timeout=5)
@@ -473,7 +493,8 @@ def test_hostile_ollama_cannot_flood_or_poison_the_scrape(hostile_ollama, payloa
 
     offered = 0
     for metric, sizes in (("aitools_llm_model_loaded_bytes", expected.loaded_bytes),
-                          ("aitools_llm_model_vram_bytes", expected.vram_bytes)):
+                          ("aitools_llm_model_vram_bytes", expected.vram_bytes),
+                          ("aitools_llm_model_installed_bytes", installed)):
         published = {s.labels["model"]: s.value for s in families.get(metric, _empty).samples}
         offered += len(sizes)
         # Capped at the limit, and nothing beyond what the server offered.
@@ -485,7 +506,8 @@ def test_hostile_ollama_cannot_flood_or_poison_the_scrape(hostile_ollama, payloa
             label = _as_published(name)[:MAX_LABEL_VALUE_LENGTH]
             if label in published and shown[label] == 1:  # the value is the model's own
                 assert published[label] == pytest.approx(float(size))
-    kept = sum(len(families[m].samples) for m in ("aitools_llm_model_loaded_bytes", "aitools_llm_model_vram_bytes")
+    kept = sum(len(families[m].samples) for m in ("aitools_llm_model_loaded_bytes", "aitools_llm_model_vram_bytes",
+                                                  "aitools_llm_model_installed_bytes")
                if m in families)
     # Every model the server offered is either published or counted as dropped.
     assert kept + dropped["ollama"] == offered

@@ -1,9 +1,11 @@
 """Models loaded in the local LLM servers: Ollama and LM Studio.
 
 Ollama: `GET /api/ps` lists the running models, each with `size` (bytes in memory)
-and `size_vram` (the part of it in GPU memory).
+and `size_vram` (the part of it in GPU memory); `GET /api/tags` lists the installed
+models, each with `size` (bytes on disk), loaded or not.
 LM Studio 0.4+: `GET /api/v1/models` lists the downloaded models, each with
-`size_bytes` and `loaded_instances`. Older LM Studio (0.3.6 to 0.3.x) only has
+`size_bytes` and `loaded_instances`: the installed models and the loaded ones in one
+answer. Older LM Studio (0.3.6 to 0.3.x) only has
 `GET /api/v0/models`, which says which models are loaded but not their size; it
 answers /api/v1/models with HTTP 200 and an "Unexpected endpoint" error, or a 404.
 
@@ -61,6 +63,10 @@ class ModelReading:
     loaded_bytes: dict[str, int] = field(default_factory=dict)
     vram_bytes: dict[str, int] = field(default_factory=dict)
     skipped_entries: int = 0  # model entries without a usable name or size
+    # Installed models, loaded or not; None when the server did not say (LM Studio's
+    # /api/v0, or Ollama's /api/tags failing while /api/ps answered).
+    installed_bytes: dict[str, int] | None = None
+    installed_error: str | None = None  # why installed_bytes is None, when it is a failure
 
 
 class Deadline:
@@ -206,6 +212,7 @@ class LLMServerCollector(SourceCollector):
             raise ValueError(f"{self.name} has no URL: leave the collector out when it is disabled")
         self.base_url = base_url.rstrip("/")
         self.skipped_entries = 0
+        self._installed_error: str | None = None
         self._client = httpx.Client(
             headers={"Accept": "application/json", "Accept-Encoding": "identity"},
             # Each request opens its own connection: the deadline needs to see the socket,
@@ -230,6 +237,8 @@ class LLMServerCollector(SourceCollector):
                        "Size of each loaded model as its server reports it.", ["server", "model"])
         vram = gauge("aitools_llm_model_vram_bytes",
                      "The part of a loaded model in GPU memory, where the server tells it.", ["server", "model"])
+        installed = gauge("aitools_llm_model_installed_bytes",
+                          "Size of each model installed in the server, loaded or not.", ["server", "model"])
         deadline = Deadline(self.config.timeout)
         try:
             reading, failure = self.read_models(deadline), None
@@ -248,8 +257,12 @@ class LLMServerCollector(SourceCollector):
             loaded.add_metric([self.name, model], float(size))
         for model, size in sorted(reading.vram_bytes.items()):
             vram.add_metric([self.name, model], float(size))
+        self._note_installed_error(reading.installed_error)
+        for model, size in sorted((reading.installed_bytes or {}).items()):
+            installed.add_metric([self.name, model], float(size))
         yield loaded
         yield vram
+        yield installed
 
     def get_json(self, path: str, deadline: Deadline, headers: dict[str, str] | None = None) -> Any:
         """GET base_url + path within the deadline and return the parsed JSON of a 2xx answer."""
@@ -305,6 +318,17 @@ class LLMServerCollector(SourceCollector):
             message = message.replace(secret, "[redacted]")
         return message
 
+    def _note_installed_error(self, error: str | None) -> None:
+        """The installed models are a second reading beside the loaded ones: when only they
+        fail, the loaded figures (which the budgets count) stay published and the collector
+        succeeds; the log says once that the installed list is missing, and once when it is back."""
+        previous = self._installed_error
+        if error and error != previous:
+            log.warning("%s at %s: installed models unknown: %s", self.name, self.base_url, self._redact(error))
+        elif previous and not error:
+            log.info("%s at %s: installed models readable again", self.name, self.base_url)
+        self._installed_error = error
+
     def _note_skipped(self, skipped: int) -> None:
         if skipped and skipped != self.skipped_entries:
             log.warning("%s at %s: skipped %d model entries without a usable name or size",
@@ -347,20 +371,39 @@ def parse_ollama_ps(payload: Any) -> ModelReading:
     return reading
 
 
+def parse_ollama_tags(payload: Any) -> dict[str, int]:
+    """`/api/tags`: {"models": [{"name", "model", "modified_at", "size", "digest", "details"}]}.
+
+    `size` is the model's bytes on disk. Cloud models (Ollama 0.12+: an entry with
+    `remote_host` / `remote_model`) run elsewhere and take no memory here: left out.
+    Entries without a usable name or size are left out too."""
+    installed: dict[str, int] = {}
+    for entry in _models_list(payload, "models", "/api/tags"):
+        if not isinstance(entry, dict) or entry.get("remote_host") or entry.get("remote_model"):
+            continue
+        name = model_name(entry.get("name")) or model_name(entry.get("model"))
+        size = byte_count(entry.get("size"))
+        if name is not None and size is not None:
+            installed[name] = size
+    return installed
+
+
 def parse_lmstudio_v1(payload: Any) -> ModelReading:
     """`/api/v1/models`: {"models": [{"key", "size_bytes", "loaded_instances": [{"id", "config"}]}]}.
 
     One series per model key. Each loaded instance of a key is a separate load of its
     weights, so the key counts size_bytes once per instance.
     """
-    reading = ModelReading()
+    reading = ModelReading(installed_bytes={})
     for entry in _models_list(payload, "models", LMSTUDIO_V1_MODELS):
         entry = entry if isinstance(entry, dict) else {}
         instances = entry.get("loaded_instances")
-        if isinstance(instances, list) and not instances:
-            continue  # downloaded, not loaded
         key = model_name(entry.get("key"))
         size = byte_count(entry.get("size_bytes"))
+        if key is not None and size is not None:
+            reading.installed_bytes[key] = size  # every downloaded model, loaded or not
+        if isinstance(instances, list) and not instances:
+            continue  # downloaded, not loaded
         if key is None or size is None or not isinstance(instances, list):
             reading.skipped_entries += 1
             continue
@@ -388,7 +431,14 @@ class OllamaCollector(LLMServerCollector):
         super().__init__(config, config.ollama_url)
 
     def read_models(self, deadline: Deadline) -> ModelReading:
-        return parse_ollama_ps(self.get_json("/api/ps", deadline))
+        reading = parse_ollama_ps(self.get_json("/api/ps", deadline))
+        # The installed models: one more request within the same deadline. Its failure
+        # costs only the installed figures (see _note_installed_error).
+        try:
+            reading.installed_bytes = parse_ollama_tags(self.get_json("/api/tags", deadline))
+        except Unreadable as exc:
+            reading.installed_error = exc.reason
+        return reading
 
 
 class LMStudioCollector(LLMServerCollector):

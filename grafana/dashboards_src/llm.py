@@ -1,4 +1,5 @@
-"""Local LLMs: each loaded model with its size and GPU part, each server against its budget."""
+"""Local LLMs: each loaded model with its size and GPU part, each server against its budget,
+the installed models and which of them would fit now (aitools:llm_model_fits)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from .lib import (
 UID = "aitools-llm"
 LOADED = "aitools_llm_model_loaded_bytes"
 VRAM = "aitools_llm_model_vram_bytes"
+INSTALLED = "aitools_llm_model_installed_bytes"
+FITS = "aitools:llm_model_fits"
 # server label value -> (budget name, display name); the budget is named after the server.
 SERVERS = (("ollama", "Ollama"), ("lmstudio", "LM Studio"))
 
@@ -38,6 +41,12 @@ def server_against_budget(server: str, display: str):
         ],
         stacked=True,
     )
+
+
+def installed_that(verdict: str) -> str:
+    """Installed models whose aitools:llm_model_fits is `verdict` (1 fits now, 0 does not), with their size."""
+    return (f"sort_desc({INSTALLED}{{{INSTANCE}}} and on (instance, server, model) "
+            f"({FITS}{{{INSTANCE}}} == {verdict}))")
 
 
 def build():
@@ -98,6 +107,51 @@ def build():
             "Model sizes now",
             "Each loaded model's size, largest first, as Ollama (/api/ps) or LM Studio (/api/v1/models) reports it.",
             [query(f"sort_desc({LOADED}{{{INSTANCE}}})", "{{server}} / {{model}}")],
+        )
+    )
+
+    dashboard = dashboard.with_row(row("Installed models: which fit now")).with_panel(
+        bytes_bars(
+            "Fit now",
+            "Installed models that are not loaded and would fit now: within their server's budget less what it has "
+            "loaded, and within the available memory less 10 % of physical memory (rule aitools:llm_model_fits).",
+            [query(installed_that("1"), "{{server}} / {{model}}")],
+            width=8,
+        )
+    ).with_panel(
+        bytes_bars(
+            "Need another model unloaded first",
+            "Installed models that are not loaded and would not fit now: unload a model of the same server "
+            "(or free memory) first.",
+            [query(installed_that("0"), "{{server}} / {{model}}")],
+            width=8,
+        )
+    ).with_panel(
+        timeseries(
+            "Room for another model",
+            "The largest model each server could load now: its budget less what it has loaded, or the available "
+            "memory less the reserve, whichever is smaller (rule aitools:llm_room_bytes).",
+            [query(f"aitools:llm_room_bytes{{{INSTANCE}}}", "{{server}}")],
+            width=8,
+            min_zero=False,  # negative when a server is over its budget
+        )
+    ).with_panel(
+        table(
+            "Installed models",
+            "Every model installed in each server with its size (Ollama /api/tags, LM Studio /api/v1/models), "
+            "and its size in memory when it is loaded.",
+            [
+                query(f"{INSTALLED}{{{INSTANCE}}}", "{{server}} {{model}}"),
+                query(f"{LOADED}{{{INSTANCE}}}", "{{server}} {{model}}"),
+            ],
+            [
+                Column("server", "Server"),
+                Column("model", "Model"),
+                Column("Value #A", "Installed size", BYTES),
+                Column("Value #B", "Loaded now", BYTES),
+            ],
+            sort_by="Installed size",
+            width=24,
         )
     )
 

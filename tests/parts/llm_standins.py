@@ -23,6 +23,8 @@ Failure modes (`standin.mode = ...`, back to normal with `standin.mode = None`):
   "truncated"  declares a Content-Length larger than the bytes it sends, then closes
   "malformed"  answers 200 with a body that is not valid JSON
   "hangup"     closes the connection without answering
+`standin.path_modes = {"/api/tags": "http500"}` gives one path a failure mode of its own
+(any mode but "refused"), the others answering normally.
 `standin.answer = (status, body_bytes)` overrides every answer (wrong shapes, bad sizes);
 `header_delay` waits that long before any answer; `chunked = True` sends bodies with
 chunked transfer encoding and no Content-Length (as Go's net/http does past 4 KB).
@@ -53,7 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         standin = self.server.standin
         standin.requests.append((self.path, dict(self.headers)))
-        mode = standin.mode
+        mode = standin.path_modes.get(self.path, standin.mode)
         if mode == "hangup":
             self.close_connection = True
             return
@@ -122,6 +124,7 @@ class Standin:
         self.header_delay = 0.0
         self.chunked = False
         self.answer: tuple[int, bytes] | None = None
+        self.path_modes: dict[str, str] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._mode: str | None = None
         self._server: _Server | None = None
@@ -233,11 +236,16 @@ class OllamaStandin(Standin):
     def unload(self, name: str) -> None:
         self.running.pop(name, None)
 
+    def remove(self, name: str) -> None:
+        """`ollama rm`: unloaded and no longer installed."""
+        self.running.pop(name, None)
+        self.installed.pop(name, None)
+
     def respond(self, path: str, authorization: str | None) -> tuple[int, bytes]:
         if path == "/api/ps":
             return 200, _json({"models": list(self.running.values())})
         if path == "/api/tags":
-            return 200, _json({"models": list(self.installed.values())})
+            return 200, _json({"models": None if self.installed is None else list(self.installed.values())})
         if path == "/api/version":
             return 200, _json({"version": self.version})
         return 404, b"404 page not found"  # Go's default NotFound handler, text/plain
