@@ -56,6 +56,8 @@ class BudgetUsage:
     meaning: str = ""
 
 
+SWIFT_BUILD_GROUP = "swift-frontend"
+
 # How long a failed read keeps the last figure: long enough for a pending or firing budget
 # alert to survive a few failed scrapes, short enough not to show stale memory for long.
 HOLD = "5m"
@@ -69,14 +71,12 @@ USAGE: tuple[BudgetUsage, ...] = (
                 meaning="the models loaded in Ollama"),
     BudgetUsage("lmstudio", "aitools_llm_model_loaded_bytes", (("server", "=", "lmstudio"),), collector="lmstudio",
                 meaning="the models loaded in LM Studio"),
-    BudgetUsage("swift_build", "aitools_process_group_rss_bytes", (("group", "=", "swift-frontend"),),
+    BudgetUsage("swift_build", "aitools_process_group_rss_bytes", (("group", "=", SWIFT_BUILD_GROUP),),
                 collector="process", meaning="all swift-frontend processes together"),
     BudgetUsage("node_heap_growth", "aitools_node_heap_used_bytes", per="target",
                 trend="clamp_min(aitools:node_heap_baseline_growth_bytes, 0)",
                 meaning="how much the post-GC heap baseline of a Node.js target grew in 30 minutes"),
 )
-
-SWIFT_BUILD_GROUP = dict((label, value) for label, _, value in USAGE[4].matchers)["group"]
 
 
 def _selector(usage: BudgetUsage) -> str:
