@@ -6,8 +6,9 @@ period from 1 to 20 minutes (heapUsed climbs between collections and drops back 
 post-GC baseline at each), scraped every minute, for 150 minutes:
 
 - leak-P:    from minute 20 the baseline grows exactly node_heap_growth (50MB) per 30
-             minutes; must fire within an hour of the start (checked at 75m and 80m) and
-             keep firing (checked to the end).
+             minutes (leak-P-phaseQ: the same with the GC cycle at another point);
+             must fire within an hour of the start (checked at 78m and from 80m every
+             5 minutes to the end: it keeps firing).
 - steady-P:  the baseline stays; never fires.
 - restart-P: steady, then at minute 60 the process restarts (heapUsed drops to 30MB, a
              counter-like reset) and warms up to its old level within 4 minutes; never fires.
@@ -31,6 +32,8 @@ PERIODS = (1, 3, 7, 13, 20)
 AMPLITUDE = 60 * MB         # how far heapUsed climbs above the baseline before a GC
 GROWTH = 50 * MB            # node_heap_growth, per 30 minutes
 LEAK_START = 20
+# More leaks with the GC cycle at other points when the leak starts.
+LEAK_PHASES = ((20, 0), (20, 3), (20, 7), (20, 13), (20, 17), (13, 2), (7, 5))
 
 
 def saw(minute: int, period: int, phase: int = 0) -> float:
@@ -40,8 +43,9 @@ def saw(minute: int, period: int, phase: int = 0) -> float:
     return AMPLITUDE * (((minute + phase) % period) / period)
 
 
-def leak(period: int) -> list[int]:
-    return [round(100 * MB + max(0, m - LEAK_START) * GROWTH / 30 + saw(m, period, phase=period // 2))
+def leak(period: int, phase: int | None = None) -> list[int]:
+    phase = period // 2 if phase is None else phase
+    return [round(100 * MB + max(0, m - LEAK_START) * GROWTH / 30 + saw(m, period, phase=phase))
             for m in range(MINUTES + 1)]
 
 
@@ -109,9 +113,11 @@ def main() -> None:
         text.append(series(f"steady-{p}", steady(p)))
         text.append(series(f"restart-{p}", restart(p)))
         text.append(series(f"warmup-{p}", warmup(p)))
+    for period, phase in LEAK_PHASES:
+        text.append(series(f"leak-{period}-phase{phase}", leak(period, phase)))
     text.append(series("slowwarm", slow_warmup()))
     text.append("    promql_expr_test:\n")
-    leaks = [f"leak-{p}" for p in PERIODS]
+    leaks = [f"leak-{p}" for p in PERIODS] + [f"leak-{p}-phase{q}" for p, q in LEAK_PHASES]
     for minute in range(0, MINUTES + 1, 5):
         # A sawtooth that keeps its baseline, a restart, a quick warm-up: never. (With
         # a GC period of 13 or 20 minutes the baseline takes that long to show a
@@ -124,11 +130,14 @@ def main() -> None:
         # firing within an hour of its start (20m) and for as long as it leaks.
         if minute <= 45:
             text.append(firing(minute, 'target=~"leak-.*"', []))
-        elif minute >= LEAK_START + 55:
+        elif minute >= LEAK_START + 60:
             text.append(firing(minute, 'target=~"leak-.*"', leaks))
         # A slow warm-up does not keep it firing.
         if minute >= 95 or minute <= 40:
             text.append(firing(minute, 'target="slowwarm"', []))
+    # The latest (GC every 20 minutes, the leak starting 7 minutes before a collection)
+    # fires 56 minutes after the start: checked 2 minutes before the hour is out.
+    text.append(firing(LEAK_START + 58, 'target=~"leak-.*"', leaks))
     path = Path(__file__).with_name("leak.test.yml")
     path.write_text("".join(text))
 
