@@ -373,14 +373,15 @@ class NodeCollector(SourceCollector):
                 failures.append(f"target {target.name} ({describe(target)}): {_one_line(outcome)}")
 
         yield from (heap_used, heap_total, heap_limit, rss, up, running)
+        # Only stopped targets (a dev server not started) and none failing: not running, normal.
         if failures and not_running == len(failures):
             raise SourceNotRunning("; ".join(failures))
         if failures:
             raise CollectorError("; ".join(failures))
 
     def _read_all(self, targets: tuple[NodeTarget, ...]) -> dict[str, HeapReading | str]:
-        # (a NotRunning, a str too, for a target nothing listens at)
-        """Each target's reading, or the reason it has none; returns within the timeout and a small margin."""
+        """Each target's reading, or the reason it has none (a NotRunning for a target nothing listens at);
+        returns within the timeout and a small margin."""
         if not targets:
             return {}
         timeout = self.config.timeout
