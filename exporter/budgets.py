@@ -1,4 +1,10 @@
-"""The budgets: published as gauges for the rules, and set beside the readings for `snapshot`."""
+"""The budgets: published as gauges for the rules, and set beside the readings for `snapshot`.
+
+What counts against which budget is defined once, in USAGE below: the recording rules
+`aitools:budget_usage_bytes` (and the source states the score reads) are generated from it
+(`python prometheus/build.py`, checked by tests/test_rules.py), and `snapshot` sums the same
+series from one collection (`usage_now`).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,6 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.collectors.base import gauge
 from exporter.config import Config
-
-SWIFT_BUILD_GROUP = "swift-frontend"
 
 
 class BudgetCollector(Collector):
@@ -31,6 +35,153 @@ class BudgetCollector(Collector):
         build = gauge("aitools_build_info", "The exporter's version.", ["version"])
         build.add_metric([__version__], 1.0)
         return [budgets, profile, build]
+
+
+# ------------------------------------------------------------ what counts, defined once
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    """What counts against one budget: the samples of `metric` whose labels match `matchers`,
+    summed (or, with `per`, kept apart by that label and taken one by one)."""
+
+    budget: str
+    metric: str
+    matchers: tuple[tuple[str, str, str], ...] = ()  # (label, op, value); op is one of = != =~ !~
+    per: str | None = None         # a label kept apart: one usage per value (node_heap: per target)
+    # The collector whose clean read with none of these samples (or that is not running) is usage 0.
+    collector: str | None = None
+    # Where the usage is a trend over time (node_heap_growth), the PromQL that gives it; no
+    # single collection can give it, so `snapshot` shows none.
+    trend: str | None = None
+    meaning: str = ""
+
+
+SWIFT_BUILD_GROUP = "swift-frontend"
+
+# How long a failed read keeps the last figure: long enough for a pending or firing budget
+# alert to survive a few failed scrapes, short enough not to show stale memory for long.
+HOLD = "5m"
+
+USAGE: tuple[BudgetUsage, ...] = (
+    BudgetUsage("node_heap", "aitools_node_heap_used_bytes", per="target",
+                meaning="heapUsed, per Node.js target"),
+    BudgetUsage("docker", "aitools_container_memory_usage_bytes", collector="docker",
+                meaning="every running container together"),
+    BudgetUsage("ollama", "aitools_llm_model_loaded_bytes", (("server", "=", "ollama"),), collector="ollama",
+                meaning="the models loaded in Ollama"),
+    BudgetUsage("lmstudio", "aitools_llm_model_loaded_bytes", (("server", "=", "lmstudio"),), collector="lmstudio",
+                meaning="the models loaded in LM Studio"),
+    BudgetUsage("swift_build", "aitools_process_group_rss_bytes", (("group", "=", SWIFT_BUILD_GROUP),),
+                collector="process", meaning="all swift-frontend processes together"),
+    BudgetUsage("node_heap_growth", "aitools_node_heap_used_bytes", per="target",
+                trend="clamp_min(aitools:node_heap_baseline_growth_bytes, 0)",
+                meaning="how much the post-GC heap baseline of a Node.js target grew in 30 minutes"),
+)
+
+
+def _selector(usage: BudgetUsage) -> str:
+    matchers = ", ".join(f'{label}{op}"{value}"' for label, op, value in usage.matchers)
+    return f"{usage.metric}{{{matchers}}}" if matchers else usage.metric
+
+
+def _keep(usage: BudgetUsage) -> str:
+    return f"instance, {usage.per}" if usage.per else "instance"
+
+
+def usage_expr(usage: BudgetUsage) -> str:
+    """The PromQL of `aitools:budget_usage_bytes{budget=...}`.
+
+    Fresh samples first; else 0 where the collector read its source cleanly and found none
+    (or the source is not running: nothing of it is in memory); else, for at most HOLD, the
+    last figure read (a failed read keeps pending alerts pending); else nothing: missing
+    data stays missing, never 0.
+    """
+    if usage.trend:
+        return usage.trend + "\n"
+    aggregate = "max" if usage.per else "sum"
+    selector = _selector(usage)
+    lines = [f"{aggregate} by ({_keep(usage)}) ({selector})"]
+    if usage.collector:
+        c = usage.collector
+        lines.append(f'  or 0 * max by (instance) (aitools_collector_success{{collector="{c}"}} == 1'
+                     f' or aitools_collector_source_running{{collector="{c}"}} == 0)')
+    hold = f"  or {aggregate} by ({_keep(usage)}) (last_over_time({selector}[{HOLD}]))"
+    if usage.per == "target":  # a stopped server is absent at once
+        hold += f"\n    unless on (instance, target) (aitools_node_target_running == 0)"
+    lines.append(hold)
+    return "\n".join(lines) + "\n"
+
+
+def failing_expr(usage: BudgetUsage) -> str | None:
+    """The sources of a budget that are running but could not be read (or whose state is unknown)."""
+    if usage.per == "target":
+        return ("max by (instance, target) (\n  aitools_node_target_up == 0\n"
+                "    unless on (instance, target) (aitools_node_target_running == 0)\n)\n")
+    if usage.collector:
+        c = usage.collector
+        return (f'max by (instance) (\n  aitools_collector_success{{collector="{c}"}} == 0\n'
+                f"    unless on (instance, collector) (aitools_collector_source_running == 0)\n)\n")
+    return None
+
+
+def not_running_expr(usage: BudgetUsage) -> str | None:
+    """The sources of a budget that are simply not running (connection refused, no socket)."""
+    if usage.per == "target":
+        return "max by (instance, target) (aitools_node_target_running == 0)\n"
+    if usage.collector:
+        return f'max by (instance) (aitools_collector_source_running{{collector="{usage.collector}"}} == 0)\n'
+    return None
+
+
+def generated_rules() -> list[dict]:
+    """The recording rules generated from USAGE, in order: usage, then the source states."""
+    rules: list[dict] = []
+    for usage in USAGE:
+        rules.append({"record": "aitools:budget_usage_bytes", "expr": usage_expr(usage),
+                      "labels": {"budget": usage.budget}})
+    for name, make in (("aitools:budget_source_failing", failing_expr),
+                       ("aitools:budget_source_not_running", not_running_expr)):
+        for usage in USAGE:
+            if usage.trend is None and (expr := make(usage)) is not None:
+                rules.append({"record": name, "expr": expr, "labels": {"budget": usage.budget}})
+    return rules
+
+
+def _matches(labels: dict[str, str], matchers: tuple[tuple[str, str, str], ...]) -> bool:
+    import re
+
+    for label, op, value in matchers:
+        actual = labels.get(label, "")
+        ok = {"=": actual == value, "!=": actual != value}.get(op)
+        if ok is None:
+            ok = re.fullmatch(value, actual) is not None
+            ok = ok if op == "=~" else not ok
+        if not ok:
+            return False
+    return True
+
+
+def usage_now(usage: BudgetUsage, samples: "Samples") -> dict[str, float | None]:
+    """The usage of one collection, as the rules compute it from fresh samples: {per value
+    (or ""): bytes}; None where the source was read but failed (missing, never 0)."""
+    if usage.trend:
+        return {}
+    found = [(labels, v) for labels, v in samples.all(usage.metric) if _matches(labels, usage.matchers)]
+    if usage.per:
+        out: dict[str, float | None] = {}
+        for labels, v in found:
+            key = labels.get(usage.per, "")
+            out[key] = max(out.get(key) or 0.0, v)
+        return out
+    if found:
+        return {"": sum(v for _, v in found)}
+    success = samples.value("aitools_collector_success", collector=usage.collector)
+    running = samples.value("aitools_collector_source_running", collector=usage.collector)
+    return {"": 0.0 if success == 1 or running == 0 else None}
+
+
+def usage_by_budget() -> dict[str, BudgetUsage]:
+    return {usage.budget: usage for usage in USAGE}
 
 
 @dataclass
@@ -80,21 +231,20 @@ def node_tracked_bytes(samples: Samples, target: str) -> float | None:
 def readings(config: Config, samples: Samples) -> list[Reading]:
     budgets = config.budgets
     rows: list[Reading] = []
+    usage = usage_by_budget()
 
-    for labels, used in samples.all("aitools_node_heap_used_bytes"):
-        rows.append(Reading("node", f"{labels['target']} heapUsed", used, "node_heap", budgets["node_heap"]))
+    for target, used in usage_now(usage["node_heap"], samples).items():
+        rows.append(Reading("node", f"{target} heapUsed", used, "node_heap", budgets["node_heap"]))
     for labels, up in samples.all("aitools_node_target_up"):
         if up == 0:
             rows.append(Reading("node", f"{labels['target']} (down)", None, "node_heap", budgets["node_heap"]))
 
-    docker_read = samples.value("aitools_collector_success", collector="docker") == 1
     for labels, used in samples.all("aitools_container_memory_usage_bytes"):
         limit = samples.value("aitools_container_memory_limit_bytes", name=labels["name"])
         rows.append(Reading("docker", f"container {labels['name']}", used,
                             "container limit" if limit is not None else None, limit))
     if config.docker_enabled:
-        rows.append(Reading("docker", "all containers",
-                            samples.total("aitools_container_memory_usage_bytes") if docker_read else None,
+        rows.append(Reading("docker", "all containers", usage_now(usage["docker"], samples)[""],
                             "docker", budgets["docker"]))
 
     for server, url in (("ollama", config.ollama_url), ("lmstudio", config.lmstudio_url)):
@@ -102,17 +252,16 @@ def readings(config: Config, samples: Samples) -> list[Reading]:
             continue
         for labels, used in samples.all("aitools_llm_model_loaded_bytes", server=server):
             rows.append(Reading("llm", f"{server} model {labels['model']}", used))
-        read = samples.value("aitools_collector_success", collector=server) == 1
-        rows.append(Reading("llm", f"{server} loaded models",
-                            samples.total("aitools_llm_model_loaded_bytes", server=server) if read else None,
+        rows.append(Reading("llm", f"{server} loaded models", usage_now(usage[server], samples)[""],
                             server, budgets[server]))
 
+    swift = usage_now(usage["swift_build"], samples)[""]
     for labels, used in samples.all("aitools_process_group_rss_bytes"):
         group = labels["group"]
         count = samples.value("aitools_process_group_processes", group=group)
         subject = f"{group} ({int(count or 0)} processes)"
         if group == SWIFT_BUILD_GROUP:
-            rows.append(Reading("process", subject, used, "swift_build", budgets["swift_build"]))
+            rows.append(Reading("process", subject, swift, "swift_build", budgets["swift_build"]))
         else:
             rows.append(Reading("process", subject, used))
 

@@ -104,6 +104,7 @@ class NodeTarget:
     heapsnapshot_signal: str | None = None  # the node_heap_snapshot action: the signal of --heapsnapshot-signal
     pid: int | None = None  # the node_heap_snapshot action: the process to signal...
     pidfile: str | None = None  # ...or a file holding its pid
+    heap_limit: int | None = None  # bytes: the V8 heap limit it runs with, where the source does not tell it
 
 
 @dataclass(frozen=True)
@@ -434,7 +435,7 @@ def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
     for index, item in enumerate(raw):
         key = f"node.targets[{index}]"
         item = reader.mapping(item, key, ("name", "url", "inspector",
-                                          "heapsnapshot_signal", "pid", "pidfile"))
+                                          "heapsnapshot_signal", "pid", "pidfile", "heap_limit"))
         snapshot_keys = _heapsnapshot_keys(reader, item, key)
         name = item.get("name")
         if not isinstance(name, str) or not _LABEL_SAFE_NAME.match(name):
@@ -444,13 +445,21 @@ def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
             raise reader.error(f"{key}.name", f"duplicate target name {name!r}")
         if ("url" in item) == ("inspector" in item):
             raise reader.error(key, "give exactly one of url or inspector")
+        heap_limit = None
+        if item.get("heap_limit") is not None:
+            try:
+                heap_limit = parse_size(item["heap_limit"])
+            except ValueError as exc:
+                raise reader.error(f"{key}.heap_limit", str(exc)) from None
+            if heap_limit <= 0:
+                raise reader.error(f"{key}.heap_limit", "must be a size above 0, like 4GiB (--max-old-space-size=4096)")
         if "url" in item:
-            targets.append(NodeTarget(name, url=reader.url(item["url"], f"{key}.url"), **snapshot_keys))
+            targets.append(NodeTarget(name, url=reader.url(item["url"], f"{key}.url"), heap_limit=heap_limit, **snapshot_keys))
         else:
             inspector = item["inspector"]
             if not isinstance(inspector, str) or not _HOST_PORT_RE.match(inspector) or not 0 < int(inspector.rsplit(":", 1)[1]) < 65536:
                 raise reader.error(f"{key}.inspector", f"must be host:port of `node --inspect`, like 127.0.0.1:9229, not {inspector!r}")
-            targets.append(NodeTarget(name, inspector=inspector, **snapshot_keys))
+            targets.append(NodeTarget(name, inspector=inspector, heap_limit=heap_limit, **snapshot_keys))
     return tuple(targets)
 
 

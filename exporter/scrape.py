@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ class SourceResult:
     duration: float = 0.0
     error: str | None = None
     dropped: int = 0
+    # False when the source is simply not running (SourceNotRunning: connection refused, no
+    # socket), a normal state; a source that answered but could not be read, or hung, is running.
+    running: bool = True
 
 
 def _label_value(value: object) -> str | None:
@@ -105,6 +108,8 @@ def _run_source(source: SourceCollector) -> SourceResult:
             result.families.append(family)
             result.dropped += dropped
         result.success = True
+    except SourceNotRunning as exc:
+        result.error, result.running = str(exc), False
     except CollectorError as exc:
         result.error = str(exc)
     except Exception as exc:  # a bug or an unforeseen backend answer must not end the scrape
@@ -166,6 +171,11 @@ class Scraper(Collector):
                         "Samples the collector dropped this scrape: not finite, negative, a label value that is not text, "
                         "duplicate or over the series cap.",
                         ["collector"])
+        running = gauge("aitools_collector_source_running",
+                        "0 when the collector's source is not running (connection refused, no socket: a normal "
+                        "state), 1 when it is (then aitools_collector_success 0 means it answered but could not "
+                        "be read, or hung).",
+                        ["collector"])
         for source in self.sources:
             future = futures.get(source.name)
             if future is not None and future.done():
@@ -178,10 +188,11 @@ class Scraper(Collector):
                                       duration=time.perf_counter() - started)
             result.dropped += _merge(page, result.families)
             success.add_metric([source.name], 1.0 if result.success else 0.0)
+            running.add_metric([source.name], 1.0 if result.running else 0.0)
             duration.add_metric([source.name], result.duration)
             dropped.add_metric([source.name], float(result.dropped))
             self._log_transition(source.name, result.error)
-        return list(page.values()) + [success, duration, dropped]
+        return list(page.values()) + [success, running, duration, dropped]
 
     def _log_transition(self, name: str, error: str | None) -> None:
         """Say once when a collector starts failing (or fails differently), and once when it recovers."""

@@ -221,6 +221,15 @@ SCENARIO = [
     (alert("AitoolsCollectorFailing", "down-mac", "warning", "exporter", collector="docker"), True),
     # ...not those of another machine.
     (alert("AitoolsDockerOverBudget", "up-mac", "warning", "docker", budget="docker"), False),
+    # Only this bundle's alerts (issue 10, case 10): another project's alert of the same
+    # machine stays, and the instance-less "no exporter answers" inhibits no alert
+    # without an instance (a Watchdog, a KubeAPIDown).
+    (alert("NodeFilesystemAlmostOutOfSpace", "down-mac", "warning", "storage"), False),
+    ({**alert("AitoolsExporterDown", "", "warning", "exporter"),
+      "labels": {"alertname": "AitoolsExporterDown", "severity": "warning", "component": "exporter"}}, False),
+    ({**alert("Watchdog", "", "none", "meta"), "labels": {"alertname": "Watchdog", "severity": "none"}}, False),
+    ({**alert("KubeAPIDown", "", "warning", "kubernetes"),
+      "labels": {"alertname": "KubeAPIDown", "severity": "warning"}}, False),
     # The total over budget silences the prediction for the same budget, not another.
     (alert("AitoolsTotalOverBudget", "budget-mac", "critical", "system", budget="development_total"), False),
     (alert("AitoolsBudgetExhaustionPredicted", "budget-mac", "warning", "system", budget="development_total"), True),

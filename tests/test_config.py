@@ -124,3 +124,18 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_config_is_immutable():
     with pytest.raises(Exception):
         Config().profile = "production"
+
+
+def test_node_target_heap_limit():
+    """`heap_limit`: the V8 heap limit a target runs with (--max-old-space-size), for
+    sources that do not tell it (issue 10, case 9)."""
+    config = parse_config(
+        "node:\n  targets:\n"
+        "    - {name: api, url: 'http://127.0.0.1:3000/memory', heap_limit: 4GiB}\n"
+        "    - {name: dbg, inspector: '127.0.0.1:9229', heap_limit: 2048MiB}\n"
+        "    - {name: web, url: 'http://127.0.0.1:3001/metrics'}\n")
+    assert [t.heap_limit for t in config.node_targets] == [4 * 2**30, 2048 * 2**20, None]
+    for bad in ("0", "-1", "lots", "true"):
+        with pytest.raises(ConfigError) as error:
+            parse_config(f"node:\n  targets:\n    - {{name: api, url: 'http://127.0.0.1:3000/', heap_limit: {bad}}}\n")
+        assert "node.targets[0].heap_limit" in str(error.value)

@@ -60,7 +60,11 @@ EXPORTER_METRICS = frozenset({
     "aitools_budget_bytes", "aitools_profile_info",
     "aitools_collector_success", "aitools_collector_duration_seconds", "aitools_collector_series_dropped",
     "aitools_build_info",
+    # Siblings (README, metrics): not running vs failing, and the macOS memory pressure.
+    "aitools_collector_source_running", "aitools_system_memory_pressure_level",
 })
+# Published for the rules, on no dashboard (the Node.js dashboard shows the targets' up).
+RULES_ONLY_METRICS = frozenset({"aitools_node_target_running"})
 # Series Prometheus itself makes.
 PROMETHEUS_SERIES = frozenset({"ALERTS", "up"})
 # The budgets of the contract; the dashboards must show each against its size.
@@ -364,7 +368,7 @@ def test_queries_name_only_exporter_metrics_and_bundled_rules():
     assert {"aitools:budget_usage_bytes", "aitools:budget_usage:ratio", "aitools:efficiency_score",
             "aitools:efficiency_score:overall", "aitools:node_heap_baseline_bytes",
             "aitools:node_heap_baseline_growth_bytes"} <= rules, "the recording rules the dashboards use exist"
-    known = EXPORTER_METRICS | PROMETHEUS_SERIES | rules
+    known = EXPORTER_METRICS | RULES_ONLY_METRICS | PROMETHEUS_SERIES | rules
     used = set()
     for name, where, expr in all_queries():
         names = metric_names(expr)
@@ -472,6 +476,25 @@ aitools_system_memory_available_bytes {24 * GiB}
 aitools_system_swap_used_bytes {1 * GiB}
 aitools_collector_success{{collector="docker"}} 1
 aitools_collector_success{{collector="node"}} 0
+aitools_collector_success{{collector="ollama"}} 0
+aitools_collector_success{{collector="lmstudio"}} 0
+aitools_collector_source_running{{collector="docker"}} 1
+aitools_collector_source_running{{collector="node"}} 1
+aitools_collector_source_running{{collector="ollama"}} 0
+aitools_collector_source_running{{collector="lmstudio"}} 1
+aitools_system_memory_pressure_level 2
+aitools_container_memory_usage_bytes{{name="shop-worker-1",image="shop-worker",family="shop-worker",compose_project="shop",compose_service="worker"}} {10 * MiB}
+aitools_container_memory_usage_bytes{{name="shop-worker-2",image="shop-worker",family="shop-worker",compose_project="shop",compose_service="worker"}} {10 * MiB}
+aitools_container_memory_usage_bytes{{name="small-1",image="busybox",family="busybox-1",compose_project="shop",compose_service="s1"}} {1 * MiB}
+aitools_container_memory_usage_bytes{{name="small-2",image="busybox",family="busybox-2",compose_project="shop",compose_service="s2"}} {2 * MiB}
+aitools_container_memory_usage_bytes{{name="small-3",image="busybox",family="busybox-3",compose_project="shop",compose_service="s3"}} {3 * MiB}
+aitools_container_memory_usage_bytes{{name="small-4",image="busybox",family="busybox-4",compose_project="shop",compose_service="s4"}} {4 * MiB}
+aitools_container_memory_usage_bytes{{name="small-5",image="busybox",family="busybox-5",compose_project="shop",compose_service="s5"}} {5 * MiB}
+aitools_container_memory_usage_bytes{{name="small-6",image="busybox",family="busybox-6",compose_project="shop",compose_service="s6"}} {6 * MiB}
+aitools_container_memory_usage_bytes{{name="small-7",image="busybox",family="busybox-7",compose_project="shop",compose_service="s7"}} {7 * MiB}
+aitools_container_memory_usage_bytes{{name="small-8",image="busybox",family="busybox-8",compose_project="shop",compose_service="s8"}} {8 * MiB}
+aitools_container_memory_usage_bytes{{name="small-9",image="busybox",family="busybox-9",compose_project="shop",compose_service="s9"}} {9 * MiB}
+aitools_container_memory_usage_bytes{{name="small-10",image="busybox",family="busybox-10",compose_project="shop",compose_service="s10"}} {10 * MiB}
 aitools_collector_duration_seconds{{collector="docker"}} 0.12
 aitools_collector_duration_seconds{{collector="node"}} 3.0
 aitools_collector_series_dropped{{collector="docker"}} 0
@@ -550,7 +573,8 @@ def test_queries_show_the_right_values(prometheus_with_rules):
 
     # The top consumers: one of each kind, largest first, named in `consumer`.
     top = run("overview.json", "Top consumers now")
-    consumers = {s["metric"]["consumer"]: float(s["value"][1]) for s in top}
+    # (the small containers of the "top 10 and the rest" check below stay out of it)
+    consumers = {s["metric"]["consumer"]: float(s["value"][1]) for s in top if float(s["value"][1]) >= 100 * MiB}
     assert consumers == {
         "processes swift-frontend": 5 * GiB, "lmstudio / qwen2.5-coder-7b-instruct": 4500 * MiB,
         "ollama / llama3.2:3b": 3 * GiB, "container supabase-db": 1200 * MiB,
@@ -565,17 +589,28 @@ def test_queries_show_the_right_values(prometheus_with_rules):
     # The budgets table: used and size per budget, from the rules and the exporter.
     used = {s["metric"]["budget"]: float(s["value"][1]) for s in run("overview.json", "Budgets: used against limit", "A")}
     size = {s["metric"]["budget"]: float(s["value"][1]) for s in run("overview.json", "Budgets: used against limit", "B")}
-    assert used["docker"] == 1900 * MiB and size["docker"] == 5e9
+    assert used["docker"] == (1900 + 20 + 55) * MiB and size["docker"] == 5e9
     assert used["swift_build"] == 5 * GiB and size["swift_build"] == 6e9
     assert set(size) <= set(used) and "production_total" not in size
-    # Duplicates: the two postgres containers, and the count of duplicated families.
-    duplicates = run("containers.json", "Containers that share a family")
+    # Duplicates: the two postgres containers (Supabase's and one outside any project),
+    # and the count of duplicated families; two replicas of shop's worker are no
+    # duplicate (the rule of AitoolsDuplicateService).
+    duplicates = run("containers.json", "Containers of a service that runs twice")
     assert sorted(s["metric"]["name"] for s in duplicates) == ["old-postgres", "supabase-db"]
     assert [float(s["value"][1]) for s in run("containers.json", "Duplicated services")] == [1]
     # Compose projects, the container without one under (none).
     projects = {s["metric"]["compose_project"]: float(s["value"][1])
                 for s in run("containers.json", "Memory per compose project")}
-    assert projects == {"supabase": 1600 * MiB, "(none)": 300 * MiB}
+    assert projects == {"supabase": 1600 * MiB, "(none)": 300 * MiB, "shop": 75 * MiB}
+    # 15 containers: the 10 biggest by name, the other 5 (1-5 MiB) together as other.
+    title = "Memory per container: the 10 biggest and the rest"
+    biggest = {s["metric"]["name"]: float(s["value"][1]) for s in run("containers.json", title, "A")}
+    assert len(biggest) == 10 and min(biggest.values()) == 6 * MiB and biggest["supabase-db"] == 1200 * MiB
+    assert [float(s["value"][1]) for s in run("containers.json", title, "B")] == [15 * MiB]
+    # Collectors: ok, not running (Ollama not started) and failing told apart.
+    states = {s["metric"]["collector"]: float(s["value"][1]) for s in run("system.json", "Collectors")}
+    assert states == {"docker": 1, "node": 0, "ollama": 2, "lmstudio": 0}
+    assert [float(s["value"][1]) for s in run("system.json", "Memory pressure (macOS)")] == [2]
     # Own limits: only the container that has one.
     limits = run("containers.json", "Usage against each container's own limit")
     assert [(s["metric"]["name"], round(float(s["value"][1]), 4)) for s in limits] == [("supabase-kong", 0.7812)]

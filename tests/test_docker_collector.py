@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from exporter.collectors.base import CollectorError
+from exporter.collectors.base import CollectorError, SourceNotRunning
 from exporter.collectors.docker import DockerCollector, image_family, memory_usage, resolve_docker_host
 from exporter.config import Config
 from exporter.scrape import Scraper
@@ -409,6 +409,7 @@ def test_nothing_listening_on_the_socket():
         families, error = collect(DockerCollector(Config(docker_host=f"unix://{path}", timeout=1)))
     assert docker_up(families) == 0
     assert str(error) == f"cannot reach the Docker engine at unix://{path}: connection refused"
+    assert isinstance(error, SourceNotRunning)  # Docker Desktop quit: not running, not failing
 
 
 def test_no_socket_at_the_path(tmp_path):
@@ -416,6 +417,11 @@ def test_no_socket_at_the_path(tmp_path):
     families, error = collect(DockerCollector(Config(docker_host=host, timeout=1)))
     assert docker_up(families) == 0
     assert str(error) == f"cannot reach the Docker engine at {host}: no socket there (is the engine running?)"
+    assert isinstance(error, SourceNotRunning)
+    scraper = Scraper([DockerCollector(Config(docker_host=host, timeout=1))], timeout=1)
+    samples = {(s.name, tuple(s.labels.items())): s.value for f in scraper.collect_once() for s in f.samples}
+    assert samples[("aitools_collector_success", (("collector", "docker"),))] == 0
+    assert samples[("aitools_collector_source_running", (("collector", "docker"),))] == 0
 
 
 def test_scrape_publishes_docker_up_0_when_the_engine_is_unreachable(tmp_path):

@@ -6,8 +6,9 @@ LM Studio servers, the real exporter, and Debian's Prometheus and Alertmanager r
 the bundled prometheus.yml, rules and alertmanager.yml with the documented override
 (tests/parts/monitoring.py: addresses and intervals, every rule duration divided by 60).
 
-Budgets are set from the measured figures, about 10 % under them, so that the expected
-alerts cross their budgets while the overall efficiency score stays above its alert.
+Budgets are set from the measured figures, about 5 % under them, so that the expected
+alerts cross their budgets while the overall efficiency score stays above its alert (at
+105 % of a budget the score is 45).
 """
 
 from __future__ import annotations
@@ -111,14 +112,14 @@ def stack(docker_engine):
             ollama.install(OLLAMA_INSTALLED[0], size_on_disk=OLLAMA_INSTALLED[1])
             lmstudio.download(LMSTUDIO_DOWNLOADED[0], size_bytes=LMSTUDIO_DOWNLOADED[1])
 
-            # --- budgets about 10 % under what is measured now, where an alert is expected
+            # --- budgets about 5 % under what is measured now, where an alert is expected
             docker_total = sum(docker_engine.memory_stats(cid)["usage"] - docker_engine.memory_stats(cid)["stats"]
                                ["total_inactive_file"] for cid in container_ids.values())
             swift_total = sum(p.memory_info().rss for p in swift_processes)
             budgets = {
-                "docker": int(docker_total / 1.1),
-                "swift_build": int(swift_total / 1.1),
-                "ollama": int(OLLAMA_SIZE / 1.1),
+                "docker": int(docker_total / 1.05),
+                "swift_build": int(swift_total / 1.05),
+                "ollama": int(OLLAMA_SIZE / 1.05),
                 "lmstudio": 16 * GB,
                 "node_heap": 1000 * MiB,
                 "node_heap_growth": 8 * MiB,
@@ -230,7 +231,10 @@ def test_every_recording_rule_has_a_value(fired):
             names |= {rule["record"] for rule in group["rules"] if "record" in rule}
     assert {"aitools:budget_usage_bytes", "aitools:budget_usage:ratio", "aitools:efficiency_score",
             "aitools:efficiency_score:overall"} <= names
-    for name in sorted(names):
+    # Every source here runs and is read: none is failing or not running.
+    for name in ("aitools:budget_source_failing", "aitools:budget_source_not_running"):
+        assert prometheus.query(name) == [], name
+    for name in sorted(names - {"aitools:budget_source_failing", "aitools:budget_source_not_running"}):
         result = prometheus.query(name)
         assert result, f"recording rule {name} has no value"
         assert all(series["metric"].get("instance") == instance for series in result), name
@@ -277,6 +281,8 @@ def test_every_dashboard_panel_query_returns_data(fired):
     queries = all_queries()
     assert len(queries) > 30
     for dashboard, where, expr in queries:
+        if "aitools_system_memory_pressure_level" in expr:
+            continue  # macOS only (the panel says "not macOS" here)
         if not prometheus.query(substitute(expr, values)):
             empty.append(f"{dashboard}: {where}: {expr}")
     assert not empty, "panel queries without data:\n" + "\n".join(empty)

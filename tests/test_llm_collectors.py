@@ -462,6 +462,10 @@ def test_scraper_marks_each_llm_collector_succeeded_or_failed(ollama_standin, lm
     assert failing[("aitools_collector_success", (("collector", "lmstudio"),))] == 0
     assert failing[(UP, (("server", "ollama"),))] == 0       # kept although the collector failed
     assert failing[(UP, (("server", "lmstudio"),))] == 1
+    # Refused: Ollama is not started, a normal state; HTTP 500: LM Studio runs and fails.
+    assert healthy[("aitools_collector_source_running", (("collector", "ollama"),))] == 1
+    assert failing[("aitools_collector_source_running", (("collector", "ollama"),))] == 0
+    assert failing[("aitools_collector_source_running", (("collector", "lmstudio"),))] == 1
     assert not [key for key in failing if key[0] == LOADED]
     assert scraper.last_errors() == {
         "ollama": f"ollama at {ollama_standin.url}: connection refused",

@@ -29,7 +29,7 @@ MiB = 2**20
 # What collect() may take beyond the timeout (the orchestrator allows 0.5 s).
 COLLECT_MARGIN = 0.5
 FAMILIES = ("aitools_node_heap_used_bytes", "aitools_node_heap_total_bytes", "aitools_node_heap_limit_bytes",
-            "aitools_node_rss_bytes", "aitools_node_target_up")
+            "aitools_node_rss_bytes", "aitools_node_target_up", "aitools_node_target_running")
 
 
 def run_collect(targets: list[NodeTarget], timeout: float = 3.0) -> tuple[dict[str, dict[str, float]], str | None, float]:
@@ -347,8 +347,60 @@ def test_connection_refused(node_steady, refused_url):
                                          NodeTarget("good", url=node_steady.url("/memory"))])
     assert error == f"target api ({refused_url}): connection refused"
     assert families["aitools_node_target_up"] == {"api": 0.0, "good": 1.0}
+    # Nothing listens at api's address: stopped, not failing (issue 10, case 7).
+    assert families["aitools_node_target_running"] == {"api": 0.0, "good": 1.0}
     assert set(families["aitools_node_heap_used_bytes"]) == {"good"}
     assert took < 1.0
+
+
+def test_targets_that_are_all_stopped_are_a_source_not_running_and_a_failing_one_is_not(node_steady, refused_url):
+    """The orchestrator publishes aitools_collector_source_running 0 when every failing
+    target is simply stopped (connection refused), and 1 once one answers but cannot be read."""
+    refused_address = refused_url.split("/")[2]
+
+    def scrape(targets):
+        scraper = Scraper([NodeCollector(Config(node_targets=tuple(targets), timeout=2.0))], timeout=2.0)
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in scraper.collect_once() for sample in family.samples}
+
+    stopped = scrape([NodeTarget("api", url=refused_url), NodeTarget("debug", inspector=refused_address),
+                      NodeTarget("good", url=node_steady.url("/memory"))])
+    assert stopped[("aitools_collector_success", (("collector", "node"),))] == 0.0
+    assert stopped[("aitools_collector_source_running", (("collector", "node"),))] == 0.0
+    assert stopped[("aitools_node_target_running", (("target", "api"),))] == 0.0
+    assert stopped[("aitools_node_target_running", (("target", "debug"),))] == 0.0
+    assert stopped[("aitools_node_target_running", (("target", "good"),))] == 1.0
+
+    failing = scrape([NodeTarget("api", url=refused_url), NodeTarget("bad", url=node_steady.url("/fail/status500"))])
+    assert failing[("aitools_collector_success", (("collector", "node"),))] == 0.0
+    assert failing[("aitools_collector_source_running", (("collector", "node"),))] == 1.0
+    assert failing[("aitools_node_target_running", (("target", "api"),))] == 0.0
+    assert failing[("aitools_node_target_running", (("target", "bad"),))] == 1.0
+
+    fine = scrape([NodeTarget("good", url=node_steady.url("/memory"))])
+    assert fine[("aitools_collector_success", (("collector", "node"),))] == 1.0
+    assert fine[("aitools_collector_source_running", (("collector", "node"),))] == 1.0
+
+
+def test_heap_limit_from_the_config_where_the_source_does_not_tell_it(node_steady):
+    """memoryUsage() JSON and prom-client text carry no heap limit: the target's
+    `heap_limit` (the --max-old-space-size it runs with) stands in; a source that tells
+    its own (the inspector, JSON with heap statistics) wins over the config."""
+    limit = 4 * 2**30
+    families, error, _ = run_collect([
+        NodeTarget("plain", url=node_steady.url("/memory"), heap_limit=limit),
+        NodeTarget("prom", url=node_steady.url("/metrics"), heap_limit=limit),
+        NodeTarget("nested", url=node_steady.url("/nested"), heap_limit=limit),
+        NodeTarget("debug", inspector=node_steady.inspector_address, heap_limit=limit),
+        NodeTarget("none", url=node_steady.url("/memory")),
+    ])
+    told = node_steady.get_json("/last-served")["heapStatistics"]["heap_size_limit"]
+    assert error is None
+    assert families["aitools_node_heap_limit_bytes"]["plain"] == limit
+    assert families["aitools_node_heap_limit_bytes"]["prom"] == limit
+    assert families["aitools_node_heap_limit_bytes"]["nested"] == told != limit
+    assert families["aitools_node_heap_limit_bytes"]["debug"] == told
+    assert "none" not in families["aitools_node_heap_limit_bytes"]
 
 
 def test_inspector_failures(node_steady, refused_url):

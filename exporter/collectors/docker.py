@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
                                             UnixSocketEngine, version_lt)
 from exporter.config import Config
@@ -442,10 +442,11 @@ class DockerCollector(SourceCollector):
                                       f"{_one_line(str(cause))}")
         for cause in causes:
             if isinstance(cause, FileNotFoundError):
-                return CollectorError(f"cannot reach the Docker engine at {self.host}: no socket there "
-                                      "(is the engine running?)")
+                # Docker Desktop quit, the engine stopped: a normal state, not a failure.
+                return SourceNotRunning(f"cannot reach the Docker engine at {self.host}: no socket there "
+                                        "(is the engine running?)")
             if isinstance(cause, ConnectionRefusedError):
-                return CollectorError(f"cannot reach the Docker engine at {self.host}: connection refused")
+                return SourceNotRunning(f"cannot reach the Docker engine at {self.host}: connection refused")
             if isinstance(cause, PermissionError):
                 return CollectorError(f"cannot reach the Docker engine at {self.host}: permission denied "
                                       "(is this user allowed to use the Docker socket?)")

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.tls import tls_verify
 from exporter.config import Config
 
@@ -53,9 +53,10 @@ LMSTUDIO_V1_REPROBE_SECONDS = 300.0
 class Unreadable(Exception):
     """The server could not be read. `answered` is True once it sent an HTTP status line."""
 
-    def __init__(self, reason: str, answered: bool, status: int | None = None):
+    def __init__(self, reason: str, answered: bool, status: int | None = None, not_running: bool = False):
         super().__init__(reason)
         self.reason, self.answered, self.status = reason, answered, status
+        self.not_running = not_running  # connection refused: nothing listens at the address
 
 
 @dataclass
@@ -250,7 +251,9 @@ class LLMServerCollector(SourceCollector):
         up.add_metric([self.name], 1.0 if failure is None or failure.answered else 0.0)
         yield up
         if failure is not None:
-            raise CollectorError(self._redact(f"{self.name} at {self.base_url}: {failure.reason}"))
+            # Nothing listens there: the server is not started, a normal state (not a failure).
+            error = SourceNotRunning if failure.not_running else CollectorError
+            raise error(self._redact(f"{self.name} at {self.base_url}: {failure.reason}"))
 
         self._note_skipped(reading.skipped_entries)
         for model, size in sorted(reading.loaded_bytes.items()):
@@ -308,7 +311,7 @@ class LLMServerCollector(SourceCollector):
         if answered:
             return Unreadable("connection closed before the whole body arrived (truncated)", answered=True)
         if _caused_by(exc, ConnectionRefusedError):
-            return Unreadable("connection refused", answered=False)
+            return Unreadable("connection refused", answered=False, not_running=True)
         if isinstance(exc, httpx.RemoteProtocolError):
             return Unreadable("closed the connection without answering", answered=False)
         return Unreadable(f"cannot connect: {' '.join(str(exc).split()) or type(exc).__name__}", answered=False)

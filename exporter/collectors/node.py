@@ -22,7 +22,7 @@ import httpx
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus_text
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.tls import tls_verify
 from exporter.config import NodeTarget
 
@@ -59,6 +59,10 @@ INSPECTOR_EXTRAS_EXPRESSION = """(() => {
 
 class TargetError(Exception):
     """One target could not be read; the message is the reason, in one line."""
+
+
+class TargetNotRunning(TargetError):
+    """Nothing listens at the target's address (connection refused): the server is stopped."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,9 @@ def http_get(url: str, deadline: float, timeout: float) -> tuple[str, bytes]:
         # and a reason that changes at every scrape would be logged at every scrape.
         raise TargetError("connection closed before the whole answer arrived") from None
     except httpx.ConnectError as exc:
-        raise TargetError("connection refused" if "refused" in str(exc).lower() else f"cannot connect: {exc}") from None
+        if "refused" in str(exc).lower():
+            raise TargetNotRunning("connection refused") from None
+        raise TargetError(f"cannot connect: {exc}") from None
     except httpx.HTTPError as exc:
         raise TargetError(f"{type(exc).__name__}: {exc}") from None
 
@@ -277,7 +283,7 @@ def read_inspector_target(address: str, deadline: float, timeout: float) -> Heap
     try:
         _, listing = http_get(f"http://{address}/json/list", deadline, timeout)
     except TargetError as exc:
-        raise TargetError(f"/json/list: {exc}") from None
+        raise type(exc)(f"/json/list: {exc}") from None
     # Connect to the configured address, not the host in webSocketDebuggerUrl: Node
     # writes there whatever it was bound to (0.0.0.0, a container's name).
     ws_url = f"ws://{address}{_debugger_path(listing)}"
@@ -324,6 +330,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+class NotRunning(str):
+    """The reason a target has no reading, when it is that nothing listens at its address."""
+
+
 class NodeCollector(SourceCollector):
     name = "node"
 
@@ -337,28 +347,41 @@ class NodeCollector(SourceCollector):
         heap_limit = gauge("aitools_node_heap_limit_bytes", "V8 heap size limit, where the target tells it.", labels)
         rss = gauge("aitools_node_rss_bytes", "Resident set of the Node process, where the target tells it.", labels)
         up = gauge("aitools_node_target_up", "1 when the target answered with heap figures.", labels)
+        running = gauge("aitools_node_target_running",
+                        "0 when nothing listens at the target's address (connection refused: the server is stopped), "
+                        "else 1.", labels)
 
-        failures = []
+        failures, not_running = [], 0
         for target in targets:
             outcome = outcomes[target.name]
             if isinstance(outcome, HeapReading):
                 heap_used.add_metric([target.name], outcome.heap_used)
                 heap_total.add_metric([target.name], outcome.heap_total)
-                if outcome.heap_limit is not None:
-                    heap_limit.add_metric([target.name], outcome.heap_limit)
+                # The source's own figure (V8's heap_size_limit) where it tells it, else the config's.
+                limit = outcome.heap_limit if outcome.heap_limit is not None else target.heap_limit
+                if limit is not None:
+                    heap_limit.add_metric([target.name], float(limit))
                 if outcome.rss is not None:
                     rss.add_metric([target.name], outcome.rss)
                 up.add_metric([target.name], 1.0)
+                running.add_metric([target.name], 1.0)
             else:
                 up.add_metric([target.name], 0.0)
+                stopped = isinstance(outcome, NotRunning)
+                not_running += stopped
+                running.add_metric([target.name], 0.0 if stopped else 1.0)
                 failures.append(f"target {target.name} ({describe(target)}): {_one_line(outcome)}")
 
-        yield from (heap_used, heap_total, heap_limit, rss, up)
+        yield from (heap_used, heap_total, heap_limit, rss, up, running)
+        # Only stopped targets (a dev server not started) and none failing: not running, normal.
+        if failures and not_running == len(failures):
+            raise SourceNotRunning("; ".join(failures))
         if failures:
             raise CollectorError("; ".join(failures))
 
     def _read_all(self, targets: tuple[NodeTarget, ...]) -> dict[str, HeapReading | str]:
-        """Each target's reading, or the reason it has none; returns within the timeout and a small margin."""
+        """Each target's reading, or the reason it has none (a NotRunning for a target nothing listens at);
+        returns within the timeout and a small margin."""
         if not targets:
             return {}
         timeout = self.config.timeout
@@ -373,6 +396,8 @@ class NodeCollector(SourceCollector):
         for name, future in futures.items():
             if not future.done() or future.cancelled():
                 outcomes[name] = f"no answer within {timeout:g}s"
+            elif isinstance(future.exception(), TargetNotRunning):
+                outcomes[name] = NotRunning(future.exception())
             elif isinstance(future.exception(), TargetError):
                 outcomes[name] = str(future.exception())
             elif future.exception() is not None:

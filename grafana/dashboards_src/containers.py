@@ -25,8 +25,13 @@ UID = "aitools-containers"
 USAGE = "aitools_container_memory_usage_bytes"
 LIMIT = "aitools_container_memory_limit_bytes"
 SELECTED = f'{INSTANCE}, compose_project=~"$project"'
-# Families with two or more running containers (two postgres, two redis, two ollama).
-DUPLICATED_FAMILIES = f"count by (instance, family) ({USAGE}{{{INSTANCE}}}) > 1"
+# Families that run as more than one service: in two compose projects, or outside any
+# project beside another (replicas and siblings of one project are one service). The
+# same recording rule as AitoolsDuplicateService reads.
+DUPLICATED_FAMILIES = f"aitools:container_family_services{{{INSTANCE}}} > 1"
+# "Memory per container" draws the biggest ones and the rest as one series (with 50
+# containers, 50 stacked series and a 50-row legend say nothing); the table below lists all.
+TOP_CONTAINERS = 10
 CONTAINER_COLUMNS = [
     Column("name", "Container"),
     Column("compose_project", "Compose project"),
@@ -72,7 +77,7 @@ def build():
     ).with_panel(
         count_stat(
             "Duplicated services",
-            "How many image families run in two or more containers at once (for example two postgres).",
+            "How many image families run as more than one service: in two compose projects, or outside any project beside another (a stray postgres beside Supabase's). Replicas of one project do not count.",
             f"count({DUPLICATED_FAMILIES}) or vector(0)",
             "families with duplicates",
             alarm_from=1,
@@ -114,9 +119,16 @@ def build():
         )
     ).with_panel(
         timeseries(
-            "Memory per container",
-            "Memory of each running container, usage less inactive file cache, as docker stats shows it.",
-            [query(f"{USAGE}{{{SELECTED}}}", "{{name}}")],
+            f"Memory per container: the {TOP_CONTAINERS} biggest and the rest",
+            f"Memory of the {TOP_CONTAINERS} biggest running containers (usage less inactive file cache, as docker stats shows it) "
+            "and of all others together as other; the table Containers now lists every one.",
+            [
+                query(f"topk({TOP_CONTAINERS}, {USAGE}{{{SELECTED}}})", "{{name}}"),
+                query(
+                    f"sum by (instance) ({USAGE}{{{SELECTED}}}) - sum by (instance) (topk({TOP_CONTAINERS}, {USAGE}{{{SELECTED}}}))",
+                    "other",
+                ),
+            ],
             stacked=True,
             width=24,
             height=10,
@@ -152,8 +164,8 @@ def build():
 
     dashboard = dashboard.with_row(row("Duplicates")).with_panel(
         table(
-            "Containers that share a family",
-            "Running containers whose image family also runs elsewhere: two postgres or two redis usually mean a forgotten stack.",
+            "Containers of a service that runs twice",
+            "Running containers whose image family also runs in another compose project, or outside any project beside another: two postgres or two ollama usually mean a forgotten stack.",
             [query(f"{USAGE}{{{INSTANCE}}} and on (instance, family) ({DUPLICATED_FAMILIES})", "{{family}} {{name}}")],
             [Column("family", "Family"), *[c for c in CONTAINER_COLUMNS if c.source != "family"], Column("Value", "Memory", BYTES)],
             sort_by="Memory",

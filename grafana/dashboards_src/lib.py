@@ -311,6 +311,32 @@ def up_stat(title: str, description: str, expr: str, legend: str, *, up: str = "
     return _targets(panel, [Query(expr=expr, legend=legend, instant=True)])
 
 
+def state_stat(title: str, description: str, expr: str, legend: str, states: dict[int, tuple[str, str]], *,
+               no_value: str = "no data", height: int = 4, width: int = 4):
+    """A state with more than two values (a collector ok / not running / failing, the macOS
+    memory pressure level), one box per series: `states` maps each value to (text, colour)."""
+    panel = _common(stat_builder.Panel(), title, description, STATE, height, width)
+    mappings = [
+        dashboard_model.ValueMap(
+            options={
+                str(value): dashboard_model.ValueMappingResult(text=text, color=color, index=index)
+                for index, (value, (text, color)) in enumerate(sorted(states.items()))
+            }
+        )
+    ]
+    panel = (
+        panel.mappings(mappings)
+        .thresholds(_base_thresholds("text"))
+        .color_scheme(dashboard_builder.FieldColor().mode(dashboard_model.FieldColorModeId.THRESHOLDS))
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        .reduce_options(_reduce_last())
+        .no_value(no_value)
+    )
+    return _targets(panel, [Query(expr=expr, legend=legend, instant=True)])
+
+
 def label_stat(title: str, description: str, expr: str, legend: str, *, height: int = 4, width: int = 4):
     """Shows the legend (a label's value, e.g. the active profile) rather than the number."""
     panel = _common(stat_builder.Panel(), title, description, STATE, height, width)

@@ -13,6 +13,7 @@ from .lib import (
     query,
     row,
     score_gauge,
+    state_stat,
     timeseries,
     up_stat,
     value_stat,
@@ -21,6 +22,13 @@ from .lib import (
 UID = "aitools-system"
 PAGES_AS_BYTES = (
     f"aitools_system_memory_pages{{{INSTANCE}}} * on (instance) group_left () aitools_system_page_size_bytes{{{INSTANCE}}}"
+)
+# A collector's state: 1 ok, 0 failing (its source answers but cannot be read, or hangs),
+# 2 not running (connection refused, no socket: a normal state, not red). An exporter
+# without aitools_collector_source_running shows ok or failing only.
+COLLECTOR_STATE = (
+    f"aitools_collector_success{{{INSTANCE}}} + 2 * (1 - aitools_collector_source_running{{{INSTANCE}}})"
+    f" or aitools_collector_success{{{INSTANCE}}}"
 )
 AVAILABLE_SHARE = f"aitools_system_memory_available_bytes{{{INSTANCE}}} / aitools_system_memory_total_bytes{{{INSTANCE}}}"
 
@@ -35,7 +43,7 @@ def build():
     dashboard = dashboard.with_row(row("Now")).with_panel(
         score_gauge(
             "System score",
-            "The system component of the efficiency score (0-100): available memory, swap and memory pressure.",
+            "The system component of the efficiency score (0-100): physical memory (on macOS the kernel's memory pressure level), the swift_build budget and the profile's total.",
             f'aitools:efficiency_score{{{INSTANCE}, component="system"}}',
             "{{component}}",
             width=6,
@@ -56,7 +64,7 @@ def build():
             [query(AVAILABLE_SHARE, "available / total")],
             unit=RATIO,
             continuous_ratio=True,
-            width=6,
+            width=5,
             height=5,
         )
     ).with_panel(
@@ -64,7 +72,19 @@ def build():
             "Swap used",
             "Swap in use now; on macOS growing swap means memory pressure.",
             [query(f"aitools_system_swap_used_bytes{{{INSTANCE}}}", "swap used")],
-            width=6,
+            width=4,
+            height=5,
+        )
+    ).with_panel(
+        state_stat(
+            "Memory pressure (macOS)",
+            "The macOS kernel's memory pressure level (kern.memorystatus_vm_pressure_level): normal, warn or critical. "
+            "On macOS it drives AitoolsSystemMemoryLow and the system score; other systems have none.",
+            f"aitools_system_memory_pressure_level{{{INSTANCE}}}",
+            "pressure",
+            {1: ("normal", "green"), 2: ("warn", "orange"), 4: ("critical", "red")},
+            no_value="not macOS",
+            width=3,
             height=5,
         )
     )
@@ -100,13 +120,14 @@ def build():
     )
 
     dashboard = dashboard.with_row(row("Exporter")).with_panel(
-        up_stat(
+        state_stat(
             "Collectors",
-            "Whether each collector's last run succeeded (node, docker, ollama, lmstudio, process, system).",
-            f"aitools_collector_success{{{INSTANCE}}}",
+            "Each collector's last run: ok; not running (its source is not started: Ollama not started, Docker Desktop quit, "
+            "the dev server stopped; a normal state); failing (the source answers but cannot be read, or hangs: "
+            "AitoolsCollectorFailing).",
+            COLLECTOR_STATE,
             "{{collector}}",
-            up="ok",
-            down="failing",
+            {0: ("failing", "red"), 1: ("ok", "green"), 2: ("not running", "blue")},
             width=12,
             height=5,
         )
