@@ -122,7 +122,7 @@ APPS = {"docker": 9.1 * GB, "node": 0.8 * GB, "xcode": 5.5 * GB, "ide": 3.7 * GB
 def test_tree_takes_the_apps_figures_where_the_samples_have_them(swift_frontend, ollama_standin, lmstudio_standin):
     swift_frontend.start(hold_mb=40)
     config = llm_config(ollama_standin, lmstudio_standin, docker_enabled=False)
-    lmstudio_standin.mode = "refused"  # its app is measured, its loaded models are not
+    lmstudio_standin.mode = "http500"  # running but unreadable: its app is measured, its loaded models are not
     registry, scraper = build_registry(config)
     samples = Samples(with_apps(registry.collect(), APPS))
 
