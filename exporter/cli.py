@@ -95,7 +95,7 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         except WebConfigError as exc:
             click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
             sys.exit(2)
-    registry, _ = build_registry(config)
+    registry, _ = build_registry(config, own_metrics=True)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:
         server = start_server(address, registry, web_config)

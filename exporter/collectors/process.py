@@ -14,7 +14,7 @@ import sys
 
 import psutil
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
 from exporter.config import ProcessGroup
 
 PROC = "/proc"
@@ -32,21 +32,7 @@ def matches(group: ProcessGroup, name: str, cmdline: list[str] | None) -> bool:
 
 # --- Linux: /proc straight -------------------------------------------------------------
 
-def _read(path: str, size: int = 4096) -> bytes:
-    """The whole of a /proc file, in as few system calls as it takes and without a file
-    object around them. /proc answers a read with everything it has when the buffer is
-    large enough: a shorter answer than the buffer is the whole file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, size)
-        if len(data) < size:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, 65536):  # a long command line
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+_read = read_small_file
 
 
 def parse_cmdline(data: bytes) -> str:
@@ -123,7 +109,7 @@ def _scan_procfs(groups: tuple[ProcessGroup, ...], rss: dict[str, int], count: d
 class ProcessCollector(SourceCollector):
     name = "process"
 
-    def collect(self):
+    def collect(self, deadline: Deadline | None = None):  # a local scan: nothing in it waits on a backend
         groups = self.config.process_groups
         rss = {group.name: 0 for group in groups}
         count = {group.name: 0 for group in groups}
