@@ -158,29 +158,40 @@ def read_body(response: http.client.HTTPResponse, limit: int) -> bytes:
     decoder = _decoder(response.getheader("Content-Encoding", ""))
     if decoder is None and response.length is not None and response.length > limit:
         raise _too_large(limit)
-    body = bytearray()
-    while chunk := response.read1(READ_SIZE):
-        if decoder is None:
-            body += chunk
-        else:
-            try:
-                while chunk:
-                    body += decoder.decompress(chunk, limit - len(body) + 1)  # at most one byte past the cap
-                    if len(body) > limit:
-                        break
-                    chunk = decoder.unconsumed_tail
-            except zlib.error as exc:
-                raise FetchError(f"cannot decode the {response.getheader('Content-Encoding')} body: {exc}",
-                                 "encoding", answered=True) from None
-        if len(body) > limit:
-            raise _too_large(limit)
-    if response.length:  # the connection ended before the Content-Length it announced
-        raise FetchError("connection closed before the whole answer arrived", "closed", answered=True)
-    if decoder is not None:
-        body += decoder.flush(limit - len(body) + 1)
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
+    # Pieces of at most READ_SIZE joined once at the end: no buffer grown by realloc, no
+    # piece large enough to move malloc's mmap threshold (both leave the heap fragmented).
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        while chunk := response.read1(READ_SIZE):
+            if decoder is None:
+                pieces.append(chunk)
+                size += len(chunk)
+            else:
+                try:
+                    while chunk and size <= limit:
+                        piece = decoder.decompress(chunk, READ_SIZE)  # never more than this at once
+                        pieces.append(piece)
+                        size += len(piece)
+                        chunk = decoder.unconsumed_tail
+                except zlib.error as exc:
+                    raise FetchError(f"cannot decode the {response.getheader('Content-Encoding')} body: {exc}",
+                                     "encoding", answered=True) from None
+            if size > limit:
+                raise _too_large(limit)
+        if response.length:  # the connection ended before the Content-Length it announced
+            raise FetchError("connection closed before the whole answer arrived", "closed", answered=True)
+        if decoder is not None:
+            piece = decoder.flush()  # all input went through decompress() above: a few bytes at most remain
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                raise _too_large(limit)
+    except BaseException:
+        # The exception's traceback keeps this frame alive until the next cyclic GC: not its pieces.
+        pieces.clear()
+        raise
+    return b"".join(pieces)
 
 
 class ConnectionPool:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from typing import ClassVar
@@ -110,3 +112,21 @@ def read_small_file(path: str, size: int = 4096, limit: int = 2**20) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def run_bounded(argv: list[str], deadline: Deadline, limit: int = 2**20) -> subprocess.CompletedProcess:
+    """Run a fixed argv (never a shell) with the time left until the deadline. At the deadline
+    its whole process group is killed, so a child it started cannot keep the pipes (and the
+    scrape) open past it: TimeoutError then. Output beyond `limit` bytes is cut."""
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=deadline.remaining())
+    except (subprocess.TimeoutExpired, TimeoutError):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        process.communicate()
+        raise TimeoutError(f"timed out after {deadline.seconds:g}s") from None
+    return subprocess.CompletedProcess(argv, process.returncode, stdout[:limit], stderr[:limit])

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import psutil
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file, run_bounded
 
 MEMINFO_PATH = "/proc/meminfo"
 
@@ -132,12 +131,14 @@ class SystemCollector(SourceCollector):
         if path is None:
             raise CollectorError("vm_stat not found on PATH (system.source is vm_stat)")
         try:
-            output = subprocess.run([path], capture_output=True, timeout=deadline.remaining(), check=True,
-                                    text=True, errors="replace").stdout
-        except (subprocess.TimeoutExpired, TimeoutError):
+            result = run_bounded([path], deadline)
+        except TimeoutError:
             raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
-        except (subprocess.CalledProcessError, OSError) as exc:
+        except OSError as exc:
             raise CollectorError(f"vm_stat failed: {exc}") from None
+        if result.returncode != 0:
+            raise CollectorError(f"vm_stat failed: Command '{path}' returned non-zero exit status {result.returncode}.")
+        output = result.stdout.decode("utf-8", "replace")
         try:
             page_size, pages = parse_vm_stat(output)
         except ValueError as exc:
@@ -151,10 +152,9 @@ class SystemCollector(SourceCollector):
         if path is None:
             return None
         try:
-            result = subprocess.run([path, "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True,
-                                    text=True, timeout=deadline.remaining())
+            result = run_bounded([path, "-n", "kern.memorystatus_vm_pressure_level"], deadline)
             level = int(result.stdout.strip())
-        except (subprocess.TimeoutExpired, OSError, ValueError):  # TimeoutError is an OSError
+        except (OSError, ValueError):  # TimeoutError is an OSError
             return None
         return level if result.returncode == 0 and level in (1, 2, 4) else None
 
