@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_REQUESTS = 40
 # Workers beyond those for /metrics: /healthz and / still answer while /metrics is saturated.
 OTHER_WORKERS = 4
+# Workers are kept while they have work (no thread per request); one idle this long ends,
+# down to MIN_WORKERS, so that a burst of scrapers does not keep its threads for ever.
+WORKER_IDLE_SECONDS = 10.0
+MIN_WORKERS = 2
 # Go's http.DefaultMaxHeaderBytes: the request line and headers together.
 MAX_HEADER_BYTES = 2**20
 # A request's head must arrive within this of its first byte (or of the connection).
@@ -286,7 +290,7 @@ class ExporterServer:
                 if self._idle_workers:
                     self._idle_workers -= 1
                 else:
-                    worker = threading.Thread(target=self._work, name=f"http-{len(self._workers)}", daemon=True)
+                    worker = threading.Thread(target=self._work, name="http-worker", daemon=True)
                     self._workers.append(worker)
                     worker.start()
         if busy:
@@ -355,7 +359,16 @@ class ExporterServer:
 
     def _work(self) -> None:
         while True:
-            connection, head, is_metrics = self._jobs.get()
+            try:
+                connection, head, is_metrics = self._jobs.get(timeout=WORKER_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    # An idle worker not yet promised a job, beyond the few kept: it ends.
+                    if self._idle_workers > 0 and len(self._workers) > MIN_WORKERS:
+                        self._idle_workers -= 1
+                        self._workers.remove(threading.current_thread())
+                        return
+                continue
             keep = False
             try:
                 connection.sock.setblocking(True)
@@ -364,6 +377,11 @@ class ExporterServer:
                 keep = not handler.close_connection
             except Exception:
                 self.handle_error(connection.sock, connection.client)
+            # Free before the connection goes back: its next request, read by the front only
+            # after that, must not find this one still counted.
+            with self._lock:
+                self._idle_workers += 1
+                self._metrics_in_flight -= is_metrics
             if keep and not self._stopping.is_set():
                 self._returned.append(connection)
                 try:
@@ -373,9 +391,6 @@ class ExporterServer:
             else:
                 _close(connection.sock)
             del connection, head
-            with self._lock:
-                self._idle_workers += 1
-                self._metrics_in_flight -= is_metrics
 
     # --- the rest --------------------------------------------------------------------
 

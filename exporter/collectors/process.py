@@ -109,13 +109,21 @@ def _scan_procfs(groups: tuple[ProcessGroup, ...], rss: dict[str, int], count: d
 class ProcessCollector(SourceCollector):
     name = "process"
 
+    def __init__(self, config, source: str = "auto"):
+        super().__init__(config)
+        # auto: /proc where there is one (Linux), else psutil; "psutil" forces the macOS path
+        # anywhere, so that the suite runs it on Linux too.
+        self.source = source
+
     def collect(self, deadline: Deadline | None = None):  # a local scan: nothing in it waits on a backend
         groups = self.config.process_groups
         rss = {group.name: 0 for group in groups}
         count = {group.name: 0 for group in groups}
         wants_cmdline = any(group.cmdline is not None for group in groups)
+        procfs = self.source == "procfs" or (
+            self.source == "auto" and sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/self"))
         try:
-            if sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/self"):
+            if procfs:
                 _scan_procfs(groups, rss, count)
             else:
                 self._scan_psutil(groups, wants_cmdline, rss, count)
