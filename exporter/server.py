@@ -449,6 +449,10 @@ def _connection_cap() -> int:
     return max(8, min(MAX_CONNECTIONS, soft // 2))
 
 
+class ExporterServerIPv6(ExporterServer):
+    address_family = socket.AF_INET6
+
+
 def parse_listen_address(address: str) -> tuple[str, int]:
     """'127.0.0.1:8730', ':8730' (all interfaces) or '[::1]:8730' -> (host, port)."""
     host, sep, port = address.rpartition(":")

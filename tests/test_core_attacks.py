@@ -275,3 +275,19 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_server_listens_on_ipv6_loopback_and_stops_at_once():
+    from prometheus_client import CollectorRegistry
+
+    from exporter.server import start_server
+
+    server = start_server("[::1]:0", CollectorRegistry())
+    try:
+        answer = httpx.get(f"http://[::1]:{server.server_address[1]}/healthz", timeout=5)
+    finally:
+        started = time.monotonic()
+        server.shutdown()
+        took = time.monotonic() - started
+    assert answer.status_code == 200 and answer.text == "ok\n"
+    assert took < 1.0
