@@ -8,7 +8,9 @@ One deadline: the scraper (exporter/scrape.py) makes one `Deadline` per scrape a
 it to every collector; every blocking call a collector makes (a socket read or write, a
 subprocess, a wait for its own workers) takes its timeout from `deadline.remaining()`, so
 sub-calls share the time that is left instead of each getting the whole timeout. Called
-without one (tests, `snapshot`), a collector makes its own from `config.timeout`.
+without one (tests, `snapshot`), a collector makes its own from `config.timeout`. A
+collector with nothing to wait for (a local scan) may keep the plain `collect(self)`: the
+scraper passes the deadline only to a collect() that has a `deadline` parameter.
 """
 
 from __future__ import annotations
