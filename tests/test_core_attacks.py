@@ -5,6 +5,7 @@ asserting the figure: scrape time, threads, file descriptors, RSS, exit time, st
 
 from __future__ import annotations
 
+import collections
 import os
 import resource
 import signal
@@ -65,6 +66,7 @@ def test_gzip_bomb_stops_at_the_decoded_cap_with_bounded_memory(bomb):
             log = exporter.log()
     finally:
         server.stop()
+    print(f"FIGURES gzip bomb: RSS {before / MiB:.1f} MiB before, peaks {[round(p / MiB, 1) for p in peaks]} MiB")
     assert page[("aitools_node_target_up", (("target", "bomb"),))] == 0
     assert page[("aitools_collector_success", (("collector", "ollama"),))] == 0
     assert "answer larger than 4 MiB" in log and "body of /api/ps is larger than 8 MiB" in log
@@ -100,6 +102,9 @@ def test_trickling_node_target_leaks_no_thread_or_socket_and_sigterm_stops_at_on
             exporter.stop()
     finally:
         server.stop()
+    print(f"FIGURES trickling {mode}: scrape median {statistics.median(took):.3f} s, max {max(took):.3f} s; "
+          f"threads {threads[0]} -> {threads[9]} (10th) -> {threads[-1]}; fds {fds[0]} -> {fds[9]} -> {fds[-1]}; "
+          f"SIGTERM exit {exit_seconds:.3f} s")
     # The 0.5 s deadline, a hand-over and the page (the median; the slowest has room for a busy machine).
     assert statistics.median(took) < 0.5 + 0.3 and max(took) < 0.5 + 1.0, took
     assert threads[9:] == [threads[9]] * 31, threads  # it was 2 -> 48 in 40 scrapes
@@ -126,6 +131,8 @@ def test_a_normal_scrape_answers_while_400_half_sent_requests_hang():
         finally:
             for sock in hanging:
                 sock.close()
+    print(f"FIGURES 400 half-sent: scrape {answer.status_code} in {took:.3f} s; threads {idle_threads} -> {threads}; "
+          f"fds {fds}")
     assert answer.status_code == 200 and "aitools_collector_success" in answer.text
     assert took < 5
     assert threads <= idle_threads + 3, (idle_threads, threads)  # none per connection: it took 400 before
@@ -161,6 +168,8 @@ def test_headers_of_6_mb_are_refused_and_cost_no_memory():
             thread.join(30)
         after = process.memory_info().rss
         normal = exporter.scrape()
+    print(f"FIGURES 6.4 MB headers: {collections.Counter(statuses)}; RSS {before / MiB:.1f} -> {after / MiB:.1f} MiB; "
+          f"then a scrape: {normal.status_code}")
     assert len(statuses) == 40
     assert statuses.count(431) >= 1, statuses  # the answer, where the client read it before the reset
     assert set(statuses) <= {431, "closed", "ConnectionResetError"}, statuses
@@ -189,6 +198,8 @@ def test_50_simultaneous_scrapers_are_answered_at_once():
         for thread in scrapers:
             thread.join(30)
     statuses = [status for status, _ in results]
+    print(f"FIGURES 50 scrapers: {collections.Counter(statuses)}; median {statistics.median(s for _, s in results):.3f} s, "
+          f"max {max(s for _, s in results):.3f} s")
     assert len(results) == 50 and set(statuses) <= {200, 503}
     assert statuses.count(200) >= 40 - 1
     assert statistics.median(seconds for _, seconds in results) < 1.0  # no SYN retransmission (1 s)
@@ -216,6 +227,7 @@ def test_max_requests_answers_503_over_the_cap(tmp_path):
             after = exporter.scrape().status_code
         finally:
             exporter.stop()
+    print(f"FIGURES max-requests 2: third scrape {third.status_code} in {took:.3f} s; /healthz {health_during}")
     assert third.status_code == 503 and "max-requests=2" in third.text
     assert took < 0.5
     assert health_during == 200  # the cap is on /metrics, as node_exporter's
@@ -265,6 +277,8 @@ def test_with_256_open_files_slow_connections_neither_spin_the_accept_loop_nor_b
         process.terminate()
         process.wait(10)
         os.unlink(config_path)
+    print(f"FIGURES RLIMIT_NOFILE 256: CPU {cpu_share:.1%} of a core over 2 s; scrape {answer.status_code} in "
+          f"{took:.3f} s; fds {fds}")
     assert cpu_share < 0.2, cpu_share
     assert answer.status_code == 200 and took < 5
     assert fds <= LOW_LIMIT // 2 + 40
