@@ -305,3 +305,34 @@ def test_the_server_listens_on_ipv6_loopback_and_stops_at_once():
         took = time.monotonic() - started
     assert answer.status_code == 200 and answer.text == "ok\n"
     assert took < 1.0
+
+
+def test_sigterm_during_a_scrape_held_by_trickling_targets_exits_within_a_second():
+    """Both kinds of trickling target and a 10 s timeout: SIGTERM arrives while the scrape waits
+    on them (and while /metrics holds a worker); the process is gone within a second."""
+    url, inspector = TricklingServer("url"), TricklingServer("inspector")
+    config = QUIET + "timeout: 10s\nollama: {url: null}\nlmstudio: {url: null}\nnode:\n  targets:\n" \
+                     f"    - {{name: url, url: 'http://{url.address}/memory'}}\n" \
+                     f"    - {{name: debug, inspector: '{inspector.address}'}}\n"
+    try:
+        exporter = ExporterProcess(config).wait_ready()
+        try:
+            scraping = threading.Thread(target=lambda: _ignore_errors(exporter.scrape), daemon=True)
+            scraping.start()
+            assert wait_for(lambda: url.accepted >= 1 and inspector.accepted >= 2, 5)  # in the middle of it
+            exit_seconds = sigterm_exit_seconds(exporter)
+        finally:
+            exporter.stop()
+    finally:
+        url.stop()
+        inspector.stop()
+    print(f"FIGURES SIGTERM mid-scrape: exit {exit_seconds:.3f} s, code {exporter.process.returncode}")
+    assert exit_seconds < 1.0
+    assert exporter.process.returncode == 0
+
+
+def _ignore_errors(function) -> None:
+    try:
+        function()
+    except httpx.HTTPError:
+        pass
