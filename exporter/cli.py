@@ -36,6 +36,13 @@ def _common_options(command):
     return command
 
 
+def _max_requests_option(command):
+    """serve's cap on requests in flight, as node_exporter's; also given before the subcommand."""
+    return click.option("--web.max-requests", "max_requests", envvar="AITOOLS_WEB_MAX_REQUESTS", default=None,
+                        type=click.IntRange(min=1),
+                        help="Requests served at once; more are answered 503 at once (default 40).")(command)
+
+
 def _settings(ctx: click.Context, **given) -> dict:
     """Options of this subcommand, falling back to those given before it."""
     merged = dict(ctx.obj or {})
@@ -74,13 +81,14 @@ def _load(config_file: str | None) -> Config:
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @_common_options
+@_max_requests_option
 @click.version_option(__version__, "--version", prog_name="aitools-exporter")
 @click.pass_context
-def main(ctx: click.Context, config_file, listen_address, web_config_file, log_level):
+def main(ctx: click.Context, config_file, listen_address, web_config_file, log_level, max_requests=None):
     """Memory budgets of an AI developer workstation, as a Prometheus exporter."""
     ctx.obj = {key: value for key, value in
                dict(config_file=config_file, listen_address=listen_address, web_config_file=web_config_file,
-                    log_level=log_level).items()
+                    log_level=log_level, max_requests=max_requests).items()
                if value is not None}
     if ctx.invoked_subcommand is None:
         ctx.invoke(serve)
@@ -88,16 +96,18 @@ def main(ctx: click.Context, config_file, listen_address, web_config_file, log_l
 
 @main.command()
 @_common_options
+@_max_requests_option
 @click.pass_context
-def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None):
+def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None,
+          max_requests=None):
     """Serve /metrics, / and /healthz (the default command)."""
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
-                         web_config_file=web_config_file, log_level=log_level)
+                         web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)
     _setup_logging(settings.get("log_level"))
     settings["config_file"] = _config_file(settings.get("config_file"))
     config = _load(settings["config_file"])
     from exporter.app import build_registry
-    from exporter.server import start_server
+    from exporter.server import DEFAULT_MAX_REQUESTS, start_server
     from exporter.webconfig import WebConfigError, load_web_config
 
     web_config = None
@@ -107,10 +117,10 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         except WebConfigError as exc:
             click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
             sys.exit(2)
-    registry, _ = build_registry(config)
+    registry, _ = build_registry(config, own_metrics=True)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:
-        server = start_server(address, registry, web_config)
+        server = start_server(address, registry, web_config, settings.get("max_requests") or DEFAULT_MAX_REQUESTS)
     except (OSError, ValueError) as exc:
         click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
         sys.exit(1)

@@ -3,29 +3,38 @@
 Modelled on node_exporter: each source reports `aitools_collector_success` and
 `aitools_collector_duration_seconds`; one source failing, hanging or misbehaving
 never costs the others their metrics or the scrape its answer.
+
+One deadline: each scrape makes one `Deadline` (now + timeout) and passes it to every
+collector, whose blocking calls all take their time from it. The scraper waits for the
+collectors until that deadline (and SCRAPE_MARGIN_SECONDS for a collector that has just
+timed out to hand over what it yielded before), never longer. The collectors run on a
+fixed set of daemon threads kept across scrapes (exporter/workers.py).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
+from exporter.workers import Workers
 
 log = logging.getLogger(__name__)
 
 # A hostile or broken backend must not be able to create unbounded series.
 MAX_SERIES_PER_FAMILY = 1000
 MAX_LABEL_VALUE_LENGTH = 256
-# What a scrape may take beyond the timeout, for the work around the backend calls.
-SCRAPE_MARGIN_SECONDS = 0.5
+# What a scrape may take beyond the deadline: a collector's I/O ends at the deadline itself,
+# this is only the hand-over of what it yielded (the up gauge of a backend that timed out).
+SCRAPE_MARGIN_SECONDS = 0.1
 
 
 @dataclass
@@ -99,11 +108,20 @@ def _merge(page: dict[str, Metric], families: list[Metric]) -> int:
     return dropped
 
 
-def _run_source(source: SourceCollector) -> SourceResult:
+def takes_deadline(source: SourceCollector) -> bool:
+    """Whether the collector's collect() takes the scrape's deadline. One with nothing to wait
+    for (a local scan) may keep prometheus_client's plain collect(self)."""
+    try:
+        return "deadline" in inspect.signature(source.collect).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _run_source(source: SourceCollector, deadline: Deadline, with_deadline: bool = True) -> SourceResult:
     start = time.perf_counter()
     result = SourceResult()
     try:
-        for family in source.collect():
+        for family in (source.collect(deadline) if with_deadline else source.collect()):
             family, dropped = _sanitise(family)
             result.families.append(family)
             result.dropped += dropped
@@ -112,6 +130,8 @@ def _run_source(source: SourceCollector) -> SourceResult:
         result.error, result.running = str(exc), False
     except CollectorError as exc:
         result.error = str(exc)
+    except TimeoutError:  # Deadline.remaining() once the deadline has passed
+        result.error = f"timed out after {deadline.seconds:g}s"
     except Exception as exc:  # a bug or an unforeseen backend answer must not end the scrape
         log.debug("collector %s raised", source.name, exc_info=True)
         result.error = f"unexpected {type(exc).__name__}: {exc}"
@@ -125,7 +145,8 @@ class Scraper(Collector):
     def __init__(self, sources: list[SourceCollector], timeout: float):
         self.sources = sources
         self.timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(sources)), thread_name_prefix="collector")
+        self._workers = Workers(len(sources), "collector")
+        self._with_deadline = {source.name: takes_deadline(source) for source in sources}
         self._running: dict[str, Future] = {}
         self._last_error: dict[str, str | None] = {}
         # Concurrent scrapes share one collection instead of each hitting every backend.
@@ -154,6 +175,7 @@ class Scraper(Collector):
 
     def _collect_all(self) -> list[Metric]:
         started = time.perf_counter()
+        deadline = Deadline(self.timeout)
         futures: dict[str, Future] = {}
         busy: set[str] = set()
         for source in self.sources:
@@ -161,8 +183,9 @@ class Scraper(Collector):
             if previous is not None and not previous.done():
                 busy.add(source.name)  # still stuck on an earlier scrape: don't pile up threads
                 continue
-            futures[source.name] = self._running[source.name] = self._pool.submit(_run_source, source)
-        wait(futures.values(), timeout=self.timeout + SCRAPE_MARGIN_SECONDS)
+            futures[source.name] = self._running[source.name] = self._workers.submit(
+                _run_source, source, deadline, self._with_deadline[source.name])
+        wait(futures.values(), timeout=deadline.left() + SCRAPE_MARGIN_SECONDS)
 
         page: dict[str, Metric] = {}
         success = gauge("aitools_collector_success", "1 when the collector's last run succeeded.", ["collector"])

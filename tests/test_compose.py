@@ -545,3 +545,27 @@ def test_exporter_reads_containers_through_the_proxy(proxy, held_container, tmp_
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+PARALLEL_CONTAINERS = 40  # more than the 32 calls nginx carried at worker_connections 64
+
+
+def test_parallel_stats_calls_of_the_exporter_go_through_the_real_proxy(proxy, held_container, docker_engine):
+    """The docker collector's stats calls, all at once, through compose's nginx: every one answered."""
+    from exporter.collectors.docker import MAX_PARALLEL_STATS, DockerCollector
+    from exporter.config import Config
+
+    names = [f"proxy-parallel-{index}" for index in range(PARALLEL_CONTAINERS)]
+    started = [docker_engine.run(name, "redis:7") for name in names]
+    try:
+        collector = DockerCollector(Config(docker_host=f"tcp://127.0.0.1:{proxy}", timeout=30))
+        collector.cgroup_root = None  # as in the exporter's container: every figure through the stats API
+        families = {family.name: family for family in collector.collect()}
+        usage = {sample.labels["name"]: sample.value
+                 for sample in families["aitools_container_memory_usage_bytes"].samples}
+    finally:
+        for container in started:
+            docker_engine.client.containers.get(container).remove(force=True)
+    assert PARALLEL_CONTAINERS < MAX_PARALLEL_STATS
+    assert set(names) <= set(usage) and "proxy-test-db" in usage
+    assert all(usage[name] > 0 for name in names)

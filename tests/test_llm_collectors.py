@@ -240,7 +240,7 @@ def test_chunked_answers_are_read(server):
 def test_unusable_url_is_down_with_a_reason():
     collector = OllamaCollector(Config(ollama_url="http://[::1", timeout=TIMEOUT))
     result = collect(collector)
-    assert (result.up, result.error) == (0, "ollama at http://[::1: not a usable URL: Invalid port: ':1'")
+    assert (result.up, result.error) == (0, "ollama at http://[::1: not a usable URL: Invalid IPv6 URL")
 
 
 def test_unresolvable_host_is_down_with_a_reason():

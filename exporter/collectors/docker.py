@@ -21,7 +21,6 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
 from dataclasses import dataclass
@@ -30,10 +29,11 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge, read_small_file
 from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
                                             UnixSocketEngine, version_lt)
 from exporter.config import Config
+from exporter.workers import Workers
 
 # The engine answers stats from a loop that samples the containers it is asked about
 # once a second: plain stream=false waits for two of its rounds, one-shot for the next
@@ -221,17 +221,7 @@ def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | Non
 
 def _read_file(path: str) -> bytes:
     """A cgroup file: cgroupfs answers a read with all it has when the buffer holds it."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, 8192)
-        if len(data) < 8192:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return read_small_file(path, 8192)
 
 
 def _memory_stat_value(text: bytes, key: bytes) -> int:
@@ -259,9 +249,10 @@ def _container_name(summary: Mapping[str, Any]) -> str:
 
 
 def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    count = byte_count(value) if isinstance(value, int) else None  # the engine writes integers
+    if count is None:
         raise MalformedAnswer(f"{what} is not a byte count: {value!r}")
-    return value
+    return count
 
 
 def _running_containers(answer: Any) -> list[dict]:
@@ -290,12 +281,12 @@ class DockerCollector(SourceCollector):
         self._host_memory_read_at = 0.0
         self.cgroup_root: Path | None = CGROUP_ROOT if CGROUP_ROOT.is_dir() else None
         # Runs every engine call, so that each one can be abandoned at the deadline.
-        self._pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_STATS, thread_name_prefix="docker")
+        self._pool = Workers(MAX_PARALLEL_STATS, "docker")
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self, deadline: Deadline | None = None) -> Iterator[Metric]:
         # The scrape orchestrator keeps families yielded before a CollectorError, so
         # aitools_docker_up is published on failure too.
-        deadline = time.monotonic() + self.config.timeout
+        deadline = self.deadline(deadline).at
         up = gauge("aitools_docker_up", "1 when the Docker engine answered.")
         try:
             client = self._connected_client(deadline)

@@ -18,26 +18,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
+from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
+from exporter.collectors.base import byte_count as base_byte_count
 from exporter.collectors.tls import tls_verify
 from exporter.config import Config
+from exporter.fetch import ConnectionPool
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 2**20
 MAX_ERROR_DETAIL_CHARS = 200
-MAX_BYTE_COUNT = 2**63  # sizes are int64 on both servers
 
 # Visible ASCII: what an Authorization header can carry (RFC 9110 field values, less
 # spaces and tabs, which no bearer token holds).
@@ -55,8 +51,7 @@ class Unreadable(Exception):
 
     def __init__(self, reason: str, answered: bool, status: int | None = None, not_running: bool = False):
         super().__init__(reason)
-        self.reason, self.answered, self.status = reason, answered, status
-        self.not_running = not_running  # connection refused: nothing listens at the address
+        self.reason, self.answered, self.status, self.not_running = reason, answered, status, not_running
 
 
 @dataclass
@@ -70,107 +65,9 @@ class ModelReading:
     installed_error: str | None = None  # why installed_bytes is None, when it is a failure
 
 
-class Deadline:
-    """One overall time limit for all the requests of a collection.
-
-    httpx's timeouts apply to each connect and each read, so a server that drips its
-    body, or stalls after its headers, could hold a read for a whole timeout after most
-    of the budget is gone. At the deadline this shuts the connection's socket down,
-    which ends any read still blocked on it.
-    """
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-        self.expires_at = time.monotonic() + seconds
-        self.expired = False
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()
-        _WATCHDOG.watch(self)
-
-    def remaining(self) -> float:
-        return max(0.001, self.expires_at - time.monotonic())
-
-    def passed(self) -> bool:
-        return self.expired or time.monotonic() >= self.expires_at
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpx `trace` extension: remember the socket of each new connection."""
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            stream = info.get("return_value")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            with self._lock:
-                self._socket = sock
-                if self.expired:
-                    _shut_down(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            _shut_down(self._socket)
-
-    def cancel(self) -> None:
-        _WATCHDOG.forget(self)
-
-
-class _Watchdog:
-    """One thread that expires every Deadline when its time comes.
-
-    A timer thread for each collection would start and end two threads at every scrape,
-    for months; that churn costs CPU and keeps the resident memory creeping (each new
-    thread allocates from another of glibc's per-thread arenas)."""
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._deadlines: set[Deadline] = set()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, deadline: Deadline) -> None:
-        with self._condition:
-            self._deadlines.add(deadline)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="llm-deadlines", daemon=True)
-                self._thread.start()
-            self._condition.notify()
-
-    def forget(self, deadline: Deadline) -> None:
-        with self._condition:
-            self._deadlines.discard(deadline)
-
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                now = time.monotonic()
-                due = [deadline for deadline in self._deadlines if deadline.expires_at <= now]
-                if not due:
-                    soonest = min((deadline.expires_at for deadline in self._deadlines), default=None)
-                    self._condition.wait(None if soonest is None else soonest - now)
-                    continue
-                self._deadlines.difference_update(due)
-            for deadline in due:
-                deadline._expire()
-
-
-_WATCHDOG = _Watchdog()
-
-
-def _shut_down(sock: socket.socket | None) -> None:
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
-
-
 def byte_count(value: Any) -> int | None:
     """A size in bytes if `value` is a non-negative finite integer (2.0 counts, 2.5 does not)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and 0 <= value < MAX_BYTE_COUNT:
-        return value
-    return None
+    return base_byte_count(value, MAX_BYTE_COUNT)
 
 
 def model_name(value: Any) -> str | None:
@@ -214,16 +111,9 @@ class LLMServerCollector(SourceCollector):
         self.base_url = base_url.rstrip("/")
         self.skipped_entries = 0
         self._installed_error: str | None = None
-        self._client = httpx.Client(
-            headers={"Accept": "application/json", "Accept-Encoding": "identity"},
-            # Each request opens its own connection: the deadline needs to see the socket,
-            # and a server restarted between scrapes leaves no stale pooled connection.
-            limits=httpx.Limits(max_keepalive_connections=0),
-            # A local server is reached directly, never through an HTTP_PROXY from the environment.
-            trust_env=False,
-            follow_redirects=False,
-            verify=tls_verify(self.base_url),
-        )
+        # Kept-alive connections, reused across scrapes; never through an HTTP_PROXY from the
+        # environment (a local server is reached directly); redirects are not followed.
+        self._pool = ConnectionPool(headers={"Accept": "application/json"}, tls=tls_verify(self.base_url))
 
     def read_models(self, deadline: Deadline) -> ModelReading:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -232,7 +122,8 @@ class LLMServerCollector(SourceCollector):
         """Strings that must never appear in an error message."""
         return []
 
-    def collect(self):
+    def collect(self, deadline: Deadline | None = None):
+        deadline = self.deadline(deadline)
         up = gauge("aitools_llm_server_up", "1 when the LLM server answered.", ["server"])
         loaded = gauge("aitools_llm_model_loaded_bytes",
                        "Size of each loaded model as its server reports it.", ["server", "model"])
@@ -240,13 +131,10 @@ class LLMServerCollector(SourceCollector):
                      "The part of a loaded model in GPU memory, where the server tells it.", ["server", "model"])
         installed = gauge("aitools_llm_model_installed_bytes",
                           "Size of each model installed in the server, loaded or not.", ["server", "model"])
-        deadline = Deadline(self.config.timeout)
         try:
             reading, failure = self.read_models(deadline), None
         except Unreadable as exc:
             reading, failure = None, exc
-        finally:
-            deadline.cancel()
 
         up.add_metric([self.name], 1.0 if failure is None or failure.answered else 0.0)
         yield up
@@ -277,44 +165,28 @@ class LLMServerCollector(SourceCollector):
         return parse_json(body)
 
     def _get(self, path: str, deadline: Deadline, headers: dict[str, str]) -> tuple[int, bytes]:
-        answered = False
         try:
-            with self._client.stream("GET", self.base_url + path, headers=headers,
-                                     timeout=httpx.Timeout(deadline.remaining()),
-                                     extensions={"trace": deadline.trace}) as response:
-                answered = True
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                    raise Unreadable(f"body of {path} is larger than {MAX_BODY_BYTES // 2**20} MiB", answered=True)
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY_BYTES:
-                        raise Unreadable(f"body of {path} is larger than {MAX_BODY_BYTES // 2**20} MiB", answered=True)
-                    if deadline.passed():
-                        raise self._timed_out(deadline, answered)
-                return response.status_code, bytes(body)
-        except httpx.TransportError as exc:
-            if deadline.passed() or isinstance(exc, httpx.TimeoutException):
-                raise self._timed_out(deadline, answered) from None
-            raise self._transport_failure(exc, answered) from None
-        except httpx.InvalidURL as exc:
-            raise Unreadable(f"not a usable URL: {exc}", answered=False) from None
+            answer = self._pool.get(self.base_url + path, deadline, MAX_BODY_BYTES, headers)
+        except CollectorError as exc:
+            raise self._failure(exc, path, deadline) from None
+        return answer.status, answer.body
 
     @staticmethod
-    def _timed_out(deadline: Deadline, answered: bool) -> Unreadable:
-        where = " while reading the body" if answered else ""
-        return Unreadable(f"timed out after {deadline.seconds:g}s{where}", answered=answered)
-
-    @staticmethod
-    def _transport_failure(exc: httpx.TransportError, answered: bool) -> Unreadable:
-        if answered:
-            return Unreadable("connection closed before the whole body arrived (truncated)", answered=True)
-        if _caused_by(exc, ConnectionRefusedError):
-            return Unreadable("connection refused", answered=False, not_running=True)
-        if isinstance(exc, httpx.RemoteProtocolError):
+    def _failure(exc: CollectorError, path: str, deadline: Deadline) -> Unreadable:
+        """A failed GET in this collector's words; `answered` once a status line had come."""
+        kind, answered = getattr(exc, "kind", ""), getattr(exc, "answered", False)
+        if isinstance(exc, SourceNotRunning):
+            return Unreadable(str(exc), answered=False, not_running=True)
+        if kind == "timeout":
+            where = " while reading the body" if answered else ""
+            return Unreadable(f"timed out after {deadline.seconds:g}s{where}", answered=answered)
+        if kind == "too_large":
+            return Unreadable(f"body of {path} is larger than {MAX_BODY_BYTES // 2**20} MiB", answered=True)
+        if kind == "closed":
+            if answered:
+                return Unreadable("connection closed before the whole body arrived (truncated)", answered=True)
             return Unreadable("closed the connection without answering", answered=False)
-        return Unreadable(f"cannot connect: {' '.join(str(exc).split()) or type(exc).__name__}", answered=False)
+        return Unreadable(str(exc), answered=answered)
 
     def _redact(self, message: str) -> str:
         for secret in self.secrets():
@@ -337,15 +209,6 @@ class LLMServerCollector(SourceCollector):
             log.warning("%s at %s: skipped %d model entries without a usable name or size",
                         self.name, self.base_url, skipped)
         self.skipped_entries = skipped
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def _models_list(payload: Any, key: str, path: str) -> list:

@@ -2,41 +2,42 @@
 
 A `url` target answers JSON holding a `process.memoryUsage()`-shaped object at any
 depth, or prom-client text. An `inspector` target is a `node --inspect` address, read
-over the DevTools protocol. All targets are read in parallel; one failing target costs
-only its own figures (`aitools_node_target_up 0`), and the collector then raises
-`CollectorError` naming it after yielding everything else.
+over the DevTools protocol. All targets are read in parallel, on worker threads kept
+across scrapes, over connections (and WebSockets) kept open across scrapes, all by the
+scrape's deadline; one failing target costs only its own figures
+(`aitools_node_target_up 0`), and the collector then raises `CollectorError` naming it
+after yielding everything else.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import math
-import time
+import os
+import socket
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus_text
 
-from exporter.collectors.base import CollectorError, SourceCollector, SourceNotRunning, gauge
-from exporter.collectors.tls import tls_verify
-from exporter.config import NodeTarget
-
-if TYPE_CHECKING:
-    import websocket  # imported where an inspector target is read: url targets need none of it
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge
+from exporter.config import Config, NodeTarget
+from exporter.fetch import ConnectionPool, _TimedSocket
+from exporter.workers import Workers
 
 # A hostile or broken target must not exhaust the exporter's memory.
 MAX_BODY_BYTES = 4 * 2**20
 # No Node heap or process is this large; a bigger figure is garbage, not a reading.
 MAX_PLAUSIBLE_BYTES = 2**40
 MAX_JSON_DEPTH = 32
-# The wait for all targets together beyond the timeout: thread start-up and hand-over.
-COLLECT_MARGIN_SECONDS = 0.2
+# A target's read ends at the deadline itself; this is the hand-over of its outcome.
+HAND_OVER_SECONDS = 0.05
 MAX_PARALLEL_TARGETS = 32
+MAX_HANDSHAKE_BYTES = 16 * 1024
+ACCEPT = "application/json, text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.8, */*;q=0.5"
 
 PROM_HEAP_USED = "nodejs_heap_size_used_bytes"
 PROM_HEAP_TOTAL = "nodejs_heap_size_total_bytes"
@@ -75,12 +76,10 @@ class HeapReading:
 
 def plausible_bytes(value: object) -> float | None:
     """The value as a byte count, or None when it is not a number a Node process could report."""
-    if not _is_number(value):
-        return None
-    value = float(value)
-    if math.isnan(value) or not 0 <= value <= MAX_PLAUSIBLE_BYTES:
-        return None
-    return value
+    if isinstance(value, float) and not value.is_integer() and 0 <= value <= MAX_PLAUSIBLE_BYTES:
+        return value  # a fraction of a byte: some exporters average
+    count = byte_count(value, MAX_PLAUSIBLE_BYTES + 1)
+    return None if count is None else float(count)
 
 
 def _required_bytes(value: object, name: str) -> float:
@@ -180,50 +179,29 @@ def parse_http_answer(content_type: str, body: bytes) -> HeapReading:
     return parse_metrics_text(text, openmetrics)
 
 
-def _remaining(deadline: float, timeout: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TargetError(f"no answer within {timeout:g}s")
-    return left
+def _reason(exc: CollectorError) -> str:
+    """A failed GET in this collector's words."""
+    kind = getattr(exc, "kind", None)
+    if kind == "timeout":
+        return str(exc).replace("timed out after", "no answer within")
+    return str(exc)
 
 
-def http_get(url: str, deadline: float, timeout: float) -> tuple[str, bytes]:
-    """(Content-Type, body) of a 2xx answer, reading at most MAX_BODY_BYTES."""
+def http_get(pool: ConnectionPool, url: str, deadline: Deadline) -> tuple[str, bytes]:
+    """(Content-Type, body) of a 2xx answer, at most MAX_BODY_BYTES decoded."""
     try:
-        # trust_env=False: targets are local processes, never reached through a proxy from the environment.
-        with httpx.Client(timeout=_remaining(deadline, timeout), trust_env=False, verify=tls_verify(url)) as client:
-            headers = {
-                "Accept": "application/json, text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.8, */*;q=0.5",
-                # A compressed answer could inflate far beyond MAX_BODY_BYTES within one chunk.
-                "Accept-Encoding": "identity",
-            }
-            with client.stream("GET", url, headers=headers) as response:
-                if not response.is_success:
-                    raise TargetError(f"HTTP {response.status_code} {response.reason_phrase}".strip())
-                chunks, size = [], 0
-                for chunk in response.iter_bytes(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        raise TargetError(f"answer larger than {MAX_BODY_BYTES // 2**20} MiB")
-                    chunks.append(chunk)
-                    _remaining(deadline, timeout)
-                return response.headers.get("content-type", ""), b"".join(chunks)
-    except httpx.TimeoutException:
-        raise TargetError(f"no answer within {timeout:g}s") from None
-    except httpx.RemoteProtocolError:
-        # Not httpx's text: it counts the bytes received, which differ from answer to answer,
-        # and a reason that changes at every scrape would be logged at every scrape.
-        raise TargetError("connection closed before the whole answer arrived") from None
-    except httpx.ConnectError as exc:
-        if "refused" in str(exc).lower():
-            raise TargetNotRunning("connection refused") from None
-        raise TargetError(f"cannot connect: {exc}") from None
-    except httpx.HTTPError as exc:
-        raise TargetError(f"{type(exc).__name__}: {exc}") from None
+        answer = pool.get(url, deadline, MAX_BODY_BYTES)
+    except SourceNotRunning:
+        raise TargetNotRunning("connection refused") from None
+    except CollectorError as exc:
+        raise TargetError(_reason(exc)) from None
+    if not 200 <= answer.status < 300:
+        raise TargetError(f"HTTP {answer.status} {answer.reason}".strip())
+    return answer.content_type, answer.body
 
 
-def read_url_target(url: str, deadline: float, timeout: float) -> HeapReading:
-    content_type, body = http_get(url, deadline, timeout)
+def read_url_target(pool: ConnectionPool, url: str, deadline: Deadline) -> HeapReading:
+    content_type, body = http_get(pool, url, deadline)
     return parse_http_answer(content_type, body)
 
 
@@ -239,80 +217,173 @@ def _debugger_path(listing: bytes) -> str:
     if not debuggable:
         raise TargetError("/json/list names no webSocketDebuggerUrl")
     entry = next((e for e in debuggable if e.get("type") == "node"), debuggable[0])
-    return urlsplit(entry["webSocketDebuggerUrl"]).path
+    return urlsplit(entry["webSocketDebuggerUrl"]).path or "/"
 
 
-def _cdp_call(connection: websocket.WebSocket, message_id: int, method: str, params: dict,
-              deadline: float, timeout: float) -> dict:
-    """Send one DevTools command and return its result, skipping events and other replies."""
-    connection.send(json.dumps({"id": message_id, "method": method, "params": params}))
-    while True:
-        connection.settimeout(_remaining(deadline, timeout))
-        raw = connection.recv()
+class InspectorSession:
+    """One `node --inspect` target's DevTools WebSocket, kept open across scrapes and opened
+    again when it breaks. A minimal RFC 6455 client (text frames out, messages in, ping
+    answered) whose every read and write keeps to the scrape's deadline and whose messages
+    are capped at MAX_BODY_BYTES: a target trickling a frame ends at the deadline."""
+
+    def __init__(self, address: str, pool: ConnectionPool):
+        self.address = address
+        self.pool = pool
+        self.sock: _TimedSocket | None = None
+        self._buffer = bytearray()
+        self._next_id = 0
+
+    def read(self, deadline: Deadline) -> HeapReading:
+        fresh = self.sock is None
         try:
-            reply = json.loads(raw)
-        except (ValueError, RecursionError):
-            continue
-        if not isinstance(reply, dict) or reply.get("id") != message_id:
-            continue
-        if "error" in reply:
-            raise TargetError(f"{method} failed: {reply['error']}"[:200])
-        result = reply.get("result")
-        if not isinstance(result, dict):
-            raise TargetError(f"{method} answered no result")
-        return result
+            try:
+                if fresh:
+                    self._open(deadline)
+                return self._read_heap(deadline)
+            except (_Closed, ConnectionResetError, BrokenPipeError):
+                if fresh:
+                    raise
+                self.close()  # the target restarted, or closed the session: once more on a new one
+                self._open(deadline)
+                return self._read_heap(deadline)
+        except TargetError:
+            self.close()
+            raise
+        except _Closed:
+            self.close()
+            raise TargetError("DevTools connection closed by the target") from None
+        except TimeoutError:
+            self.close()
+            raise TargetError(f"no answer within {deadline.seconds:g}s") from None
+        except OSError as exc:
+            self.close()
+            raise TargetError(f"DevTools connection failed: {type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self._buffer.clear()
+
+    def _read_heap(self, deadline: Deadline) -> HeapReading:
+        usage = self._call("Runtime.getHeapUsage", {}, deadline)
+        rss = heap_limit = None
+        try:
+            result = self._call("Runtime.evaluate", {"expression": INSPECTOR_EXTRAS_EXPRESSION, "returnByValue": True,
+                                                     "silent": True}, deadline)
+            extras = json.loads(result["result"]["value"])
+            rss, heap_limit = plausible_bytes(extras.get("rss")), plausible_bytes(extras.get("heapSizeLimit"))
+        except (TargetError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return HeapReading(heap_used=_required_bytes(usage.get("usedSize"), "usedSize"),
+                           heap_total=_required_bytes(usage.get("totalSize"), "totalSize"),
+                           heap_limit=heap_limit, rss=rss)
+
+    def _open(self, deadline: Deadline) -> None:
+        try:
+            _, listing = http_get(self.pool, f"http://{self.address}/json/list", deadline)
+        except TargetError as exc:
+            raise type(exc)(f"/json/list: {exc}") from None
+        # Connect to the configured address, not the host in webSocketDebuggerUrl: Node
+        # writes there whatever it was bound to (0.0.0.0, a container's name).
+        path = _debugger_path(listing)
+        host, _, port = self.address.rpartition(":")
+        raw = socket.create_connection((host.strip("[]"), int(port)), timeout=deadline.remaining())
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = _TimedSocket(raw)
+        self.sock.deadline = deadline
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {self.address}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                          .encode())
+        while b"\r\n\r\n" not in self._buffer:
+            if len(self._buffer) > MAX_HANDSHAKE_BYTES:
+                raise TargetError("DevTools handshake answer too long")
+            self._fill()
+        head, _, rest = bytes(self._buffer).partition(b"\r\n\r\n")
+        self._buffer[:] = rest
+        status = head.split(b"\r\n", 1)[0]
+        if status.split(b" ")[1:2] != [b"101"]:
+            raise TargetError(f"DevTools handshake refused: {status[:100].decode('latin-1')}")
+
+    def _call(self, method: str, params: dict, deadline: Deadline) -> dict:
+        """Send one DevTools command and return its result, skipping events and other replies."""
+        self.sock.deadline = deadline
+        self._next_id += 1
+        message_id = self._next_id
+        self._send(json.dumps({"id": message_id, "method": method, "params": params}).encode())
+        while True:
+            raw = self._message()
+            try:
+                reply = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(reply, dict) or reply.get("id") != message_id:
+                continue
+            if "error" in reply:
+                raise TargetError(f"{method} failed: {reply['error']}"[:200])
+            result = reply.get("result")
+            if not isinstance(result, dict):
+                raise TargetError(f"{method} answered no result")
+            return result
+
+    def _send(self, payload: bytes, opcode: int = 0x1) -> None:
+        length = len(payload)
+        if length < 126:
+            header = bytes((0x80 | opcode, 0x80 | length))
+        elif length < 2**16:
+            header = bytes((0x80 | opcode, 0x80 | 126)) + length.to_bytes(2, "big")
+        else:
+            header = bytes((0x80 | opcode, 0x80 | 127)) + length.to_bytes(8, "big")
+        mask = os.urandom(4)
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+                  ).to_bytes(length, "big") if length else b""
+        self.sock.sendall(header + mask + masked)
+
+    def _message(self) -> bytes:
+        parts, size = [], 0
+        while True:
+            first, second = self._exact(2)
+            opcode, length = first & 0x0F, second & 0x7F
+            if length == 126:
+                length = int.from_bytes(self._exact(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self._exact(8), "big")
+            if size + length > MAX_BODY_BYTES:
+                raise TargetError(f"DevTools message larger than {MAX_BODY_BYTES // 2**20} MiB")
+            mask = self._exact(4) if second & 0x80 else None
+            payload = self._exact(length)
+            if mask:
+                payload = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (length // 4 + 1))[:length], "big")
+                           ).to_bytes(length, "big")
+            if opcode == 0x8:
+                raise _Closed()
+            if opcode == 0x9:
+                self._send(payload, 0xA)
+                continue
+            if opcode == 0xA:
+                continue
+            parts.append(payload)
+            size += length
+            if first & 0x80:
+                return b"".join(parts)
+
+    def _exact(self, count: int) -> bytes:
+        while len(self._buffer) < count:
+            self._fill()
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise _Closed()
+        self._buffer += chunk
 
 
-def _inspector_extras(connection: websocket.WebSocket, deadline: float, timeout: float) -> tuple[float | None, float | None]:
-    """(rss, heap limit) by evaluating an expression in the target; (None, None) when that fails."""
-    import websocket
-
-    try:
-        result = _cdp_call(connection, 2, "Runtime.evaluate",
-                           {"expression": INSPECTOR_EXTRAS_EXPRESSION, "returnByValue": True, "silent": True},
-                           deadline, timeout)
-        extras = json.loads(result["result"]["value"])
-        return plausible_bytes(extras.get("rss")), plausible_bytes(extras.get("heapSizeLimit"))
-    except (TargetError, websocket.WebSocketException, OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None, None
-
-
-def read_inspector_target(address: str, deadline: float, timeout: float) -> HeapReading:
-    import websocket
-
-    try:
-        _, listing = http_get(f"http://{address}/json/list", deadline, timeout)
-    except TargetError as exc:
-        raise type(exc)(f"/json/list: {exc}") from None
-    # Connect to the configured address, not the host in webSocketDebuggerUrl: Node
-    # writes there whatever it was bound to (0.0.0.0, a container's name).
-    ws_url = f"ws://{address}{_debugger_path(listing)}"
-    host = address.rsplit(":", 1)[0].strip("[]")
-    connection = None
-    try:
-        connection = websocket.create_connection(
-            ws_url, timeout=_remaining(deadline, timeout), suppress_origin=True, http_no_proxy=[host])
-        usage = _cdp_call(connection, 1, "Runtime.getHeapUsage", {}, deadline, timeout)
-        rss, heap_limit = _inspector_extras(connection, deadline, timeout)
-    except (websocket.WebSocketTimeoutException, TimeoutError):
-        raise TargetError(f"no answer within {timeout:g}s") from None
-    except (websocket.WebSocketException, OSError) as exc:
-        raise TargetError(f"DevTools connection failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        if connection is not None:
-            connection.close()
-    return HeapReading(
-        heap_used=_required_bytes(usage.get("usedSize"), "usedSize"),
-        heap_total=_required_bytes(usage.get("totalSize"), "totalSize"),
-        heap_limit=heap_limit,
-        rss=rss,
-    )
-
-
-def read_target(target: NodeTarget, deadline: float, timeout: float) -> HeapReading:
-    if target.url is not None:
-        return read_url_target(target.url, deadline, timeout)
-    return read_inspector_target(target.inspector, deadline, timeout)
+class _Closed(Exception):
+    """The target closed the DevTools connection."""
 
 
 def describe(target: NodeTarget) -> str:
@@ -337,9 +408,20 @@ class NotRunning(str):
 class NodeCollector(SourceCollector):
     name = "node"
 
-    def collect(self):
+    def __init__(self, config: Config):
+        super().__init__(config)
+        # Kept across scrapes: the connections to the url targets and the inspectors' WebSockets,
+        # and the threads that read the targets in parallel.
+        self._pool = ConnectionPool(headers={"Accept": ACCEPT})
+        self._inspectors = {target.name: InspectorSession(target.inspector, self._pool)
+                            for target in config.node_targets if target.inspector is not None}
+        self._workers = Workers(min(len(config.node_targets), MAX_PARALLEL_TARGETS), "node-target")
+        self._reading: dict[str, Future] = {}
+
+    def collect(self, deadline: Deadline | None = None):
+        deadline = self.deadline(deadline)
         targets = self.config.node_targets
-        outcomes = self._read_all(targets)
+        outcomes = self._read_all(targets, deadline)
 
         labels = ["target"]
         heap_used = gauge("aitools_node_heap_used_bytes", "V8 heapUsed of the Node target.", labels)
@@ -379,23 +461,25 @@ class NodeCollector(SourceCollector):
         if failures:
             raise CollectorError("; ".join(failures))
 
-    def _read_all(self, targets: tuple[NodeTarget, ...]) -> dict[str, HeapReading | str]:
-        """Each target's reading, or the reason it has none (a NotRunning for a target nothing listens at);
-        returns within the timeout and a small margin."""
-        if not targets:
-            return {}
-        timeout = self.config.timeout
-        deadline = time.monotonic() + timeout
-        pool = ThreadPoolExecutor(max_workers=min(len(targets), MAX_PARALLEL_TARGETS), thread_name_prefix="node-target")
-        futures = {target.name: pool.submit(read_target, target, deadline, timeout) for target in targets}
-        wait(futures.values(), timeout=timeout + COLLECT_MARGIN_SECONDS)
-        # Don't wait for a target stuck past the deadline: its own timeouts end its thread soon.
-        pool.shutdown(wait=False, cancel_futures=True)
+    def read_target(self, target: NodeTarget, deadline: Deadline) -> HeapReading:
+        if target.url is not None:
+            return read_url_target(self._pool, target.url, deadline)
+        return self._inspectors[target.name].read(deadline)
 
+    def _read_all(self, targets: tuple[NodeTarget, ...], deadline: Deadline) -> dict[str, HeapReading | str]:
+        """Each target's reading, or the reason it has none; by the deadline, on the kept workers."""
+        futures: dict[str, Future] = {}
         outcomes: dict[str, HeapReading | str] = {}
+        for target in targets:
+            previous = self._reading.get(target.name)
+            if previous is not None and not previous.done():
+                outcomes[target.name] = "still busy with an earlier scrape"
+                continue
+            futures[target.name] = self._reading[target.name] = self._workers.submit(self.read_target, target, deadline)
+        wait(futures.values(), timeout=deadline.left() + HAND_OVER_SECONDS)
         for name, future in futures.items():
-            if not future.done() or future.cancelled():
-                outcomes[name] = f"no answer within {timeout:g}s"
+            if not future.done():
+                outcomes[name] = f"no answer within {deadline.seconds:g}s"
             elif isinstance(future.exception(), TargetNotRunning):
                 outcomes[name] = NotRunning(future.exception())
             elif isinstance(future.exception(), TargetError):

@@ -14,7 +14,7 @@ import sys
 
 import psutil
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
 from exporter.config import ProcessGroup
 from exporter.patterns import CMDLINE_LIMIT
 
@@ -36,22 +36,9 @@ def matches(group: ProcessGroup, name: str, cmdline: list[str] | None) -> bool:
 
 # --- Linux: /proc straight -------------------------------------------------------------
 
-def _read(path: str, size: int = 4096, most: int = CMDLINE_LIMIT) -> bytes:
-    """A /proc file (its first `most` bytes at most), in as few system calls as it takes
-    and without a file object around them. /proc answers a read with everything it has
-    when the buffer is large enough: a shorter answer than the buffer is the whole file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, size)
-        if len(data) < size:
-            return data
-        chunks, total = [data], len(data)
-        while total < most and (chunk := os.read(fd, min(65536, most - total))):  # a long command line
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+def _read(path: str, size: int = 4096) -> bytes:
+    """A /proc file, at most CMDLINE_LIMIT bytes of it (a command line is matched no further)."""
+    return read_small_file(path, size, CMDLINE_LIMIT)
 
 
 def parse_cmdline(data: bytes) -> str:
@@ -128,13 +115,21 @@ def _scan_procfs(groups: tuple[ProcessGroup, ...], rss: dict[str, int], count: d
 class ProcessCollector(SourceCollector):
     name = "process"
 
-    def collect(self):
+    def __init__(self, config, source: str = "auto"):
+        super().__init__(config)
+        # auto: /proc where there is one (Linux), else psutil; "psutil" forces the macOS path
+        # anywhere, so that the suite runs it on Linux too.
+        self.source = source
+
+    def collect(self, deadline: Deadline | None = None):  # a local scan: nothing in it waits on a backend
         groups = self.config.process_groups
         rss = {group.name: 0 for group in groups}
         count = {group.name: 0 for group in groups}
         wants_cmdline = any(group.cmdline is not None for group in groups)
+        procfs = self.source == "procfs" or (
+            self.source == "auto" and sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/self"))
         try:
-            if not USE_PSUTIL and sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/self"):
+            if procfs and not USE_PSUTIL:
                 _scan_procfs(groups, rss, count)
             else:
                 self._scan_psutil(groups, wants_cmdline, rss, count)

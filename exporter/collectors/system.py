@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import psutil
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file, run_bounded
 
 MEMINFO_PATH = "/proc/meminfo"
 
@@ -92,12 +91,13 @@ def meminfo_pages(fields: dict[str, int], page_size: int) -> dict[str, int]:
 class SystemCollector(SourceCollector):
     name = "system"
 
-    def collect(self):
+    def collect(self, deadline: Deadline | None = None):
+        deadline = self.deadline(deadline)
         source = self.config.system_source
         if source == "auto":
             source = "vm_stat" if sys.platform == "darwin" else "procfs"
         if source == "vm_stat":
-            page_size, pages, total, available, swap_used = self._read_vm_stat()
+            page_size, pages, total, available, swap_used = self._read_vm_stat(deadline)
         else:
             page_size, pages, total, available, swap_used = self._read_procfs()
 
@@ -109,15 +109,14 @@ class SystemCollector(SourceCollector):
         yield _single("aitools_system_memory_total_bytes", "Physical memory.", total)
         yield _single("aitools_system_memory_available_bytes", "Memory available without swapping.", available)
         yield _single("aitools_system_swap_used_bytes", "Swap in use.", swap_used)
-        pressure = self._memory_pressure() if source == "vm_stat" else None
+        pressure = self._memory_pressure(deadline) if source == "vm_stat" else None
         if pressure is not None:
             yield _single("aitools_system_memory_pressure_level",
                           "macOS kern.memorystatus_vm_pressure_level: 1 normal, 2 warn, 4 critical.", pressure)
 
     def _read_procfs(self):
         try:
-            with open(MEMINFO_PATH, encoding="ascii", errors="replace") as handle:
-                fields = parse_meminfo(handle.read())
+            fields = parse_meminfo(read_small_file(MEMINFO_PATH, 8192).decode("ascii", "replace"))
         except OSError as exc:
             raise CollectorError(f"cannot read {MEMINFO_PATH}: {exc.strerror or exc}") from None
         except ValueError as exc:
@@ -127,17 +126,19 @@ class SystemCollector(SourceCollector):
         swap_used = max(0, fields.get("SwapTotal", 0) - fields.get("SwapFree", 0))
         return page_size, meminfo_pages(fields, page_size), fields["MemTotal"], available, swap_used
 
-    def _read_vm_stat(self):
+    def _read_vm_stat(self, deadline: Deadline):
         path = shutil.which("vm_stat")
         if path is None:
             raise CollectorError("vm_stat not found on PATH (system.source is vm_stat)")
         try:
-            output = subprocess.run([path], capture_output=True, timeout=self.config.timeout, check=True,
-                                    text=True, errors="replace").stdout
-        except subprocess.TimeoutExpired:
-            raise CollectorError(f"vm_stat did not finish within {self.config.timeout:g}s") from None
-        except (subprocess.CalledProcessError, OSError) as exc:
+            result = run_bounded([path], deadline)
+        except TimeoutError:
+            raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
+        except OSError as exc:
             raise CollectorError(f"vm_stat failed: {exc}") from None
+        if result.returncode != 0:
+            raise CollectorError(f"vm_stat failed: Command '{path}' returned non-zero exit status {result.returncode}.")
+        output = result.stdout.decode("utf-8", "replace")
         try:
             page_size, pages = parse_vm_stat(output)
         except ValueError as exc:
@@ -145,15 +146,15 @@ class SystemCollector(SourceCollector):
         memory, swap = psutil.virtual_memory(), psutil.swap_memory()
         return page_size, pages, memory.total, memory.available, swap.used
 
-    def _memory_pressure(self) -> int | None:
+    def _memory_pressure(self, deadline: Deadline) -> int | None:
+        """The pressure level, in the time vm_stat left of the deadline (None when there is none left)."""
         path = shutil.which("sysctl")
         if path is None:
             return None
         try:
-            result = subprocess.run([path, "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True,
-                                    text=True, timeout=self.config.timeout)
+            result = run_bounded([path, "-n", "kern.memorystatus_vm_pressure_level"], deadline)
             level = int(result.stdout.strip())
-        except (subprocess.TimeoutExpired, OSError, ValueError):
+        except (OSError, ValueError):  # TimeoutError is an OSError
             return None
         return level if result.returncode == 0 and level in (1, 2, 4) else None
 

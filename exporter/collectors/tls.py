@@ -1,8 +1,7 @@
-"""TLS contexts for the collectors that speak HTTP through httpx (node, llm).
+"""TLS contexts for the HTTP sources (exporter/fetch.py: node, llm).
 
-httpx builds a TLS context for every client that is not given one: with verification
-that means loading the whole CA bundle, some 20 ms of CPU and about a megabyte of
-memory each time, and even without it a fresh OpenSSL context. A client for an http://
+A TLS context per connection would mean loading the whole CA bundle each time (some 20 ms
+of CPU and about a megabyte of memory), so they are shared. A client for an http://
 URL never uses TLS, so it gets one shared context that trusts nothing (it would refuse
 any certificate, should it ever be used); https:// clients share one verifying context,
 built the first time one is needed.
@@ -29,5 +28,5 @@ def _unused_context() -> ssl.SSLContext:
 
 
 def tls_verify(url: str) -> ssl.SSLContext:
-    """The `verify=` argument of an httpx client for `url`."""
+    """The TLS context of the connections to `url`."""
     return _verifying_context() if url[:6].lower() == "https:" else _unused_context()

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,7 +57,7 @@ class _Handler(BaseHTTPRequestHandler):
         standin = self.server.standin
         standin.requests.append((self.path, dict(self.headers)))
         mode = standin.path_modes.get(self.path, standin.mode)
-        if mode == "hangup":
+        if mode in ("hangup", "refused"):  # refused: a server gone away closes its kept-alive connections too
             self.close_connection = True
             return
         if standin.header_delay and standin.wait(standin.header_delay):
@@ -109,6 +110,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, standin: "Standin"):
         self.standin = standin
         super().__init__(address, _Handler)
+
+    def get_request(self):
+        connection, client = super().get_request()
+        # As real servers (Go, Node) do: without it each kept-alive answer waits out the client's delayed ACK.
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection, client
 
     def handle_error(self, request, client_address):
         pass  # a client that gave up (timeout tests) is expected here

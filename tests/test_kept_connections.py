@@ -1,0 +1,69 @@
+"""Connections kept across scrapes: the Node url targets' and the LLM servers' HTTP
+connections and an inspector target's WebSocket are reused at the next scrape, and opened
+again when they break; no thread is started per scrape."""
+
+from __future__ import annotations
+
+import threading
+
+from exporter.collectors.llm import OllamaCollector
+from exporter.collectors.node import NodeCollector
+from exporter.config import Config, NodeTarget
+from exporter.scrape import Scraper
+
+
+def node_values(collector) -> dict:
+    return {sample.labels["target"]: sample.value
+            for family in collector.collect() if family.name == "aitools_node_target_up" for sample in family.samples}
+
+
+def idle_connections(pool) -> list:
+    return [connection for connections in pool._idle.values() for connection in connections]
+
+
+def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(node_steady):
+    collector = NodeCollector(Config(node_targets=(NodeTarget("json", url=node_steady.url("/memory")),
+                                                   NodeTarget("prom", url=node_steady.url("/metrics")),
+                                                   NodeTarget("debug", inspector=node_steady.inspector_address))))
+    assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
+    session = collector._inspectors["debug"]
+    websocket, kept = session.sock, set(map(id, idle_connections(collector._pool)))
+    assert websocket is not None and len(kept) == 2
+
+    for _ in range(5):
+        assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
+    assert session.sock is websocket  # the same WebSocket, five scrapes later
+    assert set(map(id, idle_connections(collector._pool))) == kept  # the same two HTTP connections
+
+    # Broken under it (the target restarted, a proxy dropped it): the next scrape opens new ones.
+    import socket
+    session.sock._sock.shutdown(socket.SHUT_RDWR)
+    for connection in idle_connections(collector._pool):
+        connection.sock._sock.shutdown(socket.SHUT_RDWR)
+    assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
+    assert session.sock is not websocket
+
+
+def test_llm_connection_is_kept_across_scrapes(ollama_standin):
+    ollama_standin.load("llama3.1:8b", size=4_900_000_000)
+    collector = OllamaCollector(Config(ollama_url=ollama_standin.url, timeout=2))
+    list(collector.collect())
+    [connection] = idle_connections(collector._pool)
+    for _ in range(5):
+        list(collector.collect())
+    assert idle_connections(collector._pool) == [connection]
+    assert len(ollama_standin.requests) == 6
+
+
+def test_no_thread_is_started_per_scrape(node_steady, ollama_standin):
+    config = Config(node_targets=(NodeTarget("json", url=node_steady.url("/memory")),
+                                  NodeTarget("debug", inspector=node_steady.inspector_address)),
+                    ollama_url=ollama_standin.url, timeout=2)
+    scraper = Scraper([NodeCollector(config), OllamaCollector(config)], config.timeout)
+    for _ in range(10):
+        scraper.collect_once()
+    started = threading.active_count()
+    names = sorted(thread.name for thread in threading.enumerate())
+    for _ in range(100):
+        scraper.collect_once()
+    assert threading.active_count() == started, (names, sorted(t.name for t in threading.enumerate()))

@@ -1,0 +1,55 @@
+"""The process collector's two paths on the same real processes: /proc read straight (Linux)
+and psutil (macOS and everything else), forced by the collector's `source` switch, so the
+macOS path runs, and is held to values, on every machine. A name no other test or helper
+uses keeps processes started elsewhere out of the counts."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from exporter.collectors.process import ProcessCollector
+from exporter.config import Config, ProcessGroup
+from tests.parts.processes import NamedProcesses
+
+NAME = "core13-member"  # under the kernel's 15 characters
+MiB = 2**20
+
+
+@pytest.fixture
+def members():
+    named = NamedProcesses(NAME)
+    yield named
+    named.close()
+
+
+def readings(source: str, config: Config) -> dict:
+    return {(sample.name, sample.labels["group"]): sample.value
+            for family in ProcessCollector(config, source=source).collect() for sample in family.samples}
+
+
+@pytest.mark.parametrize("source", ["procfs", "psutil"])
+def test_each_path_counts_the_members_and_sums_their_resident_set(members, source):
+    first, second = members.start(hold_mb=30), members.start(hold_mb=60)
+    config = Config(process_groups=(ProcessGroup("by-name", names=(NAME,)),
+                                    ProcessGroup("by-cmdline", cmdline=re.compile(NAME + r" -c .*bytearray\(60 \* 2\*\*20\)")),
+                                    ProcessGroup("nobody", names=("no-such-process",))))
+    result = readings(source, config)
+    expected = first.memory_info().rss + second.memory_info().rss
+    assert result[("aitools_process_group_processes", "by-name")] == 2
+    assert abs(result[("aitools_process_group_rss_bytes", "by-name")] - expected) < 4 * MiB
+    assert result[("aitools_process_group_rss_bytes", "by-name")] > 90 * MiB
+    assert result[("aitools_process_group_processes", "by-cmdline")] == 1
+    assert abs(result[("aitools_process_group_rss_bytes", "by-cmdline")] - second.memory_info().rss) < 4 * MiB
+    assert result[("aitools_process_group_processes", "nobody")] == 0
+    assert result[("aitools_process_group_rss_bytes", "nobody")] == 0
+
+
+def test_both_paths_agree(members):
+    members.start(hold_mb=40)
+    config = Config(process_groups=(ProcessGroup("by-name", names=(NAME,)),))
+    procfs, by_psutil = readings("procfs", config), readings("psutil", config)
+    assert procfs[("aitools_process_group_processes", "by-name")] == by_psutil[("aitools_process_group_processes", "by-name")] == 1
+    assert abs(procfs[("aitools_process_group_rss_bytes", "by-name")]
+               - by_psutil[("aitools_process_group_rss_bytes", "by-name")]) < 2 * MiB
