@@ -267,7 +267,8 @@ class Actions:
 
     def _least_recently_used(self, servers: list[str], model: str | None) -> tuple[str, str, str, str]:
         """(server, model, instance, why) of the model to unload."""
-        from exporter.collectors.llm import Deadline, LMSTUDIO_V1_MODELS, Unreadable, is_unknown_endpoint
+        from exporter.collectors.base import Deadline
+        from exporter.collectors.llm import LMSTUDIO_V1_MODELS, Unreadable, is_unknown_endpoint
 
         for server in servers:
             collector = self.sources[server]
@@ -277,8 +278,6 @@ class Actions:
                 payload = collector.get_json(path, deadline)
             except Unreadable as exc:
                 raise StateError(f"{server} could not be read now: {exc.reason}") from None
-            finally:
-                deadline.cancel()
             if server == "lmstudio" and is_unknown_endpoint(payload):
                 raise StateError("LM Studio before 0.4 has no unload API (/api/v1/models/unload)")
             loaded = ollama_loaded(payload) if server == "ollama" else lmstudio_loaded(payload)

@@ -52,7 +52,8 @@ def test_llm_connection_is_kept_across_scrapes(ollama_standin):
     for _ in range(5):
         list(collector.collect())
     assert idle_connections(collector._pool) == [connection]
-    assert len(ollama_standin.requests) == 6
+    # /api/ps and /api/tags at each of the 6 scrapes, all on the one kept connection
+    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"] * 6
 
 
 def test_no_thread_is_started_per_scrape(node_steady, ollama_standin):

@@ -11,6 +11,7 @@ import pytest
 
 from exporter.collectors.process import ProcessCollector
 from exporter.config import Config, ProcessGroup
+from exporter.patterns import compile_pattern
 from tests.parts.processes import NamedProcesses
 
 NAME = "core13-member"  # under the kernel's 15 characters
@@ -33,7 +34,7 @@ def readings(source: str, config: Config) -> dict:
 def test_each_path_counts_the_members_and_sums_their_resident_set(members, source):
     first, second = members.start(hold_mb=30), members.start(hold_mb=60)
     config = Config(process_groups=(ProcessGroup("by-name", names=(NAME,)),
-                                    ProcessGroup("by-cmdline", cmdline=re.compile(NAME + r" -c .*bytearray\(60 \* 2\*\*20\)")),
+                                    ProcessGroup("by-cmdline", cmdline=compile_pattern(NAME + r" -c .*bytearray\(60 \* 2\*\*20\)")),
                                     ProcessGroup("nobody", names=("no-such-process",))))
     result = readings(source, config)
     expected = first.memory_info().rss + second.memory_info().rss
