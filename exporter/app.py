@@ -12,6 +12,7 @@ from exporter.scrape import Scraper
 
 def build_sources(config: Config) -> list[SourceCollector]:
     # Imported here so that a disabled source costs neither its import nor its memory.
+    from exporter.collectors.apps import AppsCollector
     from exporter.collectors.node import NodeCollector
     from exporter.collectors.process import ProcessCollector
     from exporter.collectors.system import SystemCollector
@@ -26,7 +27,7 @@ def build_sources(config: Config) -> list[SourceCollector]:
             sources.append(OllamaCollector(config))
         if config.lmstudio_url:
             sources.append(LMStudioCollector(config))
-    sources += [ProcessCollector(config), SystemCollector(config)]
+    sources += [ProcessCollector(config), SystemCollector(config), AppsCollector(config)]
     return sources
 
 
