@@ -48,6 +48,10 @@ TOP_PROGRAMS = 10
 OTHER, SYSTEM, MONITORING = "other", "system", "monitoring"
 BUNDLE_LABEL = "dev.aitools.app=monitoring"
 SHIM_PREFIX = "containerd-shim"
+# The processes of a VM that runs the containers (Docker Desktop on macOS, and on Linux):
+# the containers, the bundle's among them, are inside its memory, not processes of their own.
+DOCKER_VM_PREFIXES = ("com.apple.Virtualization.VirtualMachine", "com.docker.krun", "com.docker.hyperkit",
+                      "qemu-system-")
 # procfs (Linux's /proc straight) or psutil (macOS; forced on Linux so the suite runs it).
 SOURCE_ENV = "AITOOLS_APPS_SOURCE"
 SOURCES = ("procfs", "psutil")
@@ -345,7 +349,7 @@ class AppsCollector(SourceCollector):
         return memory, count, processes, assignments
 
     def collect(self):
-        memory, count, _, _ = self.read()
+        memory, count, processes, assignments = self.read()
         memory_family = gauge("aitools_app_memory_bytes",
                               "Memory of the application's processes, each process in exactly one app.", ["app"])
         count_family = gauge("aitools_app_processes", "How many processes the application has now.", ["app"])
@@ -356,9 +360,16 @@ class AppsCollector(SourceCollector):
         for budget, names in budget_apps(self.config.apps).items():
             for name in names:
                 info.add_metric([name, budget], 1.0)
+        in_vm = not any(proc.name.startswith(SHIM_PREFIX) for proc in processes) and any(
+            proc.name.startswith(DOCKER_VM_PREFIXES) and assignments[proc.pid].app == "docker" for proc in processes)
+        vm = gauge("aitools_app_docker_vm",
+                   "1 when the containers run inside a VM counted in the docker app (Docker Desktop): the "
+                   "rules then move the bundle's containers from docker to monitoring.")
+        vm.add_metric([], 1.0 if in_vm else 0.0)
         yield memory_family
         yield count_family
         yield info
+        yield vm
 
     def _bundle_container_ids(self) -> frozenset[str]:
         """The ids of the running containers of the monitoring bundle, from the engine; none
@@ -371,9 +382,13 @@ class AppsCollector(SourceCollector):
         try:
             if self._engine is None:
                 host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
-                if not host.startswith("unix://"):
-                    return frozenset()
-                self._engine = UnixSocketEngine(host[len("unix://"):], timeout=min(self.config.timeout, 1.0))
+                timeout = min(self.config.timeout, 1.0)
+                if host.startswith("unix://"):
+                    self._engine = UnixSocketEngine(host[len("unix://"):], timeout=timeout)
+                else:  # tcp:// (the bundle's socket proxy on Linux), ssh://: the Docker SDK
+                    import docker
+
+                    self._engine = docker.APIClient(base_url=host, version="auto", timeout=timeout)
             listed = self._engine.containers(filters={"label": [BUNDLE_LABEL], "status": ["running"]})
             return frozenset(item["Id"] for item in listed if isinstance(item, dict) and isinstance(item.get("Id"), str))
         except Exception:  # noqa: BLE001 - any engine trouble: the bundle is not told apart this scrape
