@@ -367,3 +367,16 @@ def test_budget_info_publishes_which_apps_each_total_counts():
     assert info == {(app, budget) for budget, apps in BUDGET_APPS.items() for app in apps}
     assert ("ide", "development_total") in info and ("ide", "production_total") not in info
     assert not any(app in ("system", "monitoring", "other") for app, _ in info)
+
+
+def test_a_docker_vm_process_is_docker_and_flags_the_containers_as_inside_it(app_processes):
+    # Docker Desktop's VM (qemu-system-* on Intel Macs and Linux; a name longer than the
+    # kernel keeps, read whole from the command line) with no container shims beside it.
+    vm = app_processes.start("qemu-system-aarch64", 30, orphan=True)
+    for source in ("procfs", "psutil"):
+        collector = AppsCollector(Config(), source=source)
+        memory, count, processes, assignments = collector.read()
+        assert assignments[vm.pid].app == "docker"
+        result = samples(collector)
+        shims = any(proc.name.startswith("containerd-shim") for proc in processes)
+        assert result[("aitools_app_docker_vm", ())] == (0 if shims else 1)

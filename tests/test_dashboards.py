@@ -59,7 +59,11 @@ EXPORTER_METRICS = frozenset({
     "aitools_budget_bytes", "aitools_profile_info",
     "aitools_collector_success", "aitools_collector_duration_seconds", "aitools_collector_series_dropped",
     "aitools_build_info",
+    "aitools_app_processes",
 })
+# Exporter metrics that the rules read; the dashboards show what the rules make of them
+# (aitools:app_memory_bytes, the totals).
+RULE_INPUTS = frozenset({"aitools_app_memory_bytes", "aitools_app_budget_info", "aitools_app_docker_vm"})
 # Series Prometheus itself makes.
 PROMETHEUS_SERIES = frozenset({"ALERTS", "up"})
 # The budgets of the contract; the dashboards must show each against its size.
@@ -363,7 +367,7 @@ def test_queries_name_only_exporter_metrics_and_bundled_rules():
     assert {"aitools:budget_usage_bytes", "aitools:budget_usage:ratio", "aitools:efficiency_score",
             "aitools:efficiency_score:overall", "aitools:node_heap_baseline_bytes",
             "aitools:node_heap_baseline_growth_bytes"} <= rules, "the recording rules the dashboards use exist"
-    known = EXPORTER_METRICS | PROMETHEUS_SERIES | rules
+    known = EXPORTER_METRICS | RULE_INPUTS | PROMETHEUS_SERIES | rules
     used = set()
     for name, where, expr in all_queries():
         names = metric_names(expr)
@@ -469,6 +473,23 @@ aitools_collector_success{{collector="node"}} 0
 aitools_collector_duration_seconds{{collector="docker"}} 0.12
 aitools_collector_duration_seconds{{collector="node"}} 3.0
 aitools_collector_series_dropped{{collector="docker"}} 0
+aitools_app_memory_bytes{{app="docker"}} {6 * GiB}
+aitools_app_memory_bytes{{app="ide"}} {3 * GiB}
+aitools_app_memory_bytes{{app="xcode"}} {5 * GiB}
+aitools_app_memory_bytes{{app="system"}} {8 * GiB}
+aitools_app_memory_bytes{{app="monitoring"}} {100 * MiB}
+aitools_app_memory_bytes{{app="other"}} {1 * GiB}
+aitools_app_processes{{app="docker"}} 12
+aitools_app_processes{{app="ide"}} 9
+aitools_app_processes{{app="xcode"}} 4
+aitools_app_processes{{app="system"}} 300
+aitools_app_processes{{app="monitoring"}} 1
+aitools_app_processes{{app="other"}} 80
+aitools_app_budget_info{{app="docker",budget="development_total"}} 1
+aitools_app_budget_info{{app="ide",budget="development_total"}} 1
+aitools_app_budget_info{{app="xcode",budget="development_total"}} 1
+aitools_app_budget_info{{app="docker",budget="production_total"}} 1
+aitools_app_docker_vm 1
 """
 
 # Queries that need more history than a short run has (a 30-minute offset), or alerts
@@ -553,6 +574,19 @@ def test_queries_show_the_right_values(prometheus_with_rules):
     # The tracked total's budget line: only the active profile's total.
     line = run("overview.json", "Tracked total against the profile's budget", "B")
     assert [(s["metric"]["budget"], float(s["value"][1])) for s in line] == [("development_total", 20e9)]
+    # Where the memory goes: the apps (docker less the bundle's containers in the VM: none
+    # here), stacked up to the used memory (64 - 24 GiB); the table's share of it.
+    apps = {s["metric"]["app"]: float(s["value"][1]) for s in run("overview.json", "Memory by application")}
+    assert apps == {"docker": 6 * GiB, "ide": 3 * GiB, "xcode": 5 * GiB, "system": 8 * GiB,
+                    "monitoring": 100 * MiB, "other": 1 * GiB}
+    assert [float(s["value"][1]) for s in run("overview.json", "Memory by application", "B")] == [40 * GiB]
+    processes = {s["metric"]["app"]: float(s["value"][1]) for s in run("overview.json", "Applications now", "B")}
+    assert processes["system"] == 300 and processes["ide"] == 9
+    share = {s["metric"]["app"]: float(s["value"][1]) for s in run("overview.json", "Applications now", "C")}
+    assert share["system"] == 0.2 and share["docker"] == 0.15
+    # The tracked total is measured on the apps: docker, ide and xcode count in development.
+    total = run("overview.json", "Tracked total against the profile's budget", "A")
+    assert [(s["metric"]["budget"], float(s["value"][1])) for s in total] == [("development_total", 14 * GiB)]
     # Budget lines are the exporter's budgets.
     docker_line = run("containers.json", "All containers against the docker budget", "B")
     assert [float(s["value"][1]) for s in docker_line] == [5e9]
