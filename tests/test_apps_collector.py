@@ -380,3 +380,45 @@ def test_a_docker_vm_process_is_docker_and_flags_the_containers_as_inside_it(app
         result = samples(collector)
         shims = any(proc.name.startswith("containerd-shim") for proc in processes)
         assert result[("aitools_app_docker_vm", ())] == (0 if shims else 1)
+
+
+# --- the peer: netdata's apps.plugin on the same processes -------------------------------
+
+def test_figures_match_netdata_apps_plugin_on_the_same_processes(app_processes):
+    from tests.conftest import missing_realpart
+    from tests.parts.apps_plugin import AppsPlugin, PluginUnavailable
+
+    # A tree (a root, two helpers, a worker of one of them) and an ML service, under names
+    # of this run only, so that both sides' groups hold exactly these processes whatever
+    # other tests run on this machine. apps.plugin's groups match names exactly here.
+    run = os.getpid() % 100000
+    root, helper, gpu, worker, service = (f"{prefix}{run}" for prefix in ("edit", "helpr", "helpg", "work", "mlsvc"))
+    p = app_processes
+    tree_root = p.start(root, 30, children=[
+        p.command(helper, 20), p.command(gpu, 10, children=[p.command(worker, 15)])], expect=4, orphan=True)
+    # Both orphaned (their parent is init): apps.plugin gives an unclaimed parent with one
+    # child that child's group (a wrapper shell's memory goes to what it runs); the apps
+    # collector does not. This comparison leaves that difference out.
+    ml = p.start(service, 25, orphan=True)
+    try:
+        plugin = AppsPlugin({"editor": [root, helper, gpu], "ml-service": [service]})
+    except PluginUnavailable as exc:
+        missing_realpart(str(exc))
+    with plugin:
+        theirs = plugin.passes(2)[-1]  # the first pass may miss what started during it
+        config = parse_config(f"apps:\n  editor: {{names: [{root}, {helper}, {gpu}]}}\n  ml-service: {{names: [{service}]}}\n")
+        memory, count, processes, assignments = AppsCollector(config).read()
+    # Both put the unnamed worker in its ancestors' group.
+    assert {assignments[m.pid].app for m in tree(tree_root)} == {"editor"} and count["editor"] == 4
+    # "real memory without shared" against resident less shared: the same pages.
+    print(f"editor: ours {memory['editor'] / MiB:.1f} MiB, apps.plugin {theirs['editor'] / MiB:.1f} MiB; "
+          f"ml: ours {memory['ml-service'] / MiB:.1f}, apps.plugin {theirs['ml-service'] / MiB:.1f}")
+    assert abs(memory["editor"] - theirs["editor"]) <= 2 * MiB
+    assert abs(memory["ml-service"] - theirs["ml-service"]) <= 1 * MiB
+    assert theirs["editor"] >= 75 * MiB and theirs["ml-service"] >= 25 * MiB
+    # Over the whole machine (processes only; apps.plugin has no kernel memory): both walk
+    # the same process table a moment apart.
+    ours_total = sum(proc.memory for proc in processes)
+    theirs_total = sum(theirs.values())
+    print(f"all processes: ours {ours_total / MiB:.1f} MiB, apps.plugin {theirs_total / MiB:.1f} MiB")
+    assert abs(ours_total - theirs_total) <= 0.05 * theirs_total + 64 * MiB
