@@ -63,7 +63,7 @@ class AppProcesses:
                                    start_new_session=True)
         self.leaders.append(process)
         root = psutil.Process(int(process.stdout.readline()) if orphan else process.pid)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine can be slow
         # The root prints ready once it holds its memory and has started its children; the
         # children print to the same pipe.
         ready = 0

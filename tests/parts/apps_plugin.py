@@ -25,14 +25,15 @@ class PluginUnavailable(RuntimeError):
 
 class AppsPlugin:
     """apps.plugin with our own apps_groups.conf: {group: [patterns]} (netdata's syntax: a
-    name, `prefix*`, `*suffix` or `*inside*`, matched on the process name)."""
+    name, `prefix*`, `*suffix` or `*inside*` (the command line)); None: its stock groups."""
 
-    def __init__(self, groups: dict[str, list[str]], update_every: int = 1):
+    def __init__(self, groups: dict[str, list[str]] | None, update_every: int = 1):
         if not os.access(BINARY, os.X_OK):
             raise PluginUnavailable(f"{BINARY} is not installed (apt-get install --no-install-recommends netdata-core)")
         self.folder = Path(tempfile.mkdtemp(prefix="aitools-appsplugin-"))
-        lines = [f"{name}: {' '.join(patterns)}" for name, patterns in groups.items()]
-        (self.folder / "apps_groups.conf").write_text("\n".join(lines) + "\n")
+        if groups is not None:
+            lines = [f"{name}: {' '.join(patterns)}" for name, patterns in groups.items()]
+            (self.folder / "apps_groups.conf").write_text("\n".join(lines) + "\n")
         env = dict(os.environ, NETDATA_USER_CONFIG_DIR=str(self.folder), NETDATA_STOCK_CONFIG_DIR=STOCK_CONFIG)
         self.process = subprocess.Popen([BINARY, str(update_every)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, env=env)
