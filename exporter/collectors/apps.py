@@ -43,6 +43,7 @@ from exporter.config import DEFAULT_APPS, App, Config
 
 PROC = "/proc"
 MEMINFO = "/proc/meminfo"
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
 COMM_LENGTH = 15  # the kernel keeps at most this many bytes of a name (TASK_COMM_LEN - 1)
 TOP_PROGRAMS = 10
 OTHER, SYSTEM, MONITORING = "other", "system", "monitoring"
@@ -112,7 +113,7 @@ class Matcher:
         return best
 
 
-@dataclass
+@dataclass(slots=True)
 class Proc:
     pid: int
     ppid: int
@@ -137,14 +138,17 @@ def scan_procfs(wants_cmdline: bool) -> list[Proc]:
         folder = f"{PROC}/{pid}/"
         try:
             stat = _read(folder + "stat", 1024)
-            statm = _read(folder + "statm", 256).split(b" ", 3)
-        except OSError:
-            continue  # ended since it was listed
-        try:
             close = stat.rindex(b")")
             name = stat[stat.index(b"(") + 1:close].decode("utf-8", "surrogateescape")
-            ppid = int(stat[close + 2:].split(b" ", 2)[1])
-            memory = max(0, int(statm[1]) - int(statm[2])) * page_size
+            fields = stat[close + 2:].split(b" ", 8)  # state ppid pgrp session tty_nr tpgid flags ...
+            ppid = int(fields[1])
+            if int(fields[6]) & PF_KTHREAD:
+                memory = 0  # a kernel thread: no memory of its own to read
+            else:
+                statm = _read(folder + "statm", 256).split(b" ", 3)
+                memory = max(0, int(statm[1]) - int(statm[2])) * page_size
+        except OSError:
+            continue  # ended since it was listed
         except (ValueError, IndexError):
             continue
         cmdline = None
