@@ -154,7 +154,7 @@ DEFAULT_APPS: tuple[App, ...] = (
         "systemd", "systemd-*", "(sd-pam)", "init", "kthreadd", "dbus-daemon", "dbus-broker", "udevd",
         "cron", "crond", "rsyslogd", "sshd", "agetty", "login", "polkitd", "udisksd", "NetworkManager",
         "ModemManager", "wpa_supplicant", "accounts-daemon", "irqbalance", "thermald", "snapd", "upowerd",
-        "cupsd", "avahi-daemon", "chronyd", "ntpd", "containerd-stargz*", "multipathd", "auditd",
+        "cupsd", "avahi-daemon", "chronyd", "ntpd", "multipathd", "auditd",
         # macOS
         "launchd", "kernel_task", "WindowServer", "loginwindow", "logd", "mds", "mds_stores", "mdworker*",
         "cfprefsd", "distnoted", "configd", "coreaudiod", "corebrightnessd", "powerd", "notifyd",

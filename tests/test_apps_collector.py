@@ -422,3 +422,11 @@ def test_figures_match_netdata_apps_plugin_on_the_same_processes(app_processes):
     theirs_total = sum(theirs.values())
     print(f"all processes: ours {ours_total / MiB:.1f} MiB, apps.plugin {theirs_total / MiB:.1f} MiB")
     assert abs(ours_total - theirs_total) <= 0.05 * theirs_total + 64 * MiB
+
+
+def test_the_readmes_configuration_block_is_the_default_apps():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    apps = parse_config(block).apps
+    assert [(app.name, app.names, app.children) for app in apps] == \
+           [(app.name, app.names, app.children) for app in DEFAULT_APPS]
