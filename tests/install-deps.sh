@@ -10,6 +10,8 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v prometheus-node-exporter >/dev/null || need+=(prometheus-node-exporter)
 command -v prometheus-process-exporter >/dev/null || need+=(prometheus-process-exporter)
 command -v node >/dev/null || need+=(nodejs)
+# Netdata's apps.plugin, the peer of the apps breakdown (tests/parts/apps_plugin.py).
+[ -x /usr/lib/netdata/plugins.d/apps.plugin ] || need+=(netdata-core)
 # The Docker socket proxy of compose.monitoring.yml (compose/docker-proxy/nginx.conf).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then
