@@ -153,7 +153,7 @@ def test_system_holds_the_kernels_memory():
     processes_of_system = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
     assert abs(memory["system"] - processes_of_system - kernel) <= 16 * MiB
     assert abs(kernel_memory_procfs() - kernel) <= 16 * MiB
-    assert memory["system"] >= kernel > 0
+    assert memory["system"] >= kernel - 16 * MiB and kernel > 0  # read a moment apart
 
 
 def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_processes):
