@@ -216,25 +216,29 @@ def test_top_programs_are_the_largest_unclaimed(app_processes):
 # --- the macOS path, with stand-in data --------------------------------------------------
 
 def test_process_memory_takes_the_footprint_where_psutil_gives_it():
+    Extras = namedtuple("Extras", "peak_rss phys_footprint peak_footprint")
     Extended = namedtuple("Extended", "rss vms phys_footprint")
     Plain = namedtuple("Plain", "rss vms")
 
-    class Psutil8Process:  # psutil 8 on macOS: memory_info_ex() has phys_footprint
-        def memory_info_ex(self):
-            return Extended(100 * MiB, 400 * MiB, 130 * MiB)
+    class NeverFullInfo:
+        def memory_info(self):
+            return Plain(100 * MiB, 400 * MiB)
 
         def memory_full_info(self):  # pragma: no cover - must never be called
             raise AssertionError("memory_full_info() can hang on macOS")
 
-    class Psutil7Process:  # psutil 7 on macOS: memory_info() only, no shared pages
-        def memory_info(self):
-            return Plain(100 * MiB, 400 * MiB)
+    class Psutil8Process(NeverFullInfo):  # psutil 8 on macOS: memory_extras() has phys_footprint
+        def memory_extras(self):
+            return Extras(120 * MiB, 130 * MiB, 140 * MiB)
 
-        def memory_full_info(self):  # pragma: no cover
-            raise AssertionError("memory_full_info() can hang on macOS")
+    class PreReleaseProcess(NeverFullInfo):  # psutil 8's pre-release name of it
+        def memory_info_ex(self):
+            return Extended(100 * MiB, 400 * MiB, 125 * MiB)
 
-    assert process_memory(Psutil8Process()) == (130 * MiB, True)
-    assert process_memory(Psutil7Process()) == (100 * MiB, False)
+    assert process_memory(Psutil8Process(), footprint=True) == (130 * MiB, True)
+    assert process_memory(PreReleaseProcess(), footprint=True) == (125 * MiB, True)
+    assert process_memory(NeverFullInfo(), footprint=True) == (100 * MiB, False)  # psutil 7: RSS
+    assert process_memory(Psutil8Process()) == (100 * MiB, False)  # Linux: no footprint asked
     me = psutil.Process()
     assert process_memory(me)[0] == pytest.approx(private(me), abs=4 * MiB)
 

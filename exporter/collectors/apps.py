@@ -18,7 +18,7 @@ Each scrape walks the whole process table once and gives each process one app:
 A process's memory: on Linux its resident set less its shared pages (/proc/PID/statm
 resident - shared: anonymous memory, netdata apps.plugin's "real memory without shared"),
 read from /proc directly or, with the psutil source, from psutil's memory_info() (rss -
-shared). On macOS psutil's phys_footprint (memory_info_ex(), psutil 8) where it is
+shared). On macOS psutil's phys_footprint (memory_extras(), psutil 8) where it is
 provided, else its rss; never memory_full_info(), which can hang on other users'
 processes. `system` also holds the kernel's own memory: unreclaimable slab, page tables
 and kernel stacks on Linux; wired pages (plus the compressor's pages when the processes'
@@ -181,28 +181,31 @@ def kernel_memory_procfs() -> int:
 
 # --- psutil (macOS; on Linux when forced) ---------------------------------------------
 
-def process_memory(process) -> tuple[int, bool]:
-    """(bytes, whether it is the footprint) of one psutil process: phys_footprint where
-    psutil gives it (memory_info_ex), else rss less shared pages where psutil tells them
-    (Linux), else rss. Never memory_full_info()."""
-    extended = getattr(process, "memory_info_ex", None)
-    info = extended() if extended is not None else process.memory_info()
-    footprint = getattr(info, "phys_footprint", None)
-    if footprint is not None:
-        return int(footprint), True
+def process_memory(process, footprint: bool = False) -> tuple[int, bool]:
+    """(bytes, whether it is the footprint) of one psutil process. footprint (macOS): the
+    phys_footprint where psutil gives it: memory_extras() (psutil 8; its pre-release name
+    was memory_info_ex()). Else rss less shared pages where psutil tells them (Linux),
+    else rss. Never memory_full_info()."""
+    if footprint:
+        for method in ("memory_extras", "memory_info_ex"):
+            extras = getattr(process, method, None)
+            value = getattr(extras(), "phys_footprint", None) if extras is not None else None
+            if value is not None:
+                return int(value), True
+    info = process.memory_info()
     shared = getattr(info, "shared", None)
     return (max(0, info.rss - shared) if shared is not None else info.rss), False
 
 
-def scan_psutil(wants_cmdline: bool) -> tuple[list[Proc], bool]:
+def scan_psutil(wants_cmdline: bool, footprint: bool = False) -> tuple[list[Proc], bool]:
     attrs = ["name", "ppid", "cmdline"] if wants_cmdline else ["name", "ppid"]
     found, footprints = [], False
     for process in psutil.process_iter(attrs, ad_value=None):
         info = process.info
         name, ppid = info.get("name") or "", info.get("ppid") or 0
         try:
-            memory, footprint = process_memory(process)
-            footprints |= footprint
+            memory, is_footprint = process_memory(process, footprint)
+            footprints |= is_footprint
         except (psutil.AccessDenied, psutil.ZombieProcess):
             memory = 0  # counted, but its memory is not ours to read
         except psutil.NoSuchProcess:
@@ -339,7 +342,7 @@ class AppsCollector(SourceCollector):
             if self.source == "procfs":
                 processes, footprints = scan_procfs(wants_cmdline), False
             else:
-                processes, footprints = scan_psutil(wants_cmdline)
+                processes, footprints = scan_psutil(wants_cmdline, footprint=self.platform == "darwin")
             if self.platform == "darwin":
                 kernel = kernel_memory_vm_stat(self.config.timeout, footprints)
             else:
