@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import select
 import signal
 import subprocess
 import sys
@@ -62,19 +63,31 @@ class AppProcesses:
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True)
         self.leaders.append(process)
-        root = psutil.Process(int(process.stdout.readline()) if orphan else process.pid)
-        deadline = time.monotonic() + 180  # a loaded 2-core machine can be slow
+        deadline = time.monotonic() + 120  # a loaded 2-core machine can be slow
         # The root prints ready once it holds its memory and has started its children; the
-        # children print to the same pipe.
-        ready = 0
-        while ready < expect:
-            line = process.stdout.readline()
-            if not line:
+        # children print to the same pipe (an orphan's shell first prints the root's pid).
+        # A child that fails leaves the pipe open (the others hold it): wait with a
+        # deadline, not for end of file.
+        fd, output = process.stdout.fileno(), b""
+        while output.count(b"ready\n") < expect or (orphan and b"\n" not in output):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                self._kill(process)
+                raise RuntimeError(f"{name}: {output.count(b'ready')} of {expect} processes ready in time; "
+                                   f"stderr: {process.stderr.read().decode(errors='replace')[-2000:]}")
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 raise RuntimeError(f"{name} exited: {process.stderr.read().decode(errors='replace')}")
-            ready += line.strip() == b"ready"
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start in time")
+            output += chunk
+        root = psutil.Process(int(output.split(b"\n", 1)[0]) if orphan else process.pid)
         return root
+
+    @staticmethod
+    def _kill(process: subprocess.Popen) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def close(self) -> None:
         for process in self.leaders:
