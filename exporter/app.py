@@ -45,6 +45,7 @@ register("ollama", "exporter.collectors.llm:OllamaCollector", lambda config: boo
 register("lmstudio", "exporter.collectors.llm:LMStudioCollector", lambda config: bool(config.lmstudio_url))
 register("process", "exporter.collectors.process:ProcessCollector")
 register("system", "exporter.collectors.system:SystemCollector")
+register("apps", "exporter.collectors.apps:AppsCollector")
 
 
 def build_sources(config: Config) -> list[SourceCollector]:

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.budgets import SWIFT_BUILD_GROUP, Samples, node_tracked_bytes, readings
+from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, node_tracked_bytes, readings
 from exporter.config import Config
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
 # other app (the user's own) becomes a top-level node of its own name, before Other.
 KNOWN_APPS = ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python", "system", "other", "monitoring")
-# The compose services of the monitoring bundle (compose.monitoring.yml). A compose
-# project all of whose containers are such services is the bundle: shown as Monitoring,
-# not under Docker.
-MONITORING_SERVICES = frozenset({"prometheus", "alertmanager", "grafana", "docker-proxy", "aitools-exporter"})
+# The monitoring bundle's containers (compose project MONITORING_PROJECT) are shown as
+# Monitoring, not under Docker, as the docker budget leaves them out.
 NO_PROJECT = "(no compose project)"
 _SAME = object()
 SERVER_TITLES = {"ollama": "Ollama", "lmstudio": "LM Studio"}
@@ -111,8 +109,7 @@ class _Breakdown:
                 if limit is not None:
                     node.budget, node.budget_bytes, node.counted_bytes = "container limit", limit, used
                 nodes.append(node)
-            services = {labels.get("compose_service") for labels, _ in found}
-            if project != NO_PROJECT and services <= MONITORING_SERVICES:
+            if project == MONITORING_PROJECT:
                 monitoring += nodes
             else:
                 users[project] = nodes

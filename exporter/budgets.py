@@ -57,6 +57,9 @@ class BudgetUsage:
 
 
 SWIFT_BUILD_GROUP = "swift-frontend"
+# The compose project of compose.monitoring.yml (COMPOSE_PROJECT_NAME in .env.example): the
+# bundle's own containers are the `monitoring` app, never counted against the user's docker budget.
+MONITORING_PROJECT = "aitools-monitoring"
 
 # How long a failed read keeps the last figure: long enough for a pending or firing budget
 # alert to survive a few failed scrapes, short enough not to show stale memory for long.
@@ -65,8 +68,8 @@ HOLD = "5m"
 USAGE: tuple[BudgetUsage, ...] = (
     BudgetUsage("node_heap", "aitools_node_heap_used_bytes", per="target",
                 meaning="heapUsed, per Node.js target"),
-    BudgetUsage("docker", "aitools_container_memory_usage_bytes", collector="docker",
-                meaning="every running container together"),
+    BudgetUsage("docker", "aitools_container_memory_usage_bytes", (("compose_project", "!=", MONITORING_PROJECT),),
+                collector="docker", meaning="every running container together but the monitoring bundle's own"),
     BudgetUsage("ollama", "aitools_llm_model_loaded_bytes", (("server", "=", "ollama"),), collector="ollama",
                 meaning="the models loaded in Ollama"),
     BudgetUsage("lmstudio", "aitools_llm_model_loaded_bytes", (("server", "=", "lmstudio"),), collector="lmstudio",

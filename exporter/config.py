@@ -115,6 +115,69 @@ class ProcessGroup:
 
 
 @dataclass(frozen=True)
+class App:
+    """An application of the `apps:` breakdown: the processes it claims by name (exact, or
+    a prefix when the name ends in `*`) or by a regular expression searched in the command
+    line. `children`: whether processes that nobody claims belong to it when it claims an
+    ancestor of theirs (false for `system`: everything descends from init / launchd)."""
+    name: str
+    names: tuple[str, ...] = ()
+    cmdline: Pattern | None = None  # RE2, see exporter/patterns.py
+    children: bool = True
+
+
+# Apps whose label is the exporter's own: `other` takes what nobody claims; `system` also
+# holds the kernel's memory and `monitoring` the bundle itself, so neither can be removed.
+RESERVED_APPS = ("other",)
+REQUIRED_APPS = ("system", "monitoring")
+
+# The default applications, in the order they claim processes (README "Where the memory
+# goes"). Names cover macOS and Linux; a name ending in `*` is a prefix.
+DEFAULT_APPS: tuple[App, ...] = (
+    # The exporter itself and the bundle's containers (label dev.aitools.app=monitoring)
+    # are claimed by the collector before any rule; these names add nothing by default.
+    App("monitoring"),
+    App("docker", names=(
+        # macOS: Docker Desktop and its VM.
+        "com.apple.Virtualization.VirtualMachine", "com.docker.*", "qemu-system-*", "Docker Desktop*",
+        "Docker", "vpnkit*", "docker-sandbox*",
+        # Linux: the engine; the containers' processes descend from the shims.
+        "dockerd", "containerd", "containerd-shim*", "docker-proxy", "docker-init", "runc", "rootlesskit",
+    )),
+    App("xcode", names=(
+        "Xcode", "swift-frontend", "swift-driver", "swift-build", "swift-package", "swiftc", "swift",
+        "SourceKitService", "sourcekit-lsp", "XCBBuildService", "xcodebuild", "clang", "clang-*", "ld", "ld64",
+        "ld-prime", "libtool", "actool", "ibtoold", "Interface Builder Cocoa Touch Tool", "Simulator",
+        "com.apple.CoreSimulator.*", "CoreSimulatorService", "lldb-rpc-server", "debugserver",
+    )),
+    App("ide", names=(
+        "Cursor", "Cursor Helper*", "cursor", "Code", "Code Helper*", "code", "Code - Insiders",
+        "code-insiders", "code-oss", "codium", "VSCodium*", "Electron",
+    )),
+    App("node", names=("node", "nodejs", "bun", "deno")),
+    App("ollama", names=("ollama", "Ollama", "ollama_llama_server")),
+    App("lmstudio", names=("LM Studio", "LM Studio Helper*", "lmstudio", "lm-studio", "lms", "llmster")),
+    App("python", names=("python", "python3", "python3.*", "Python", "uvicorn", "gunicorn", "celery",
+                         "jupyter*", "ipykernel*")),
+    App("system", children=False, names=(
+        # Linux
+        "systemd", "systemd-*", "(sd-pam)", "init", "kthreadd", "dbus-daemon", "dbus-broker", "udevd",
+        "cron", "crond", "rsyslogd", "sshd", "agetty", "login", "polkitd", "udisksd", "NetworkManager",
+        "ModemManager", "wpa_supplicant", "accounts-daemon", "irqbalance", "thermald", "snapd", "upowerd",
+        "cupsd", "avahi-daemon", "chronyd", "ntpd", "multipathd", "auditd",
+        # macOS
+        "launchd", "kernel_task", "WindowServer", "loginwindow", "logd", "mds", "mds_stores", "mdworker*",
+        "cfprefsd", "distnoted", "configd", "coreaudiod", "corebrightnessd", "powerd", "notifyd",
+        "securityd", "trustd", "syspolicyd", "opendirectoryd", "UserEventAgent", "runningboardd",
+        "fseventsd", "diskarbitrationd", "bluetoothd", "airportd", "sharingd", "coreduetd", "tccd", "lsd",
+        "nsurlsessiond", "cloudd", "bird", "symptomsd", "rapportd", "usbmuxd", "mediaremoted", "Dock",
+        "Finder", "SystemUIServer", "ControlCenter", "NotificationCenter", "Spotlight", "WindowManager",
+        "backupd*", "softwareupdated", "watchdogd", "hidd", "thermalmonitord", "apsd", "locationd",
+    )),
+)
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str = "development"
     budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
@@ -130,6 +193,7 @@ class Config:
     actions_dry_run: bool = True
     actions_enabled: tuple[str, ...] = ()
     actions_keep_projects: tuple[str, ...] = ()
+    apps: tuple[App, ...] = DEFAULT_APPS
 
     @property
     def total_budget_name(self) -> str:
@@ -319,7 +383,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
     reader = _Reader(lines, path)
     top = reader.mapping(document, "", (
         "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout",
-        "receiver", "actions"))
+        "receiver", "actions", "apps"))
 
     values: dict[str, Any] = {}
     if "profile" in top:
@@ -360,6 +424,8 @@ def parse_config(text: str, path: str | None = None) -> Config:
     system = reader.mapping(top.get("system"), "system", ("source",))
     if "source" in system:
         values["system_source"] = reader.choice(system["source"], "system.source", SYSTEM_SOURCES)
+
+    values["apps"] = _apps(reader, top.get("apps"))
 
     if "timeout" in top:
         try:
@@ -491,6 +557,49 @@ def _process_groups(reader: _Reader, raw: Any) -> tuple[ProcessGroup, ...]:
             raise reader.error(key, "give names (exact process names) or cmdline (a regular expression)")
         groups[name] = ProcessGroup(name, tuple(names), pattern)
     return tuple(groups.values())
+
+
+def compile_cmdline(pattern: str) -> Pattern:
+    """An `apps:` command-line expression, compiled as every other: RE2 (PatternError when bad)."""
+    return compile_pattern(pattern)
+
+
+def _apps(reader: _Reader, raw: Any) -> tuple[App, ...]:
+    """The apps of the file first, in their order (the first claim wins, so they claim before
+    the defaults), then the default apps they do not name; `name: null` removes a default."""
+    defaults = {app.name: app for app in DEFAULT_APPS}
+    mine: dict[str, App] = {}
+    for name, spec in reader.mapping(raw, "apps").items():
+        key = f"apps.{name}"
+        if not _LABEL_SAFE_NAME.match(name):
+            raise reader.error(key, "an app name is letters, digits, '_', '-', '.' or ':' (at most 64)")
+        if name in RESERVED_APPS:
+            raise reader.error(key, f"{name!r} is the exporter's own: it takes every process no app claims")
+        defaults.pop(name, None)
+        if spec is None:
+            if name in REQUIRED_APPS:
+                raise reader.error(key, f"{name!r} cannot be removed (it also holds "
+                                        f"{'the kernel memory' if name == 'system' else 'the bundle itself'})")
+            continue
+        spec = reader.mapping(spec, key, ("names", "cmdline", "children"))
+        names = spec.get("names", [])
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not all(isinstance(n, str) and n and n != "*" for n in names):
+            raise reader.error(f"{key}.names", "must be a list of process names (a name ending in * is a prefix)")
+        pattern = None
+        if spec.get("cmdline") is not None:
+            if not isinstance(spec["cmdline"], str):
+                raise reader.error(f"{key}.cmdline", "must be a regular expression string")
+            try:
+                pattern = compile_cmdline(spec["cmdline"])
+            except PatternError as exc:
+                raise reader.error(f"{key}.cmdline", f"not a valid regular expression: {exc}") from None
+        children = reader.boolean(spec["children"], f"{key}.children") if "children" in spec else name != "system"
+        if not names and pattern is None and name not in REQUIRED_APPS:
+            raise reader.error(key, "give names (process names) or cmdline (a regular expression)")
+        mine[name] = App(name, tuple(names), pattern, children)
+    return (*mine.values(), *defaults.values())
 
 
 def load_config(path: str | Path | None) -> Config:

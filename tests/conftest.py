@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.parts.node_processes",
     "tests.parts.llm_standins",
     "tests.parts.processes",
+    "tests.parts.app_processes",
 ]
 
 UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -14,6 +14,8 @@ command -v node >/dev/null || need+=(nodejs)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 # The browser that renders the landing page (tests/test_landing_page.py).
 command -v chromium >/dev/null || need+=(chromium)
+# Netdata's apps.plugin, the peer of the apps breakdown (tests/parts/apps_plugin.py).
+[ -x /usr/lib/netdata/plugins.d/apps.plugin ] || need+=(netdata-core)
 # The Docker socket proxy of compose.monitoring.yml (compose/docker-proxy/nginx.conf).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then

@@ -45,8 +45,8 @@ def test_tree_figures_are_the_collected_samples(docker_engine, swift_frontend, o
         for name, project, service, held in (("supabase-db", "supabase", "db", 24),
                                              ("supabase-studio", "supabase", "studio", 8),
                                              ("scratch", None, None, 4),
-                                             ("aitools-prometheus", "aitools", "prometheus", 12),
-                                             ("aitools-grafana", "aitools", "grafana", 6)):
+                                             ("aitools-prometheus", "aitools-monitoring", "prometheus", 12),
+                                             ("aitools-grafana", "aitools-monitoring", "grafana", 6)):
             labels = {"com.docker.compose.project": project, "com.docker.compose.service": service} if project else {}
             created.append(docker_engine.run(name, hold_mb=held, labels=labels,
                                              memory_limit="64m" if name == "supabase-db" else None))

@@ -62,9 +62,12 @@ EXPORTER_METRICS = frozenset({
     "aitools_build_info",
     # Siblings (README, metrics): not running vs failing, and the macOS memory pressure.
     "aitools_collector_source_running", "aitools_system_memory_pressure_level",
+    "aitools_app_processes",
 })
-# Published for the rules, on no dashboard (the Node.js dashboard shows the targets' up).
-RULES_ONLY_METRICS = frozenset({"aitools_node_target_running"})
+# Published for the rules, on no dashboard (the Node.js dashboard shows the targets' up;
+# the dashboards show what the rules make of the apps: aitools:app_memory_bytes, the totals).
+RULES_ONLY_METRICS = frozenset({"aitools_node_target_running",
+                                "aitools_app_memory_bytes", "aitools_app_budget_info", "aitools_app_docker_vm"})
 # Series Prometheus itself makes.
 PROMETHEUS_SERIES = frozenset({"ALERTS", "up"})
 # The budgets of the contract; the dashboards must show each against its size.
@@ -498,6 +501,23 @@ aitools_container_memory_usage_bytes{{name="small-10",image="busybox",family="bu
 aitools_collector_duration_seconds{{collector="docker"}} 0.12
 aitools_collector_duration_seconds{{collector="node"}} 3.0
 aitools_collector_series_dropped{{collector="docker"}} 0
+aitools_app_memory_bytes{{app="docker"}} {6 * GiB}
+aitools_app_memory_bytes{{app="ide"}} {3 * GiB}
+aitools_app_memory_bytes{{app="xcode"}} {5 * GiB}
+aitools_app_memory_bytes{{app="system"}} {8 * GiB}
+aitools_app_memory_bytes{{app="monitoring"}} {100 * MiB}
+aitools_app_memory_bytes{{app="other"}} {1 * GiB}
+aitools_app_processes{{app="docker"}} 12
+aitools_app_processes{{app="ide"}} 9
+aitools_app_processes{{app="xcode"}} 4
+aitools_app_processes{{app="system"}} 300
+aitools_app_processes{{app="monitoring"}} 1
+aitools_app_processes{{app="other"}} 80
+aitools_app_budget_info{{app="docker",budget="development_total"}} 1
+aitools_app_budget_info{{app="ide",budget="development_total"}} 1
+aitools_app_budget_info{{app="xcode",budget="development_total"}} 1
+aitools_app_budget_info{{app="docker",budget="production_total"}} 1
+aitools_app_docker_vm 1
 """
 
 # Queries that need more history than a short run has (a 30-minute offset), or alerts
@@ -583,6 +603,19 @@ def test_queries_show_the_right_values(prometheus_with_rules):
     # The tracked total's budget line: only the active profile's total.
     line = run("overview.json", "Tracked total against the profile's budget", "B")
     assert [(s["metric"]["budget"], float(s["value"][1])) for s in line] == [("development_total", 20e9)]
+    # Where the memory goes: the apps (docker less the bundle's containers in the VM: none
+    # here), stacked up to the used memory (64 - 24 GiB); the table's share of it.
+    apps = {s["metric"]["app"]: float(s["value"][1]) for s in run("overview.json", "Memory by application")}
+    assert apps == {"docker": 6 * GiB, "ide": 3 * GiB, "xcode": 5 * GiB, "system": 8 * GiB,
+                    "monitoring": 100 * MiB, "other": 1 * GiB}
+    assert [float(s["value"][1]) for s in run("overview.json", "Memory by application", "B")] == [40 * GiB]
+    processes = {s["metric"]["app"]: float(s["value"][1]) for s in run("overview.json", "Applications now", "B")}
+    assert processes["system"] == 300 and processes["ide"] == 9
+    share = {s["metric"]["app"]: float(s["value"][1]) for s in run("overview.json", "Applications now", "C")}
+    assert share["system"] == 0.2 and share["docker"] == 0.15
+    # The tracked total is measured on the apps: docker, ide and xcode count in development.
+    total = run("overview.json", "Tracked total against the profile's budget", "A")
+    assert [(s["metric"]["budget"], float(s["value"][1])) for s in total] == [("development_total", 14 * GiB)]
     # Budget lines are the exporter's budgets.
     docker_line = run("containers.json", "All containers against the docker budget", "B")
     assert [float(s["value"][1]) for s in docker_line] == [5e9]

@@ -179,7 +179,7 @@ def test_every_contract_metric_is_ingested_with_its_value(fired):
     assert by_label(prometheus.query("aitools_budget_bytes"), "budget") == {k: float(v) for k, v in budgets.items()}
     assert by_label(prometheus.query("aitools_profile_info"), "profile") == {"development": 1.0}
     assert by_label(prometheus.query("aitools_collector_success"), "collector") == dict.fromkeys(
-        ["node", "docker", "ollama", "lmstudio", "process", "system"], 1.0)
+        ["node", "docker", "ollama", "lmstudio", "process", "system", "apps"], 1.0)
     assert all(v < 1 for v in by_label(prometheus.query("aitools_collector_duration_seconds"), "collector").values())
     assert prometheus.value("aitools_docker_up") == 1
 

@@ -53,7 +53,7 @@ FAILING_SCRAPES = 4
 RECOVERY_SECONDS = 60.0
 MiB = 2**20
 
-COLLECTORS = ("node", "docker", "ollama", "lmstudio", "process", "system")
+COLLECTORS = ("node", "docker", "ollama", "lmstudio", "process", "system", "apps")
 
 VM_STAT_GOOD = (Path(__file__).parent / "data" / "vm_stat_apple_silicon.txt").read_text()
 VM_STAT_GARBAGE = "Segmentation fault\n\x00\xff garbage: 12.\nPages free: lots.\n"

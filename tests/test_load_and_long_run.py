@@ -32,7 +32,7 @@ from tests.parts.llm_standins import LMStudioStandin, OllamaStandin
 from tests.parts.processes import NamedProcesses
 
 MiB = 2**20
-COLLECTORS = {"node", "docker", "ollama", "lmstudio", "process", "system"}
+COLLECTORS = {"node", "docker", "ollama", "lmstudio", "process", "system", "apps"}
 
 LOAD_CLIENTS = 50
 LOAD_SECONDS = 60.0

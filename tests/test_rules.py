@@ -35,7 +35,8 @@ PROMETHEUS_DIR = ROOT / "prometheus"
 RECORDING_RULES = PROMETHEUS_DIR / "rules" / "aitools-recording.rules.yml"
 ALERT_RULES = PROMETHEUS_DIR / "rules" / "aitools-alerts.rules.yml"
 LLM_RULES = PROMETHEUS_DIR / "rules" / "aitools-llm.rules.yml"
-RULE_FILES = [RECORDING_RULES, ALERT_RULES, LLM_RULES]
+APPS_RULES = PROMETHEUS_DIR / "rules" / "aitools-apps.rules.yml"
+RULE_FILES = [RECORDING_RULES, APPS_RULES, ALERT_RULES, LLM_RULES]
 UNIT_TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.test.yml"))
 # The contract's names, copied here: the suite needs nothing outside the repository.
 
@@ -52,7 +53,7 @@ CONTRACT_RECORDINGS = {
     # Fixed by the lead for the dashboards.
     "aitools:node_heap_baseline_bytes", "aitools:node_heap_baseline_growth_bytes",
     # Additions (second round).
-    "aitools:llm_model_fits",
+    "aitools:llm_model_fits", "aitools:app_memory_bytes",
 }
 # Recording rules of this bundle beyond the contract (README, "Recording rules").
 OWN_RECORDINGS = {
@@ -294,6 +295,11 @@ def setup_series(instance: str, setup: dict, samples: int = 5) -> list[dict]:
             (f"aitools_system_memory_available_bytes{{{labels}}}", setup["available"])]
     if setup.get("heap") is not None:
         out.append((f'aitools_node_heap_used_bytes{{{labels},target="api"}}', setup["heap"]))
+    # The apps the development total is measured on (prometheus/rules/aitools-apps.rules.yml).
+    for app, value in (("node", setup.get("heap") or 0), ("docker", setup["docker"]), ("ollama", setup["ollama"]),
+                       ("lmstudio", setup["lmstudio"]), ("xcode", setup["swift"])):
+        out += [(f'aitools_app_memory_bytes{{{labels},app="{app}"}}', value),
+                (f'aitools_app_budget_info{{{labels},app="{app}",budget="development_total"}}', 1)]
     for server in ("ollama", "lmstudio"):
         if setup[server]:
             out.append((f'aitools_llm_model_loaded_bytes{{{labels},server="{server}",model="m"}}', setup[server]))
@@ -301,7 +307,7 @@ def setup_series(instance: str, setup: dict, samples: int = 5) -> list[dict]:
 
 
 def run_score_file(tmp_path: Path, input_series: list[dict], expr_tests: list[dict], name="score.test.yml"):
-    document = {"rule_files": [str(RECORDING_RULES)], "evaluation_interval": "1m",
+    document = {"rule_files": [str(RECORDING_RULES), str(APPS_RULES)], "evaluation_interval": "1m",
                 "tests": [{"interval": "1m", "input_series": input_series, "promql_expr_test": expr_tests}]}
     path = tmp_path / name
     path.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
@@ -521,7 +527,7 @@ def test_shorten_reaches_every_duration_of_the_rule_files(path, tmp_path):
     shortened = shorten(original, 1 / 60)
     before = [parse_duration(d) for d in DURATION_TEXT.findall(original)]
     after = [parse_duration(d) for d in DURATION_TEXT.findall(shortened)]
-    assert (before or path == LLM_RULES) and len(before) == len(after)  # the LLM rules have no durations
+    assert (before or path in (LLM_RULES, APPS_RULES)) and len(before) == len(after)  # those two have no durations
     assert after == [b // 60 for b in before]
     # Only durations changed: the same rules, names, labels and annotations.
     strip = lambda t: re.sub(r"(?:\d+(?:ms|[smhdwy]))+|predict_linear\(([^\[]*)\[[^\]]*\], \d+\)", "D", t)

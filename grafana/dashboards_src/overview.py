@@ -1,9 +1,11 @@
-"""Overview: the efficiency scores, every budget against its limit, the tracked total, alerts and top consumers."""
+"""Overview: the efficiency scores, every budget against its limit, the tracked total, where the memory
+goes (by application), alerts and top consumers."""
 
 from __future__ import annotations
 
 from .lib import (
     BYTES,
+    COUNT,
     INSTANCE,
     RATIO,
     STATE,
@@ -42,6 +44,13 @@ TOP_CONSUMERS = (
     ' "consumer", "node $1", "target", "(.+)")'
     f' or label_replace(aitools_process_group_rss_bytes{{{INSTANCE}}} > 0, "consumer", "processes $1", "group", "(.+)")'
     ")"
+)
+
+
+# The machine's used memory, which the apps stack up to (physical memory less what is available).
+USED_MEMORY = (
+    f"max by (instance) (aitools_system_memory_total_bytes{{{INSTANCE}}})"
+    f" - max by (instance) (aitools_system_memory_available_bytes{{{INSTANCE}}})"
 )
 
 
@@ -135,6 +144,43 @@ def build():
             "exporter",
             width=4,
             height=9,
+        )
+    )
+
+    dashboard = dashboard.with_row(row("Where the memory goes")).with_panel(
+        timeseries(
+            "Memory by application",
+            "Every process of the machine in one application (aitools:app_memory_bytes), stacked; the dashed line is the "
+            "machine's used memory (physical less available), which the apps add up to within the tolerance in the README.",
+            [
+                query(f"sort_desc(aitools:app_memory_bytes{{{INSTANCE}}})", "{{app}}"),
+                query(USED_MEMORY, "used memory (physical - available)", budget_line=True),
+            ],
+            stacked=True,
+            width=14,
+            height=10,
+        )
+    ).with_panel(
+        table(
+            "Applications now",
+            "Each application's memory now (aitools:app_memory_bytes), its processes, and its share of the machine's used memory.",
+            [
+                query(f"max by (app) (aitools:app_memory_bytes{{{INSTANCE}}})", "{{app}}"),
+                query(f"max by (app) (aitools_app_processes{{{INSTANCE}}})", "{{app}}"),
+                query(
+                    f"max by (app) (aitools:app_memory_bytes{{{INSTANCE}}} / on (instance) group_left () ({USED_MEMORY}))",
+                    "{{app}}",
+                ),
+            ],
+            [
+                Column("app", "Application"),
+                Column("Value #A", "Memory", BYTES),
+                Column("Value #B", "Processes", COUNT),
+                Column("Value #C", "Share of used memory", RATIO),
+            ],
+            sort_by="Memory",
+            width=10,
+            height=10,
         )
     )
 

@@ -78,6 +78,7 @@ from tests.parts.exporter_process import ExporterProcess, free_port  # noqa: E40
 from tests.parts.llm_standins import LMStudioStandin, OllamaStandin  # noqa: E402
 from tests.parts.node_processes import start_node_process  # noqa: E402
 from tests.parts.processes import NamedProcesses  # noqa: E402
+from tests.benchmarks import apps_plugin  # noqa: E402  (the apps breakdown beside netdata apps.plugin)
 
 HERE = Path(__file__).resolve().parent
 NODE_EXPORTER = "prometheus-node-exporter"
@@ -752,10 +753,13 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"  naive SDK loop: {args.naive_iterations} iterations")
                 results.append(measure_naive(workload, containers, args.naive_iterations))
         load_end = os.getloadavg()
+        progress("apps breakdown beside netdata apps.plugin")
+        apps_table = apps_plugin.render(apps_plugin.measure())
         progress("cleaning up")
 
     table = render(results, description, args.scrapes, args.processes, total_processes, (load_start, load_end),
                    args.cmdline_group, args.realistic)
+    table += "\n" + apps_table
     print(table)
     if args.output:
         args.output.write_text(table)

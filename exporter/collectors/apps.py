@@ -1,0 +1,408 @@
+"""Where the memory goes: every process of the machine in exactly one application.
+
+Each scrape walks the whole process table once and gives each process one app:
+
+1. the exporter itself, and the processes of the bundle's own containers (label
+   `dev.aitools.app=monitoring`, see compose.monitoring.yml), are `monitoring`;
+   kernel threads are `system`;
+2. everything under a container shim (`containerd-shim*`) belongs to the app of the shim
+   (`docker`): a container's processes are the container's, whatever their names (a Node
+   server or an Ollama in a container is counted once, in `docker`);
+3. else the first app of `apps:` (in order) that claims the process by name or command line;
+4. else the app of its nearest claimed ancestor, when that app passes on to children
+   (`children: true`, all but `system`): Cursor's helpers, Ollama's runners, a dev
+   server's workers, as Activity Monitor groups them;
+5. else its own program name: the ten largest such programs get a label of their own,
+   the rest go to `other`.
+
+A process's memory: on Linux its resident set less its shared pages (/proc/PID/statm
+resident - shared: anonymous memory, netdata apps.plugin's "real memory without shared"),
+read from /proc directly or, with the psutil source, from psutil's memory_info() (rss -
+shared). On macOS psutil's phys_footprint (memory_extras(), psutil 8) where it is
+provided, else its rss; never memory_full_info(), which can hang on other users'
+processes. `system` also holds the kernel's own memory: unreclaimable slab, page tables
+and kernel stacks on Linux; wired pages (plus the compressor's pages when the processes'
+figures are RSS, which leaves compressed pages out) on macOS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.process import _read, program_name
+from exporter.config import DEFAULT_APPS, App, Config
+
+PROC = "/proc"
+MEMINFO = "/proc/meminfo"
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+COMM_LENGTH = 15  # the kernel keeps at most this many bytes of a name (TASK_COMM_LEN - 1)
+TOP_PROGRAMS = 10
+OTHER, SYSTEM, MONITORING = "other", "system", "monitoring"
+BUNDLE_LABEL = "dev.aitools.app=monitoring"
+SHIM_PREFIX = "containerd-shim"
+# The processes of a VM that runs the containers (Docker Desktop on macOS, and on Linux):
+# the containers, the bundle's among them, are inside its memory, not processes of their own.
+DOCKER_VM_PREFIXES = ("com.apple.Virtualization.VirtualMachine", "com.docker.krun", "com.docker.hyperkit",
+                      "qemu-system-")
+# procfs (Linux's /proc straight) or psutil (macOS; forced on Linux so the suite runs it).
+SOURCE_ENV = "AITOOLS_APPS_SOURCE"
+SOURCES = ("procfs", "psutil")
+# Linux: the kernel's own memory, held by no process and not reclaimable: slab, page tables,
+# kernel stacks, vmalloc and per-CPU areas.
+KERNEL_MEMINFO_FIELDS = ("SUnreclaim", "PageTables", "SecPageTables", "KernelStack", "VmallocUsed", "Percpu")
+
+# Which apps each profile's total counts, each byte once (README "Which apps each total
+# counts"). development: everything the user runs to develop, IDE and Xcode included;
+# production: the services only. Never counted: `system` (the OS's), `monitoring` (this
+# tool's own), `other` and the unclaimed programs. Apps of the user's own configuration
+# count in both.
+BUDGET_APPS: dict[str, tuple[str, ...]] = {
+    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python"),
+    "production_total": ("docker", "node", "ollama", "lmstudio", "python"),
+}
+NEVER_COUNTED = (SYSTEM, MONITORING, OTHER)
+
+
+def budget_apps(apps: Iterable[App]) -> dict[str, list[str]]:
+    """budget -> the configured apps its total counts."""
+    configured = [app.name for app in apps]
+    defaults = {app.name for app in DEFAULT_APPS}
+    own = [name for name in configured if name not in defaults and name not in NEVER_COUNTED]
+    return {budget: [name for name in configured if name in counted] + own for budget, counted in BUDGET_APPS.items()}
+
+
+class Matcher:
+    """The first app (in configuration order) that claims a process by its name or command line."""
+
+    def __init__(self, apps: tuple[App, ...]):
+        self.apps = apps
+        self.exact: dict[str, int] = {}
+        self.prefixes: list[tuple[int, tuple[str, ...]]] = []
+        self.cmdlines = [(index, app.cmdline) for index, app in enumerate(apps) if app.cmdline is not None]
+        for index, app in enumerate(apps):
+            prefixes = tuple(name[:-1] for name in app.names if name.endswith("*"))
+            if prefixes:
+                self.prefixes.append((index, prefixes))
+            for name in app.names:
+                if not name.endswith("*"):
+                    self.exact.setdefault(name, index)
+
+    def claim(self, name: str, cmdline: Callable[[], str | None]) -> int | None:
+        best = self.exact.get(name)
+        for index, prefixes in self.prefixes:
+            if best is not None and index >= best:
+                break
+            if name.startswith(prefixes):
+                best = index
+                break
+        for index, pattern in self.cmdlines:
+            if best is not None and index >= best:
+                break
+            text = cmdline()
+            if text and pattern.search(text):
+                return index
+        return best
+
+
+@dataclass(slots=True)
+class Proc:
+    pid: int
+    ppid: int
+    name: str
+    memory: int
+    cmdline: str | None = None  # read only where a claim needs it
+
+
+# --- Linux: /proc straight ------------------------------------------------------------
+
+def _cmdline_text(data: bytes) -> str:
+    text = data.decode("utf-8", "surrogateescape")
+    return text.rstrip("\0").replace("\0", " ")
+
+
+def scan_procfs(wants_cmdline: bool) -> list[Proc]:
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    with os.scandir(PROC) as entries:
+        pids = [entry.name for entry in entries if entry.name.isdigit()]
+    found = []
+    for pid in pids:
+        folder = f"{PROC}/{pid}/"
+        try:
+            stat = _read(folder + "stat", 1024)
+            close = stat.rindex(b")")
+            name = stat[stat.index(b"(") + 1:close].decode("utf-8", "surrogateescape")
+            fields = stat[close + 2:].split(b" ", 8)  # state ppid pgrp session tty_nr tpgid flags ...
+            ppid = int(fields[1])
+            if int(fields[6]) & PF_KTHREAD:
+                memory = 0  # a kernel thread: no memory of its own to read
+            else:
+                statm = _read(folder + "statm", 256).split(b" ", 3)
+                memory = max(0, int(statm[1]) - int(statm[2])) * page_size
+        except OSError:
+            continue  # ended since it was listed
+        except (ValueError, IndexError):
+            continue
+        cmdline = None
+        if wants_cmdline or len(name) >= COMM_LENGTH or name.startswith(SHIM_PREFIX):
+            try:
+                raw = _read(folder + "cmdline")
+            except OSError:
+                raw = b""
+            if raw:
+                cmdline = _cmdline_text(raw)
+                if len(name) >= COMM_LENGTH:
+                    # Like psutil: the program's file name when it starts as the cut name does.
+                    full = program_name(raw)
+                    if full.startswith(name):
+                        name = full
+        found.append(Proc(int(pid), ppid, name, memory, cmdline))
+    return found
+
+
+def kernel_memory_procfs() -> int:
+    with open(MEMINFO, "rb") as handle:
+        text = handle.read().decode("ascii", "replace")
+    total = 0
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in KERNEL_MEMINFO_FIELDS:
+            total += int(rest.split()[0]) * 1024
+    return total
+
+
+# --- psutil (macOS; on Linux when forced) ---------------------------------------------
+
+def process_memory(process, footprint: bool = False) -> tuple[int, bool]:
+    """(bytes, whether it is the footprint) of one psutil process. footprint (macOS): the
+    phys_footprint where psutil gives it: memory_extras() (psutil 8; its pre-release name
+    was memory_info_ex()). Else rss less shared pages where psutil tells them (Linux),
+    else rss. Never memory_full_info()."""
+    if footprint:
+        for method in ("memory_extras", "memory_info_ex"):
+            extras = getattr(process, method, None)
+            value = getattr(extras(), "phys_footprint", None) if extras is not None else None
+            if value is not None:
+                return int(value), True
+    info = process.memory_info()
+    shared = getattr(info, "shared", None)
+    return (max(0, info.rss - shared) if shared is not None else info.rss), False
+
+
+def scan_psutil(wants_cmdline: bool, footprint: bool = False) -> tuple[list[Proc], bool]:
+    attrs = ["name", "ppid", "cmdline"] if wants_cmdline else ["name", "ppid"]
+    found, footprints = [], False
+    for process in psutil.process_iter(attrs, ad_value=None):
+        info = process.info
+        name, ppid = info.get("name") or "", info.get("ppid") or 0
+        try:
+            memory, is_footprint = process_memory(process, footprint)
+            footprints |= is_footprint
+        except (psutil.AccessDenied, psutil.ZombieProcess):
+            memory = 0  # counted, but its memory is not ours to read
+        except psutil.NoSuchProcess:
+            continue
+        arguments = info.get("cmdline") if wants_cmdline else None
+        if arguments is None and name.startswith(SHIM_PREFIX):
+            try:
+                arguments = process.cmdline()
+            except psutil.Error:
+                arguments = None
+        found.append(Proc(process.pid, ppid, name, memory, " ".join(arguments) if arguments else None))
+    return found, footprints
+
+
+def kernel_memory_vm_stat(timeout: float, footprints: bool) -> int:
+    """macOS: wired pages, and the compressor's pages unless the footprints hold them."""
+    from exporter.collectors.system import parse_vm_stat
+
+    path = shutil.which("vm_stat")
+    if path is None:
+        raise CollectorError("vm_stat not found on PATH (the kernel's memory of the system app)")
+    try:
+        output = subprocess.run([path], capture_output=True, timeout=timeout, check=True, text=True,
+                                errors="replace").stdout
+        page_size, pages = parse_vm_stat(output)
+    except subprocess.TimeoutExpired:
+        raise CollectorError(f"vm_stat did not finish within {timeout:g}s") from None
+    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        raise CollectorError(f"vm_stat failed: {exc}") from None
+    return (pages.get("wired", 0) + (0 if footprints else pages.get("compressed", 0))) * page_size
+
+
+# --- grouping ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Assignment:
+    app: str | None   # None: nobody claims it (its program name decides)
+    passes_on: bool   # its children without a claim of their own take it
+    sealed: bool = False  # inside a container: every descendant takes it
+
+
+def assign(processes: list[Proc], apps: tuple[App, ...], own_pid: int,
+           bundle_ids: frozenset[str]) -> dict[int, Assignment]:
+    matcher = Matcher(apps)
+    by_pid = {proc.pid: proc for proc in processes}
+    kernel_parent = 2 if by_pid.get(2) is not None and by_pid[2].name == "kthreadd" else None
+    result: dict[int, Assignment] = {}
+
+    def own(proc: Proc, parent: Assignment | None) -> Assignment:
+        if parent is not None and parent.sealed:
+            return parent
+        if proc.pid == own_pid:
+            return Assignment(MONITORING, True)
+        if kernel_parent is not None and kernel_parent in (proc.pid, proc.ppid):
+            return Assignment(SYSTEM, False)
+        index = matcher.claim(proc.name, lambda: proc.cmdline)
+        if proc.name.startswith(SHIM_PREFIX):
+            text = proc.cmdline or ""
+            if any(container_id in text for container_id in bundle_ids):
+                return Assignment(MONITORING, True, sealed=True)
+            if index is not None:
+                return Assignment(apps[index].name, True, sealed=True)
+        if index is not None:
+            return Assignment(apps[index].name, apps[index].children)
+        if parent is not None and parent.passes_on and parent.app is not None:
+            return Assignment(parent.app, True)
+        return Assignment(None, False)
+
+    for proc in processes:
+        chain: list[Proc] = []
+        current: Proc | None = proc
+        above: Assignment | None = None
+        while current is not None:
+            if current.pid in result:
+                above = result[current.pid]
+                break
+            chain.append(current)
+            if current.ppid == current.pid or len(chain) > len(by_pid):
+                break
+            current = by_pid.get(current.ppid)
+        for member in reversed(chain):
+            above = own(member, above)
+            result[member.pid] = above
+    return result
+
+
+def breakdown(processes: list[Proc], assignments: dict[int, Assignment], apps: tuple[App, ...],
+              kernel_bytes: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(memory, processes) by label: every configured app (0 when empty), the ten largest
+    unclaimed programs, and `other`."""
+    memory = {app.name: 0 for app in apps}
+    count = {app.name: 0 for app in apps}
+    programs_memory: dict[str, int] = {}
+    programs_count: dict[str, int] = {}
+    for proc in processes:
+        app = assignments[proc.pid].app
+        if app is not None:
+            memory[app] += proc.memory
+            count[app] += 1
+        else:
+            name = proc.name.encode("utf-8", "replace").decode("utf-8") or "unnamed"
+            programs_memory[name] = programs_memory.get(name, 0) + proc.memory
+            programs_count[name] = programs_count.get(name, 0) + 1
+    memory[SYSTEM] = memory.get(SYSTEM, 0) + kernel_bytes
+    count.setdefault(SYSTEM, 0)
+    memory[OTHER], count[OTHER] = 0, 0
+    candidates = sorted((name for name in programs_memory if name not in memory),
+                        key=lambda name: (-programs_memory[name], name))
+    top = set(candidates[:TOP_PROGRAMS])
+    for name in programs_memory:
+        label = name if name in top else OTHER
+        memory[label] = memory.get(label, 0) + programs_memory[name]
+        count[label] = count.get(label, 0) + programs_count[name]
+    return memory, count
+
+
+class AppsCollector(SourceCollector):
+    name = "apps"
+
+    def __init__(self, config: Config, source: str | None = None, platform: str | None = None):
+        super().__init__(config)
+        self.platform = platform or sys.platform
+        chosen = source or os.environ.get(SOURCE_ENV) or (
+            "procfs" if self.platform.startswith("linux") and os.path.isdir(f"{PROC}/self") else "psutil")
+        if chosen not in SOURCES:
+            raise ValueError(f"{SOURCE_ENV} must be one of {', '.join(SOURCES)}, not {chosen!r}")
+        self.source = chosen
+        self._engine = None
+
+    def read(self) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
+        apps = self.config.apps
+        wants_cmdline = any(app.cmdline is not None for app in apps)
+        try:
+            if self.source == "procfs":
+                processes, footprints = scan_procfs(wants_cmdline), False
+            else:
+                processes, footprints = scan_psutil(wants_cmdline, footprint=self.platform == "darwin")
+            if self.platform == "darwin":
+                kernel = kernel_memory_vm_stat(self.config.timeout, footprints)
+            else:
+                kernel = kernel_memory_procfs()
+        except (psutil.Error, OSError, ValueError) as exc:
+            raise CollectorError(f"cannot read the processes' memory: {exc}") from None
+        shims = any(proc.name.startswith(SHIM_PREFIX) for proc in processes)
+        bundle = self._bundle_container_ids() if shims else frozenset()
+        assignments = assign(processes, apps, os.getpid(), bundle)
+        memory, count = breakdown(processes, assignments, apps, kernel)
+        return memory, count, processes, assignments
+
+    def collect(self):
+        memory, count, processes, assignments = self.read()
+        memory_family = gauge("aitools_app_memory_bytes",
+                              "Memory of the application's processes, each process in exactly one app.", ["app"])
+        count_family = gauge("aitools_app_processes", "How many processes the application has now.", ["app"])
+        for app in memory:
+            memory_family.add_metric([app], float(memory[app]))
+            count_family.add_metric([app], float(count[app]))
+        info = gauge("aitools_app_budget_info", "1 for each app that the total budget counts.", ["app", "budget"])
+        for budget, names in budget_apps(self.config.apps).items():
+            for name in names:
+                info.add_metric([name, budget], 1.0)
+        in_vm = not any(proc.name.startswith(SHIM_PREFIX) for proc in processes) and any(
+            proc.name.startswith(DOCKER_VM_PREFIXES) and assignments[proc.pid].app == "docker" for proc in processes)
+        vm = gauge("aitools_app_docker_vm",
+                   "1 when the containers run inside a VM counted in the docker app (Docker Desktop): the "
+                   "rules then move the bundle's containers from docker to monitoring.")
+        vm.add_metric([], 1.0 if in_vm else 0.0)
+        yield memory_family
+        yield count_family
+        yield info
+        yield vm
+
+    def _bundle_container_ids(self) -> frozenset[str]:
+        """The ids of the running containers of the monitoring bundle, from the engine; none
+        when Docker is disabled or does not answer (their processes then count as docker)."""
+        if not self.config.docker_enabled:
+            return frozenset()
+        from exporter.collectors.docker import resolve_docker_host
+        from exporter.collectors.docker_api import UnixSocketEngine
+
+        try:
+            if self._engine is None:
+                host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
+                timeout = min(self.config.timeout, 1.0)
+                if host.startswith("unix://"):
+                    self._engine = UnixSocketEngine(host[len("unix://"):], timeout=timeout)
+                else:  # tcp:// (the bundle's socket proxy on Linux), ssh://: the Docker SDK
+                    import docker
+
+                    self._engine = docker.APIClient(base_url=host, version="auto", timeout=timeout)
+            listed = self._engine.containers(filters={"label": [BUNDLE_LABEL], "status": ["running"]})
+            return frozenset(item["Id"] for item in listed if isinstance(item, dict) and isinstance(item.get("Id"), str))
+        except Exception:  # noqa: BLE001 - any engine trouble: the bundle is not told apart this scrape
+            if self._engine is not None:
+                try:
+                    self._engine.close()
+                except Exception:  # noqa: BLE001
+                    pass
+                self._engine = None
+            return frozenset()
