@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, node_tracked_bytes, readings
+from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, app_memory, node_tracked_bytes, readings
 from exporter.config import Config
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
@@ -75,7 +75,7 @@ def _sum(values) -> float | None:
 class _Breakdown:
     def __init__(self, config: Config, samples: Samples):
         self.config, self.samples = config, samples
-        self.apps = {labels["app"]: value for labels, value in samples.all("aitools_app_memory_bytes")}
+        self.apps = app_memory(samples)  # as the totals count them (budgets.app_memory)
         # What counts against each budget, as budgets.readings() defines it (the one
         # definition); per-item budgets (node_heap per target, container limits) aside.
         self.counted = {row.budget: row.used_bytes for row in readings(config, samples)

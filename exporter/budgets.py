@@ -231,6 +231,22 @@ def node_tracked_bytes(samples: Samples, target: str) -> float | None:
     return rss if rss is not None else samples.value("aitools_node_heap_used_bytes", target=target)
 
 
+def app_memory(samples: Samples) -> dict[str, float]:
+    """Each app's memory as the totals count it: aitools:app_memory_bytes of
+    prometheus/rules/aitools-apps.rules.yml, computed on one collection. Where the containers
+    run inside a VM counted in the docker app (Docker Desktop: aitools_app_docker_vm 1), the
+    bundle's own containers (compose project MONITORING_PROJECT) move from docker to
+    monitoring. Empty when the apps collector gave nothing."""
+    apps = {labels["app"]: value for labels, value in samples.all("aitools_app_memory_bytes")}
+    if apps and samples.value("aitools_app_docker_vm") == 1:
+        bundle = samples.total("aitools_container_memory_usage_bytes", compose_project=MONITORING_PROJECT)
+        if "docker" in apps:
+            apps["docker"] = max(apps["docker"] - bundle, 0.0)
+        if "monitoring" in apps:
+            apps["monitoring"] += bundle
+    return apps
+
+
 def readings(config: Config, samples: Samples) -> list[Reading]:
     budgets = config.budgets
     rows: list[Reading] = []
@@ -268,12 +284,12 @@ def readings(config: Config, samples: Samples) -> list[Reading]:
         else:
             rows.append(Reading("process", subject, used))
 
-    total = sum(node_tracked_bytes(samples, labels["target"]) or 0 for labels, _ in samples.all("aitools_node_target_up"))
-    total += samples.total("aitools_container_memory_usage_bytes")
-    total += samples.total("aitools_llm_model_loaded_bytes")
-    total += samples.total("aitools_process_group_rss_bytes")
-    rows.append(Reading("total", f"everything tracked ({config.profile})", total,
-                        config.total_budget_name, budgets[config.total_budget_name]))
+    apps = app_memory(samples)
+    counted = {labels["app"] for labels, v in samples.all("aitools_app_budget_info", budget=config.total_budget_name)
+               if v == 1}
+    total = sum(value for app, value in apps.items() if app in counted) if apps else None
+    rows.append(Reading("total", f"the apps it counts ({config.profile}: {', '.join(sorted(counted)) or 'none'})",
+                        total, config.total_budget_name, budgets[config.total_budget_name]))
 
     for name, subject in (("aitools_system_memory_total_bytes", "physical memory"),
                           ("aitools_system_memory_available_bytes", "available"),

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from exporter.collectors.base import Deadline
 from exporter.collectors import apps as apps_module
 from exporter.collectors.apps import (BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, budget_apps,
                                       kernel_memory_procfs, process_memory)
@@ -257,7 +258,7 @@ def test_macos_kernel_memory_is_wired_plus_compressor_from_vm_stat(tmp_path, mon
     of_processes = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
     # psutil 7 reads RSS (no footprint): the compressor's pages are not in any process's figure.
     assert memory["system"] - of_processes == (pages["wired"] + pages["compressed"]) * page_size
-    assert apps_module.kernel_memory_vm_stat(3.0, footprints=True) == pages["wired"] * page_size
+    assert apps_module.kernel_memory_vm_stat(Deadline(3.0), footprints=True) == pages["wired"] * page_size
 
 
 def test_macos_names_group_like_activity_monitor():

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import psutil
 
-from exporter.collectors.base import CollectorError, SourceCollector, gauge
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, run_bounded
 from exporter.collectors.process import _read, program_name
 from exporter.config import DEFAULT_APPS, App, Config
 
@@ -220,7 +219,7 @@ def scan_psutil(wants_cmdline: bool, footprint: bool = False) -> tuple[list[Proc
     return found, footprints
 
 
-def kernel_memory_vm_stat(timeout: float, footprints: bool) -> int:
+def kernel_memory_vm_stat(deadline: Deadline, footprints: bool) -> int:
     """macOS: wired pages, and the compressor's pages unless the footprints hold them."""
     from exporter.collectors.system import parse_vm_stat
 
@@ -228,12 +227,13 @@ def kernel_memory_vm_stat(timeout: float, footprints: bool) -> int:
     if path is None:
         raise CollectorError("vm_stat not found on PATH (the kernel's memory of the system app)")
     try:
-        output = subprocess.run([path], capture_output=True, timeout=timeout, check=True, text=True,
-                                errors="replace").stdout
-        page_size, pages = parse_vm_stat(output)
-    except subprocess.TimeoutExpired:
-        raise CollectorError(f"vm_stat did not finish within {timeout:g}s") from None
-    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        done = run_bounded([path], deadline)
+        if done.returncode != 0:
+            raise CollectorError(f"vm_stat failed: exit status {done.returncode}")
+        page_size, pages = parse_vm_stat(done.stdout.decode("utf-8", "replace"))
+    except TimeoutError:
+        raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
+    except (OSError, ValueError) as exc:
         raise CollectorError(f"vm_stat failed: {exc}") from None
     return (pages.get("wired", 0) + (0 if footprints else pages.get("compressed", 0))) * page_size
 
@@ -335,7 +335,8 @@ class AppsCollector(SourceCollector):
         self.source = chosen
         self._engine = None
 
-    def read(self) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
+    def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
+        deadline = self.deadline(deadline)
         apps = self.config.apps
         wants_cmdline = any(app.cmdline is not None for app in apps)
         try:
@@ -344,7 +345,7 @@ class AppsCollector(SourceCollector):
             else:
                 processes, footprints = scan_psutil(wants_cmdline, footprint=self.platform == "darwin")
             if self.platform == "darwin":
-                kernel = kernel_memory_vm_stat(self.config.timeout, footprints)
+                kernel = kernel_memory_vm_stat(deadline, footprints)
             else:
                 kernel = kernel_memory_procfs()
         except (psutil.Error, OSError, ValueError) as exc:
@@ -355,8 +356,8 @@ class AppsCollector(SourceCollector):
         memory, count = breakdown(processes, assignments, apps, kernel)
         return memory, count, processes, assignments
 
-    def collect(self):
-        memory, count, processes, assignments = self.read()
+    def collect(self, deadline: Deadline | None = None):
+        memory, count, processes, assignments = self.read(deadline)
         memory_family = gauge("aitools_app_memory_bytes",
                               "Memory of the application's processes, each process in exactly one app.", ["app"])
         count_family = gauge("aitools_app_processes", "How many processes the application has now.", ["app"])
