@@ -72,7 +72,7 @@ def psutil_path(monkeypatch):
     def no_procfs(*args):
         raise AssertionError("the /proc path ran although the psutil path was forced")
 
-    monkeypatch.setattr(process_module, "_scan_procfs", no_procfs)
+    monkeypatch.setattr(process_module, "_count_procfs", no_procfs)
 
 
 def test_psutil_path_sums_the_group_and_matches_command_lines(psutil_path, swift_frontend):

@@ -54,3 +54,27 @@ def test_both_paths_agree(members):
     assert procfs[("aitools_process_group_processes", "by-name")] == by_psutil[("aitools_process_group_processes", "by-name")] == 1
     assert abs(procfs[("aitools_process_group_rss_bytes", "by-name")]
                - by_psutil[("aitools_process_group_rss_bytes", "by-name")]) < 2 * MiB
+
+
+def test_apps_and_process_collectors_share_one_walk_of_proc_per_scrape(monkeypatch, swift_frontend):
+    """The two collectors that read every process walk /proc once per scrape between them,
+    and still see the same processes: the swift-frontend group and the xcode app agree."""
+    from exporter.collectors import apps as apps_module
+    from exporter.scrape import Scraper
+    from exporter.collectors.apps import AppsCollector
+
+    swift_frontend.start(hold_mb=30)
+    walks = []
+    real_scan = apps_module.scan_procfs
+    monkeypatch.setattr(apps_module, "scan_procfs", lambda wants: walks.append(wants) or real_scan(wants))
+    config = Config()
+    scraper = Scraper([ProcessCollector(config), AppsCollector(config, source="procfs")], timeout=5)
+    for _ in range(3):
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in scraper.collect_once() for s in family.samples}
+        assert samples[("aitools_collector_success", (("collector", "apps"),))] == 1
+        assert samples[("aitools_collector_success", (("collector", "process"),))] == 1
+    assert len(walks) == 3  # one walk a scrape, not two
+    assert samples[("aitools_process_group_processes", (("group", "swift-frontend"),))] >= 1
+    assert samples[("aitools_app_processes", (("app", "xcode"),))] >= samples[
+        ("aitools_process_group_processes", (("group", "swift-frontend"),))]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,9 @@ class Proc:
     pid: int
     ppid: int
     name: str
-    memory: int
+    memory: int  # what the apps count: resident less shared (Linux), the footprint or RSS (macOS)
     cmdline: str | None = None  # read only where a claim needs it
+    rss: int = 0  # the whole resident set (the process groups count it)
 
 
 # --- Linux: /proc straight ------------------------------------------------------------
@@ -142,10 +144,11 @@ def scan_procfs(wants_cmdline: bool) -> list[Proc]:
             fields = stat[close + 2:].split(b" ", 8)  # state ppid pgrp session tty_nr tpgid flags ...
             ppid = int(fields[1])
             if int(fields[6]) & PF_KTHREAD:
-                memory = 0  # a kernel thread: no memory of its own to read
+                memory = rss = 0  # a kernel thread: no memory of its own to read
             else:
                 statm = _read(folder + "statm", 256).split(b" ", 3)
                 memory = max(0, int(statm[1]) - int(statm[2])) * page_size
+                rss = int(statm[1]) * page_size
         except OSError:
             continue  # ended since it was listed
         except (ValueError, IndexError):
@@ -163,8 +166,35 @@ def scan_procfs(wants_cmdline: bool) -> list[Proc]:
                     full = program_name(raw)
                     if full.startswith(name):
                         name = full
-        found.append(Proc(int(pid), ppid, name, memory, cmdline))
+        found.append(Proc(int(pid), ppid, name, memory, cmdline, rss))
     return found
+
+
+def wants_cmdlines(config: Config) -> bool:
+    """Whether a scan must read every command line: an app or a process group matches them."""
+    return (any(app.cmdline is not None for app in config.apps)
+            or any(group.cmdline is not None for group in config.process_groups))
+
+
+class SharedScan:
+    """One walk of /proc per scrape for the collectors that read every process (apps and
+    process): the first to ask for a scrape's deadline walks, the other takes the same list.
+    A call with a deadline of its own (snapshot, tests) walks afresh."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deadline: Deadline | None = None
+        self._processes: list[Proc] = []
+
+    def procfs(self, deadline: Deadline, config: Config) -> list[Proc]:
+        with self._lock:
+            if self._deadline is not deadline:
+                self._processes = scan_procfs(wants_cmdlines(config))
+                self._deadline = deadline
+            return self._processes
+
+
+SHARED_SCAN = SharedScan()
 
 
 def kernel_memory_procfs() -> int:
@@ -341,7 +371,7 @@ class AppsCollector(SourceCollector):
         wants_cmdline = any(app.cmdline is not None for app in apps)
         try:
             if self.source == "procfs":
-                processes, footprints = scan_procfs(wants_cmdline), False
+                processes, footprints = SHARED_SCAN.procfs(deadline, self.config), False
             else:
                 processes, footprints = scan_psutil(wants_cmdline, footprint=self.platform == "darwin")
             if self.platform == "darwin":

@@ -41,16 +41,6 @@ def _read(path: str, size: int = 4096) -> bytes:
     return read_small_file(path, size, CMDLINE_LIMIT)
 
 
-def parse_cmdline(data: bytes) -> str:
-    """/proc/PID/cmdline as psutil's cmdline() reads it, joined with spaces: arguments
-    end with a NUL, or are separated by spaces in a process that rewrote its command
-    line (setproctitle)."""
-    text = data.decode("utf-8", "surrogateescape")
-    if text.endswith("\0"):
-        return text[:-1].replace("\0", " ")
-    return text[:-1] if text.endswith(" ") else text
-
-
 def program_name(data: bytes) -> str:
     """The file name of the program in /proc/PID/cmdline: psutil's basename of cmdline()[0]."""
     text = data.decode("utf-8", "surrogateescape")
@@ -62,52 +52,24 @@ def program_name(data: bytes) -> str:
     return os.path.basename(first)
 
 
-def _scan_procfs(groups: tuple[ProcessGroup, ...], rss: dict[str, int], count: dict[str, int]) -> None:
+def _count_procfs(groups: tuple[ProcessGroup, ...], processes, rss: dict[str, int], count: dict[str, int]) -> None:
+    """The groups' members among the processes of the scrape's one walk of /proc
+    (apps.SHARED_SCAN: name, full program name where the kernel cut it, command line
+    where a pattern needs it, resident set)."""
     by_name: dict[str, list[ProcessGroup]] = {}
     for group in groups:
         for name in group.names:
             by_name.setdefault(name, []).append(group)
     by_cmdline = [group for group in groups if group.cmdline is not None]
-    # Names the kernel cuts short (at COMM_LENGTH): only for these is the full name worth a read.
-    long_names = [name for name in by_name if len(name) >= COMM_LENGTH]
-    page_size = os.sysconf("SC_PAGE_SIZE")
-    with os.scandir(PROC) as entries:
-        pids = [entry.name for entry in entries if entry.name.isdigit()]
-    for pid in pids:
-        folder = f"{PROC}/{pid}/"
-        try:
-            name = _read(folder + "comm", 64).decode("utf-8", "surrogateescape")[:-1]
-        except OSError:
-            continue  # ended since it was listed (or hidden from us): as psutil's process_iter skips it
-        cmdline = None
-        truncated = len(name) >= COMM_LENGTH
-        if by_cmdline or (truncated and any(full.startswith(name) for full in long_names)):
-            try:
-                cmdline = _read(folder + "cmdline")
-            except OSError:
-                pass  # as psutil: no command line then, and the name as the kernel keeps it
-            if truncated and cmdline:
-                # Like psutil: the program's file name when it starts as the cut name does.
-                full = program_name(cmdline)
-                if full.startswith(name):
-                    name = full
-        members = by_name.get(name, ())
-        if by_cmdline and cmdline:
-            # The raw bytes, NULs read as spaces: what parse_cmdline() gives, cut at CMDLINE_LIMIT.
-            more = [group for group in by_cmdline if group not in members and group.cmdline.search(cmdline)]
+    for proc in processes:
+        members = by_name.get(proc.name, ())
+        if by_cmdline and proc.cmdline:
+            more = [group for group in by_cmdline if group not in members and group.cmdline.search(proc.cmdline)]
             if more:
                 members = [*members, *more]
-        if not members:
-            continue
-        try:
-            resident = int(_read(folder + "statm", 256).split(b" ", 2)[1]) * page_size
-        except PermissionError:
-            resident = 0  # counted, but its memory is not ours to read
-        except (OSError, ValueError, IndexError):
-            continue  # ended meanwhile
         for group in members:
             count[group.name] += 1
-            rss[group.name] += resident
+            rss[group.name] += proc.rss
 
 
 # --- the collector -----------------------------------------------------------------------
@@ -130,7 +92,9 @@ class ProcessCollector(SourceCollector):
             self.source == "auto" and sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/self"))
         try:
             if procfs and not USE_PSUTIL:
-                _scan_procfs(groups, rss, count)
+                from exporter.collectors.apps import SHARED_SCAN
+
+                _count_procfs(groups, SHARED_SCAN.procfs(self.deadline(deadline), self.config), rss, count)
             else:
                 self._scan_psutil(groups, wants_cmdline, rss, count)
         except (psutil.Error, OSError) as exc:
