@@ -71,6 +71,16 @@ def _config_file(given: str | None) -> str | None:
     return str(default) if default.is_file() else None
 
 
+def _serve_until_stopped(server) -> None:
+    """Wait for SIGINT or SIGTERM, then stop the server."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    server.shutdown()
+
+
 def _load(config_file: str | None) -> Config:
     try:
         return load_config(config_file)
@@ -129,12 +139,7 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
     log.info("aitools-exporter %s serving %s://%s:%d/metrics (profile %s, config %s)", __version__, scheme,
              f"[{host}]" if ":" in host else host, port, config.profile, settings.get("config_file") or "built-in defaults")
 
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    log.info("stopping")
-    server.shutdown()
+    _serve_until_stopped(server)
 
 
 @main.command()
@@ -206,12 +211,7 @@ def receive(ctx: click.Context, audit_file=None, config_file=None, listen_addres
              "audit log %s)", __version__, f"[{host}]" if ":" in host else host, port, path or "built-in defaults",
              ", ".join(config.actions_enabled) or "none",
              " (dry run)" if config.actions_enabled and config.actions_dry_run else "", audit)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    log.info("stopping")
-    server.shutdown()
+    _serve_until_stopped(server)
 
 
 @main.group()

@@ -540,28 +540,30 @@ def _process_groups(reader: _Reader, raw: Any) -> tuple[ProcessGroup, ...]:
             groups.pop(name, None)
             continue
         spec = reader.mapping(spec, key, ("names", "cmdline"))
-        names = spec.get("names", [])
-        if isinstance(names, str):
-            names = [names]
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise reader.error(f"{key}.names", "must be a list of process names")
-        pattern = None
-        if spec.get("cmdline") is not None:
-            if not isinstance(spec["cmdline"], str):
-                raise reader.error(f"{key}.cmdline", "must be a regular expression string")
-            try:
-                pattern = compile_pattern(spec["cmdline"])
-            except PatternError as exc:
-                raise reader.error(f"{key}.cmdline", f"not a valid regular expression: {exc}") from None
+        names, pattern = _names_and_cmdline(reader, spec, key, "must be a list of process names")
         if not names and pattern is None:
             raise reader.error(key, "give names (exact process names) or cmdline (a regular expression)")
         groups[name] = ProcessGroup(name, tuple(names), pattern)
     return tuple(groups.values())
 
 
-def compile_cmdline(pattern: str) -> Pattern:
-    """An `apps:` command-line expression, compiled as every other: RE2 (PatternError when bad)."""
-    return compile_pattern(pattern)
+def _names_and_cmdline(reader: _Reader, spec: dict, key: str, names_reason: str) -> tuple[list[str], Pattern | None]:
+    """`names` (a list of process names, or one) and `cmdline` (an RE2 expression) of a
+    process group or an app."""
+    names = spec.get("names", [])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise reader.error(f"{key}.names", names_reason)
+    pattern = None
+    if spec.get("cmdline") is not None:
+        if not isinstance(spec["cmdline"], str):
+            raise reader.error(f"{key}.cmdline", "must be a regular expression string")
+        try:
+            pattern = compile_pattern(spec["cmdline"])
+        except PatternError as exc:
+            raise reader.error(f"{key}.cmdline", f"not a valid regular expression: {exc}") from None
+    return names, pattern
 
 
 def _apps(reader: _Reader, raw: Any) -> tuple[App, ...]:
@@ -582,19 +584,10 @@ def _apps(reader: _Reader, raw: Any) -> tuple[App, ...]:
                                         f"{'the kernel memory' if name == 'system' else 'the bundle itself'})")
             continue
         spec = reader.mapping(spec, key, ("names", "cmdline", "children"))
-        names = spec.get("names", [])
-        if isinstance(names, str):
-            names = [names]
-        if not isinstance(names, list) or not all(isinstance(n, str) and n and n != "*" for n in names):
+        names, pattern = _names_and_cmdline(reader, spec, key,
+                                            "must be a list of process names (a name ending in * is a prefix)")
+        if "*" in names:
             raise reader.error(f"{key}.names", "must be a list of process names (a name ending in * is a prefix)")
-        pattern = None
-        if spec.get("cmdline") is not None:
-            if not isinstance(spec["cmdline"], str):
-                raise reader.error(f"{key}.cmdline", "must be a regular expression string")
-            try:
-                pattern = compile_cmdline(spec["cmdline"])
-            except PatternError as exc:
-                raise reader.error(f"{key}.cmdline", f"not a valid regular expression: {exc}") from None
         children = reader.boolean(spec["children"], f"{key}.children") if "children" in spec else name != "system"
         if not names and pattern is None and name not in REQUIRED_APPS:
             raise reader.error(key, "give names (process names) or cmdline (a regular expression)")
