@@ -298,10 +298,13 @@ def test_forged_llm_alerts_are_refused_and_nothing_unloaded(ollama, receiver_for
     assert running.metric("aitools_receiver_actions_total", action="unload_idle_model", result="refused") == 4
 
 
-def test_total_over_budget_unloads_one_model(ollama, receiver_for, tmp_path):
+def test_total_over_budget_unloads_one_model(ollama, receiver_for, tmp_path, swift_frontend):
+    # The total is measured on the apps: a real swift-frontend holding 40 MB puts the
+    # development total (xcode counts in it) over a 10 MB budget.
+    swift_frontend.start(hold_mb=40)
     ollama.load("llama3.1:8b", size=3 * GB)
     ollama.set_expiry("llama3.1:8b", datetime.now(timezone.utc) + timedelta(minutes=4))
-    running = receiver_for(llm_config(ollama, budgets="{development_total: 1GB}"))
+    running = receiver_for(llm_config(ollama, budgets="{development_total: 10MB}"))
     running.post(payload([alert("AitoolsTotalOverBudget", budget="development_total", severity="critical")]))
     running.settle()
     assert [body for _, body, _ in ollama.posts] == [{"model": "llama3.1:8b", "keep_alive": 0}]
