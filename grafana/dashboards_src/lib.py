@@ -289,26 +289,8 @@ def count_stat(title: str, description: str, expr: str, legend: str, *, alarm_fr
 def up_stat(title: str, description: str, expr: str, legend: str, *, up: str = "up", down: str = "down",
             height: int = 4, width: int = 4):
     """1/0 states (a target answering, a server up, a collector succeeding), one box per series."""
-    panel = _common(stat_builder.Panel(), title, description, STATE, height, width)
-    mappings = [
-        dashboard_model.ValueMap(
-            options={
-                "0": dashboard_model.ValueMappingResult(text=down, color="red", index=0),
-                "1": dashboard_model.ValueMappingResult(text=up, color="green", index=1),
-            }
-        )
-    ]
-    panel = (
-        panel.mappings(mappings)
-        .thresholds(_base_thresholds("text"))
-        .color_scheme(dashboard_builder.FieldColor().mode(dashboard_model.FieldColorModeId.THRESHOLDS))
-        .graph_mode(common.BigValueGraphMode.NONE)
-        .color_mode(common.BigValueColorMode.BACKGROUND)
-        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
-        .reduce_options(_reduce_last())
-        .no_value("no data")
-    )
-    return _targets(panel, [Query(expr=expr, legend=legend, instant=True)])
+    return state_stat(title, description, expr, legend, {0: (down, "red"), 1: (up, "green")},
+                      height=height, width=width)
 
 
 def state_stat(title: str, description: str, expr: str, legend: str, states: dict[int, tuple[str, str]], *,
