@@ -28,12 +28,15 @@ def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(no
     assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     session = collector._inspectors["debug"]
     websocket, kept = session.sock, set(map(id, idle_connections(collector._pool)))
-    assert websocket is not None and len(kept) == 2
+    # One connection for each of the two url targets' requests that ran at the same time:
+    # two when they overlapped, one when the first had finished before the second began.
+    assert websocket is not None and 1 <= len(kept) <= 2
 
     for _ in range(5):
         assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     assert session.sock is websocket  # the same WebSocket, five scrapes later
-    assert set(map(id, idle_connections(collector._pool))) == kept  # the same two HTTP connections
+    now = set(map(id, idle_connections(collector._pool)))
+    assert kept <= now and len(now) <= 2  # the same HTTP connections, none replaced, never more than two
 
     # Broken under it (the target restarted, a proxy dropped it): the next scrape opens new ones.
     import socket
