@@ -127,6 +127,9 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         except WebConfigError as exc:
             click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
             sys.exit(2)
+    from exporter.selfmetrics import raise_open_files_limit
+
+    raise_open_files_limit()
     registry, _ = build_registry(config, own_metrics=True)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:

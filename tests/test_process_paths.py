@@ -65,8 +65,8 @@ def test_apps_and_process_collectors_share_one_walk_of_proc_per_scrape(monkeypat
 
     swift_frontend.start(hold_mb=30)
     walks = []
-    real_scan = apps_module.scan_procfs
-    monkeypatch.setattr(apps_module, "scan_procfs", lambda wants: walks.append(wants) or real_scan(wants))
+    real_scan = apps_module.ProcTable.scan
+    monkeypatch.setattr(apps_module.ProcTable, "scan", lambda table, wants: walks.append(wants) or real_scan(table, wants))
     config = Config()
     scraper = Scraper([ProcessCollector(config), AppsCollector(config, source="procfs")], timeout=5)
     for _ in range(3):

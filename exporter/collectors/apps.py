@@ -27,6 +27,7 @@ figures are RSS, which leaves compressed pages out) on macOS.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
@@ -34,12 +35,15 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, run_bounded
-from exporter.collectors.process import _read, program_name
+from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, gauge, read_small_file,
+                                      run_bounded)
+from exporter.collectors.process import program_name
 from exporter.config import DEFAULT_APPS, App, Config
+from exporter.patterns import CMDLINE_LIMIT
 
 PROC = "/proc"
 MEMINFO = "/proc/meminfo"
@@ -96,19 +100,30 @@ class Matcher:
                 if not name.endswith("*"):
                     self.exact.setdefault(name, index)
 
+        self._by_name: dict[str, int | None] = {}  # the claims by name, a process table's few hundred names
+
     def claim(self, name: str, cmdline: Callable[[], str | None]) -> int | None:
-        best = self.exact.get(name)
-        for index, prefixes in self.prefixes:
-            if best is not None and index >= best:
-                break
-            if name.startswith(prefixes):
-                best = index
-                break
+        try:
+            best = self._by_name[name]
+        except KeyError:
+            best = self._claim_by_name(name)
+            if len(self._by_name) >= 4096:  # a thousand differently named processes must not grow it
+                self._by_name.clear()
+            self._by_name[name] = best
         for index, pattern in self.cmdlines:
             if best is not None and index >= best:
                 break
             text = cmdline()
             if text and pattern.search(text):
+                return index
+        return best
+
+    def _claim_by_name(self, name: str) -> int | None:
+        best = self.exact.get(name)
+        for index, prefixes in self.prefixes:
+            if best is not None and index >= best:
+                break
+            if name.startswith(prefixes):
                 return index
         return best
 
@@ -130,44 +145,104 @@ def _cmdline_text(data: bytes) -> str:
     return text.rstrip("\0").replace("\0", " ")
 
 
-def scan_procfs(wants_cmdline: bool) -> list[Proc]:
-    page_size = os.sysconf("SC_PAGE_SIZE")
-    with os.scandir(PROC) as entries:
-        pids = [entry.name for entry in entries if entry.name.isdigit()]
-    found = []
-    for pid in pids:
-        folder = f"{PROC}/{pid}/"
-        try:
-            stat = _read(folder + "stat", 1024)
-            close = stat.rindex(b")")
-            name = stat[stat.index(b"(") + 1:close].decode("utf-8", "surrogateescape")
-            fields = stat[close + 2:].split(b" ", 8)  # state ppid pgrp session tty_nr tpgid flags ...
-            ppid = int(fields[1])
-            if int(fields[6]) & PF_KTHREAD:
-                memory = rss = 0  # a kernel thread: no memory of its own to read
-            else:
-                statm = _read(folder + "statm", 256).split(b" ", 3)
-                memory = max(0, int(statm[1]) - int(statm[2])) * page_size
-                rss = int(statm[1]) * page_size
-        except OSError:
-            continue  # ended since it was listed
-        except (ValueError, IndexError):
-            continue
-        cmdline = None
-        if wants_cmdline or len(name) >= COMM_LENGTH or name.startswith(SHIM_PREFIX):
+def _parent(folder: str) -> tuple[int, bool]:
+    """(parent pid, whether it is a kernel thread) from /proc/PID/stat."""
+    stat = read_small_file(folder + "stat", 1024)
+    fields = stat[stat.rindex(b")") + 2:].split(b" ", 7)  # state ppid pgrp session tty_nr tpgid flags ...
+    return int(fields[1]), bool(int(fields[6]) & PF_KTHREAD)
+
+
+class ProcTable:
+    """Linux: every process of /proc at every scrape, through files kept open between
+    scrapes (KeptFiles: one pread each instead of an open, a read and a close).
+
+    Each scrape reads each process's `comm` (its name) and `statm` (its memory). `stat`
+    (its parent, whether it is a kernel thread), which costs the kernel more to write than
+    both, is read when the process is new to the table, and again when its parent has
+    ended or its parent's pid now names a newer process: a process's parent changes only
+    when the parent ends (the child goes to a reaper). The command line is read where a
+    claim needs it or the kernel cut the name short (then the program's file name is the
+    name, as psutil gives it)."""
+
+    def __init__(self) -> None:
+        self.files = KeptFiles()
+        self._parents: dict[str, tuple[int, bool]] = {}  # pid -> (parent pid, kernel thread)
+
+    def scan(self, wants_cmdline: bool) -> list[Proc]:
+        page_size = os.sysconf("SC_PAGE_SIZE")
+        read = self.files.read
+        known = self._parents
+        with os.scandir(PROC) as entries:
+            pids = [entry.name for entry in entries if entry.name.isdigit()]
+        parents: dict[str, tuple[int, bool]] = {}
+        found: list[Proc] = []
+        new: set[int] = set()      # processes this table had not seen (or not under this pid)
+        ended: set[int] = set()    # zombies: ended, their children already given to a reaper
+        for pid in pids:
+            folder = f"{PROC}/{pid}/"
+            number = int(pid)
             try:
-                raw = _read(folder + "cmdline")
+                comm, fresh = read(folder + "comm", 64)
+                about = None if fresh else known.get(pid)
+                if about is None:
+                    about = _parent(folder)
+                ppid, kernel_thread = about
+                if kernel_thread:
+                    memory = rss = 0  # a kernel thread: no memory of its own to read
+                else:
+                    statm, fresh_statm = read(folder + "statm", 256)
+                    if fresh_statm and not fresh:  # it ended between the two reads; this is its successor
+                        fresh, about = True, _parent(folder)
+                        ppid = about[0]
+                    size, resident, shared = statm.split(b" ", 3)[:3]
+                    if size == b"0":
+                        ended.add(number)
+                    memory = max(0, int(resident) - int(shared)) * page_size
+                    rss = int(resident) * page_size
             except OSError:
-                raw = b""
-            if raw:
-                cmdline = _cmdline_text(raw)
-                if len(name) >= COMM_LENGTH:
-                    # Like psutil: the program's file name when it starts as the cut name does.
-                    full = program_name(raw)
-                    if full.startswith(name):
-                        name = full
-        found.append(Proc(int(pid), ppid, name, memory, cmdline, rss))
-    return found
+                continue  # ended since it was listed
+            except (ValueError, IndexError):
+                continue
+            parents[pid] = about
+            if fresh:
+                new.add(number)
+            name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
+            cmdline = None
+            if wants_cmdline or len(name) >= COMM_LENGTH or name.startswith(SHIM_PREFIX):
+                try:
+                    raw = read(folder + "cmdline", 4096, CMDLINE_LIMIT)[0]
+                except OSError:
+                    raw = b""
+                if raw:
+                    cmdline = _cmdline_text(raw)
+                    if len(name) >= COMM_LENGTH:
+                        # Like psutil: the program's file name when it starts as the cut name does.
+                        full = program_name(raw)
+                        if full.startswith(name):
+                            name = full
+            found.append(Proc(number, ppid, name, memory, cmdline, rss))
+        # Processes whose parent has ended since it was read went to a reaper: read their parent again.
+        listed = {proc.pid for proc in found}
+        for proc in found:
+            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in listed):
+                try:
+                    about = _parent(f"{PROC}/{proc.pid}/")
+                except (OSError, ValueError, IndexError):
+                    continue
+                proc.ppid = about[0]
+                parents[str(proc.pid)] = about
+        self._parents = parents
+        self.files.sweep()
+        return found
+
+
+def scan_procfs(wants_cmdline: bool) -> list[Proc]:
+    """One walk of /proc with nothing kept (a table of its own)."""
+    table = ProcTable()
+    try:
+        return table.scan(wants_cmdline)
+    finally:
+        table.files.close()
 
 
 def wants_cmdlines(config: Config) -> bool:
@@ -185,11 +260,12 @@ class SharedScan:
         self._lock = threading.Lock()
         self._deadline: Deadline | None = None
         self._processes: list[Proc] = []
+        self._table = ProcTable()
 
     def procfs(self, deadline: Deadline, config: Config) -> list[Proc]:
         with self._lock:
             if self._deadline is not deadline:
-                self._processes = scan_procfs(wants_cmdlines(config))
+                self._processes = self._table.scan(wants_cmdlines(config))
                 self._deadline = deadline
             return self._processes
 
@@ -270,16 +346,21 @@ def kernel_memory_vm_stat(deadline: Deadline, footprints: bool) -> int:
 
 # --- grouping ------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Assignment:
+class Assignment(NamedTuple):
     app: str | None   # None: nobody claims it (its program name decides)
     passes_on: bool   # its children without a claim of their own take it
     sealed: bool = False  # inside a container: every descendant takes it
 
 
+@functools.lru_cache(maxsize=4)
+def matcher(apps: tuple[App, ...]) -> Matcher:
+    """One Matcher per configuration, kept across scrapes with what it has learnt of names."""
+    return Matcher(apps)
+
+
 def assign(processes: list[Proc], apps: tuple[App, ...], own_pid: int,
            bundle_ids: frozenset[str]) -> dict[int, Assignment]:
-    matcher = Matcher(apps)
+    matcher_ = matcher(apps)
     by_pid = {proc.pid: proc for proc in processes}
     kernel_parent = 2 if by_pid.get(2) is not None and by_pid[2].name == "kthreadd" else None
     result: dict[int, Assignment] = {}
@@ -291,7 +372,7 @@ def assign(processes: list[Proc], apps: tuple[App, ...], own_pid: int,
             return Assignment(MONITORING, True)
         if kernel_parent is not None and kernel_parent in (proc.pid, proc.ppid):
             return Assignment(SYSTEM, False)
-        index = matcher.claim(proc.name, lambda: proc.cmdline)
+        index = matcher_.claim(proc.name, lambda: proc.cmdline)
         if proc.name.startswith(SHIM_PREFIX):
             text = proc.cmdline or ""
             if any(container_id in text for container_id in bundle_ids):

@@ -14,9 +14,8 @@ import sys
 
 import psutil
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge
 from exporter.config import ProcessGroup
-from exporter.patterns import CMDLINE_LIMIT
 
 PROC = "/proc"
 # The psutil path (macOS and every other system) is taken on Linux too when this is True:
@@ -35,11 +34,6 @@ def matches(group: ProcessGroup, name: str, cmdline: list[str] | None) -> bool:
 
 
 # --- Linux: /proc straight -------------------------------------------------------------
-
-def _read(path: str, size: int = 4096) -> bytes:
-    """A /proc file, at most CMDLINE_LIMIT bytes of it (a command line is matched no further)."""
-    return read_small_file(path, size, CMDLINE_LIMIT)
-
 
 def program_name(data: bytes) -> str:
     """The file name of the program in /proc/PID/cmdline: psutil's basename of cmdline()[0]."""

@@ -1,0 +1,226 @@
+"""The process walk's kept /proc files (apps.ProcTable over base.KeptFiles), on the real /proc.
+
+Each scrape reads every process's name and memory through descriptors kept open since
+the scrape before, and its parent only when that can have changed. These tests hold the
+walk to what a walk from scratch reads, through the changes that make kept state wrong
+if it is kept carelessly: a process that runs another program, a parent that ends (its
+children go to a reaper), processes that end (their files closed), more processes than
+the cap on kept files.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from exporter.collectors import apps as apps_module
+from exporter.collectors.apps import ProcTable, scan_procfs
+from exporter.collectors.base import KeptFiles
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the Linux /proc path")
+
+
+def by_pid(processes):
+    return {proc.pid: proc for proc in processes}
+
+
+def wait_for(condition, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_a_kept_walk_reads_what_a_walk_from_scratch_reads():
+    table = ProcTable()
+    try:
+        table.scan(False)
+        sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(20)]
+        try:
+            for process in sleepers:  # asleep: done loading, its memory no longer moves
+                wait_for(lambda: psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
+            time.sleep(0.1)
+            kept = by_pid(table.scan(False))  # the sleepers new, the rest through kept files
+            fresh = by_pid(scan_procfs(False))
+            for pid in [process.pid for process in sleepers] + [os.getpid(), 1]:
+                assert (kept[pid].name, kept[pid].ppid) == (fresh[pid].name, fresh[pid].ppid)
+                assert kept[pid].name == "sleep" or pid in (os.getpid(), 1)
+            mine = psutil.Process().memory_info()
+            ours = kept[os.getpid()]
+            # This process's own figures move a little between the reads; the sleepers' do not.
+            assert abs(ours.rss - mine.rss) < 8 * 2**20 and abs(ours.memory - (mine.rss - mine.shared)) < 8 * 2**20
+            for process in sleepers:
+                info = psutil.Process(process.pid).memory_info()
+                assert kept[process.pid].rss == fresh[process.pid].rss == info.rss
+                assert kept[process.pid].memory == info.rss - info.shared
+            # Two files kept per process that has memory (name and memory), one per kernel thread.
+            assert len(table.files) >= 2 * len(sleepers)
+        finally:
+            for process in sleepers:
+                process.kill()
+                process.wait()
+    finally:
+        table.files.close()
+
+
+def test_a_process_that_runs_another_program_is_read_under_its_new_name(tmp_path):
+    """exec() keeps the pid and the kept descriptors: the next read gives the new name."""
+    table = ProcTable()
+    process = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
+                                "os.execv('/bin/sleep', ['sleep', '60'])"], stdin=subprocess.PIPE)
+    try:
+        wait_for(lambda: by_pid(table.scan(False)).get(process.pid))
+        before = by_pid(table.scan(False))[process.pid]
+        assert before.name.startswith("python")
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+        after = wait_for(lambda: (found := by_pid(table.scan(False)).get(process.pid)) and found.name == "sleep" and found)
+        assert after.ppid == os.getpid()
+        wait_for(lambda: psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
+        time.sleep(0.1)
+        assert by_pid(table.scan(False))[process.pid].rss == psutil.Process(process.pid).memory_info().rss
+    finally:
+        process.kill()
+        process.wait()
+        table.files.close()
+
+
+def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path):
+    """A child's parent is read once, and again when the parent ends: the child then belongs
+    to its reaper (here this test's process, made a subreaper, so that it can wait for it)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    pid_file = tmp_path / "child"
+    script = textwrap.dedent(f"""
+        import subprocess, sys
+        child = subprocess.Popen(["sleep", "60"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        sys.stdin.readline()
+    """)
+    table = ProcTable()
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+    child_pid = None
+    try:
+        child_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text()))
+        assert by_pid(table.scan(False))[child_pid].ppid == parent.pid
+        assert by_pid(table.scan(False))[child_pid].ppid == parent.pid  # kept, not read again
+        parent.stdin.write(b"\n")
+        parent.stdin.flush()
+        # While the parent is a zombie (not yet waited for) the child is already ours.
+        wait_for(lambda: psutil.Process(parent.pid).status() == psutil.STATUS_ZOMBIE)
+        assert by_pid(table.scan(False))[child_pid].ppid == os.getpid()
+        parent.wait()
+        assert by_pid(table.scan(False))[child_pid].ppid == os.getpid()
+    finally:
+        parent.kill()
+        parent.wait()
+        if child_pid is not None:
+            os.kill(child_pid, signal.SIGKILL)
+            os.waitpid(child_pid, 0)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        table.files.close()
+
+
+def test_files_of_ended_processes_are_closed_and_none_leak():
+    table = ProcTable()
+    try:
+        table.scan(False)
+        base = len(table.files)
+        for _ in range(3):
+            sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(100)]
+            listed = by_pid(table.scan(False))
+            assert all(process.pid in listed for process in sleepers)
+            assert len(table.files) >= base + 200 - 20
+            for process in sleepers:
+                process.kill()
+                process.wait()
+            listed = by_pid(table.scan(False))
+            assert not any(process.pid in listed for process in sleepers)
+            assert len(table.files) <= base + 20  # the machine's other processes come and go a little
+        open_now = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
+        table.files.close()
+        assert len(table.files) == 0
+        closed = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
+        assert open_now - closed >= base - 20
+    finally:
+        table.files.close()
+
+
+def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch):
+    monkeypatch.setattr(KeptFiles, "_allowed", classmethod(lambda cls: 10))
+    table = ProcTable()
+    try:
+        for _ in range(3):
+            capped = by_pid(table.scan(False))
+            assert len(table.files) == 10
+        fresh = by_pid(scan_procfs(False))
+        common = set(capped) & set(fresh)
+        assert len(common) > 20
+        assert all((capped[pid].name, capped[pid].ppid) == (fresh[pid].name, fresh[pid].ppid) for pid in common)
+    finally:
+        table.files.close()
+
+
+def test_the_cap_is_a_quarter_of_the_open_files_limit(monkeypatch):
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert KeptFiles._allowed() == 256
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert KeptFiles._allowed() == KeptFiles.MAX_KEPT
+
+
+def test_a_kept_file_of_an_ended_process_never_reads_a_newer_process(tmp_path):
+    """A descriptor of /proc/PID/... is bound to its process: once it has ended, the read
+    fails and the path is opened anew (`fresh`), whoever has the pid now."""
+    files = KeptFiles()
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        path = f"/proc/{process.pid}/comm"
+        assert files.read(path) == (b"sleep\n", True)
+        assert files.read(path) == (b"sleep\n", False)
+        process.kill()
+        process.wait()
+        with pytest.raises(FileNotFoundError):
+            files.read(path)
+        assert len(files) == 0
+    finally:
+        files.close()
+
+
+def test_the_shared_walk_keeps_its_table_across_scrapes(monkeypatch):
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *args, **kwargs: opened.append(path) or real_open(path, *args, **kwargs))
+    table = ProcTable()
+    try:
+        table.scan(False)
+        first = len(opened)
+        opened.clear()
+        table.scan(False)
+        # The second walk opens only what has started since (a few on a busy machine), not a file per process.
+        assert first > 100 and len(opened) < first / 10
+    finally:
+        table.files.close()
+
+
+def test_the_exporter_raises_its_open_files_limit_as_go_programs_do():
+    script = ("import resource; from exporter.selfmetrics import raise_open_files_limit; "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); raise_open_files_limit(); "
+              "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(apps_module.__file__))) + "/..")
+    assert done.stdout.split() == ["4096", "4096"]
