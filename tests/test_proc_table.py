@@ -224,3 +224,33 @@ def test_the_exporter_raises_its_open_files_limit_as_go_programs_do():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(apps_module.__file__))) + "/..")
     assert done.stdout.split() == ["4096", "4096"]
+
+
+def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
+    """process_* on /metrics, as client_python names them: resident memory, CPU, open and
+    maximum files (the limit raised to the hard one), threads; each against the kernel's
+    figures for the exporter's pid."""
+    import resource
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.parts.exporter_process import ExporterProcess
+
+    exporter = ExporterProcess("docker:\n  enabled: false\n").wait_ready()
+    try:
+        for _ in range(3):
+            exporter.scrape()
+        page = {sample.name: sample.value for family in text_string_to_metric_families(exporter.scrape().text)
+                for sample in family.samples if not sample.labels}
+        process = psutil.Process(exporter.process.pid)
+        fds = len(os.listdir(f"/proc/{process.pid}/fd"))
+        assert abs(page["process_resident_memory_bytes"] - process.memory_info().rss) < 4 * 2**20
+        assert 0 < page["process_cpu_seconds_total"] <= sum(process.cpu_times()[:2]) + 0.05
+        assert abs(page["process_open_fds"] - fds) <= 8
+        assert fds > 100  # the walk's kept files: name and memory of each process
+        assert page["process_max_fds"] == process.rlimit(psutil.RLIMIT_NOFILE)[0] == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        assert page["process_threads"] == process.num_threads()
+        assert abs(page["process_start_time_seconds"] - process.create_time()) < 1
+        assert page["process_virtual_memory_bytes"] == pytest.approx(process.memory_info().vms, rel=0.2)
+    finally:
+        exporter.stop()
