@@ -29,7 +29,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge, read_small_file
+from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, SourceNotRunning, byte_count,
+                                      gauge, read_small_file)
 from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
                                             UnixSocketEngine, version_lt)
 from exporter.config import Config
@@ -184,11 +185,13 @@ def _with_labels(summary: Mapping[str, Any], usage_bytes: int, limit_bytes: int 
     )
 
 
-def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | None:
+def cgroup_memory(root: Path, container_id: str, files: KeptFiles | None = None) -> tuple[int, int | None] | None:
     """(usage as docker stats computes it, limit or None) from the container's memory
-    cgroup, as the engine itself reads it; None when no cgroup of that id is visible."""
+    cgroup, as the engine itself reads it; None when no cgroup of that id is visible.
+    files: the collector's kept files (read at every scrape), else each file is opened."""
     if not _CONTAINER_ID.fullmatch(container_id):
         return None
+    read = _read_small if files is None else (lambda path: files.read(path, 8192)[0])
     base = str(root)
     candidates = (  # cgroupfs and systemd drivers, cgroup v1 and v2
         f"{base}/memory/docker/{container_id}/",
@@ -200,18 +203,18 @@ def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | Non
     for directory in candidates:
         try:
             try:  # v1
-                usage = int(_read_file(directory + "memory.usage_in_bytes"))
-                limit = int(_read_file(directory + "memory.limit_in_bytes"))
+                usage = int(read(directory + "memory.usage_in_bytes"))
+                limit = int(read(directory + "memory.limit_in_bytes"))
                 inactive_key = b"total_inactive_file"
             except (FileNotFoundError, NotADirectoryError):  # v2, or no cgroup here
                 try:
-                    usage = int(_read_file(directory + "memory.current"))
+                    usage = int(read(directory + "memory.current"))
                 except (FileNotFoundError, NotADirectoryError):
                     continue
-                raw_limit = _read_file(directory + "memory.max").strip()
+                raw_limit = read(directory + "memory.max").strip()
                 limit = CGROUP_NO_LIMIT if raw_limit == b"max" else int(raw_limit)
                 inactive_key = b"inactive_file"
-            inactive = _memory_stat_value(_read_file(directory + "memory.stat"), inactive_key)
+            inactive = _memory_stat_value(read(directory + "memory.stat"), inactive_key)
         except (OSError, ValueError):
             return None  # gone mid-read, or not ours to read: the API answers instead
         memory_stats = {"usage": usage, "stats": {inactive_key.decode(): inactive}}
@@ -219,7 +222,7 @@ def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | Non
     return None
 
 
-def _read_file(path: str) -> bytes:
+def _read_small(path: str) -> bytes:
     """A cgroup file: cgroupfs answers a read with all it has when the buffer holds it."""
     return read_small_file(path, 8192)
 
@@ -282,6 +285,7 @@ class DockerCollector(SourceCollector):
         self.cgroup_root: Path | None = CGROUP_ROOT if CGROUP_ROOT.is_dir() else None
         # Runs every engine call, so that each one can be abandoned at the deadline.
         self._pool = Workers(MAX_PARALLEL_STATS, "docker")
+        self._files = KeptFiles()  # the containers' cgroup files, read at every scrape
 
     def collect(self, deadline: Deadline | None = None) -> Iterator[Metric]:
         # The scrape orchestrator keeps families yielded before a CollectorError, so
@@ -322,11 +326,12 @@ class DockerCollector(SourceCollector):
         if self.cgroup_root is not None:
             through_api = []
             for summary in listed:
-                figures = cgroup_memory(self.cgroup_root, summary["Id"])
+                figures = cgroup_memory(self.cgroup_root, summary["Id"], self._files)
                 if figures is None:
                     through_api.append(summary)
                 else:
                     readings.append(_with_labels(summary, *figures))
+            self._files.sweep()  # those of containers no longer running
             listed = through_api
         if listed:
             readings += self._read_containers_through_api(client, listed, deadline)
