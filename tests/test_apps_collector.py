@@ -11,6 +11,7 @@ import time
 from collections import namedtuple
 from pathlib import Path
 
+import docker
 import psutil
 import pytest
 
@@ -326,10 +327,26 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         # Without the engine's answer the bundle is not told apart: its containers count as docker.
         blind = AppsCollector(Config(docker_host="unix:///nonexistent.sock")).read()[3]
         assert {blind[pid].app for pid in bundle_pids if pid in blind} == {"docker"}
+        # The engine is asked again only when the containers' shims change (labels of a running
+        # container cannot): a second bundle container started later is told apart at once.
+        collector = AppsCollector(config)
+        asked = []
+        real_ask = collector._bundle_container_ids
+        collector._bundle_container_ids = lambda: asked.append(1) or real_ask()
+        collector.read()
+        collector.read()
+        assert len(asked) == 1
+        second = docker_engine.run("apps-bundle-grafana", labels={"dev.aitools.app": "monitoring"})
+        _, _, processes, assignments = collector.read()
+        assert len(asked) == 2
+        assert {assignments[pid].app for pid in members(second)} == {"monitoring"}
     finally:
         container.remove(force=True)
-        for name in ("apps-user-db", "apps-bundle-prometheus"):
-            docker_engine.client.containers.get(name).remove(force=True)
+        for name in ("apps-user-db", "apps-bundle-prometheus", "apps-bundle-grafana"):
+            try:
+                docker_engine.client.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
 
 
 # --- configuration -----------------------------------------------------------------------

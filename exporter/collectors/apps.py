@@ -445,6 +445,8 @@ class AppsCollector(SourceCollector):
             raise ValueError(f"{SOURCE_ENV} must be one of {', '.join(SOURCES)}, not {chosen!r}")
         self.source = chosen
         self._engine = None
+        self._shims: frozenset[str] | None = None  # the shims' command lines of the last answer
+        self._bundle: frozenset[str] = frozenset()
 
     def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
         deadline = self.deadline(deadline)
@@ -461,8 +463,13 @@ class AppsCollector(SourceCollector):
                 kernel = kernel_memory_procfs()
         except (psutil.Error, OSError, ValueError) as exc:
             raise CollectorError(f"cannot read the processes' memory: {exc}") from None
-        shims = any(proc.name.startswith(SHIM_PREFIX) for proc in processes)
-        bundle = self._bundle_container_ids() if shims else frozenset()
+        # The bundle's containers, asked of the engine only when the containers' shims have
+        # changed: a running container's labels cannot change.
+        shims = frozenset(proc.cmdline or "" for proc in processes if proc.name.startswith(SHIM_PREFIX))
+        if shims != self._shims:
+            bundle = self._bundle_container_ids() if shims else frozenset()
+            self._shims, self._bundle = (shims, bundle) if bundle is not None else (None, frozenset())
+        bundle = self._bundle
         assignments = assign(processes, apps, os.getpid(), bundle)
         memory, count = breakdown(processes, assignments, apps, kernel)
         return memory, count, processes, assignments
@@ -490,9 +497,10 @@ class AppsCollector(SourceCollector):
         yield info
         yield vm
 
-    def _bundle_container_ids(self) -> frozenset[str]:
+    def _bundle_container_ids(self) -> frozenset[str] | None:
         """The ids of the running containers of the monitoring bundle, from the engine; none
-        when Docker is disabled or does not answer (their processes then count as docker)."""
+        when Docker is disabled, None when the engine does not answer (their processes then
+        count as docker this scrape, and it is asked again at the next)."""
         if not self.config.docker_enabled:
             return frozenset()
         from exporter.collectors.docker import resolve_docker_host
@@ -517,4 +525,4 @@ class AppsCollector(SourceCollector):
                 except Exception:  # noqa: BLE001
                     pass
                 self._engine = None
-            return frozenset()
+            return None
