@@ -111,6 +111,10 @@ def main(ctx: click.Context, config_file, listen_address, web_config_file, log_l
 def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None,
           max_requests=None):
     """Serve /metrics, / and /healthz (the default command)."""
+    from exporter.selfmetrics import limit_malloc_arenas, raise_open_files_limit
+
+    limit_malloc_arenas()  # before any thread starts
+    raise_open_files_limit()
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
                          web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)
     _setup_logging(settings.get("log_level"))
@@ -127,9 +131,6 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         except WebConfigError as exc:
             click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
             sys.exit(2)
-    from exporter.selfmetrics import raise_open_files_limit
-
-    raise_open_files_limit()
     registry, _ = build_registry(config, own_metrics=True)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:

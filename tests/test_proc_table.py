@@ -20,7 +20,6 @@ import time
 import psutil
 import pytest
 
-from exporter.collectors import apps as apps_module
 from exporter.collectors.apps import ProcTable, scan_procfs
 from exporter.collectors.base import KeptFiles
 
@@ -222,7 +221,7 @@ def test_the_exporter_raises_its_open_files_limit_as_go_programs_do():
               "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); raise_open_files_limit(); "
               "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(apps_module.__file__))) + "/..")
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert done.stdout.split() == ["4096", "4096"]
 
 
@@ -254,3 +253,39 @@ def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
         assert page["process_virtual_memory_bytes"] == pytest.approx(process.memory_info().vms, rel=0.2)
     finally:
         exporter.stop()
+
+
+MALLOC_ARENAS = """
+import ctypes, os, sys, threading
+from exporter.selfmetrics import limit_malloc_arenas
+if sys.argv[1] == "limited":
+    limit_malloc_arenas()
+barrier = threading.Barrier(8)
+def work():
+    barrier.wait()
+    for _ in range(2000):
+        data = [bytes(4000) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(8)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+libc = ctypes.CDLL(None)
+libc.fdopen.restype = ctypes.c_void_p
+stream = libc.fdopen(os.dup(1), b"w")
+libc.malloc_info(0, ctypes.c_void_p(stream))
+libc.fflush(ctypes.c_void_p(stream))
+"""
+
+
+@pytest.mark.parametrize("mode", ["limited", "default"])
+def test_the_exporter_keeps_two_malloc_arenas(mode):
+    """glibc's arenas (malloc_info's <heap> elements) with eight threads allocating at once:
+    two once limited, as serve does before its threads start; more without."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc only")
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    done = subprocess.run([sys.executable, "-c", MALLOC_ARENAS, mode], capture_output=True, text=True, check=True,
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    heaps = done.stdout.count("<heap nr=")
+    assert 1 <= heaps <= 2 if mode == "limited" else heaps > 2, done.stdout[:300]
