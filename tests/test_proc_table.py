@@ -257,9 +257,6 @@ def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
 
 MALLOC_ARENAS = """
 import ctypes, os, sys, threading
-from exporter.selfmetrics import limit_malloc_arenas
-if sys.argv[1] == "limited":
-    limit_malloc_arenas()
 barrier = threading.Barrier(8)
 def work():
     barrier.wait()
@@ -269,6 +266,17 @@ threads = [threading.Thread(target=work) for _ in range(8)]
 for thread in threads: thread.start()
 for thread in threads: thread.join()
 libc = ctypes.CDLL(None)
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype = ctypes.c_void_p
+blocks = [libc.malloc(1000) for _ in range(7)]
+free_before = libc.mallinfo2().fordblks
+for block in blocks:
+    libc.free(ctypes.c_void_p(block))
+# With a thread cache the seven freed blocks stay in it, not free in the arena.
+print("freed-into-arena", libc.mallinfo2().fordblks - free_before, flush=True)
 libc.fdopen.restype = ctypes.c_void_p
 stream = libc.fdopen(os.dup(1), b"w")
 libc.malloc_info(0, ctypes.c_void_p(stream))
@@ -276,16 +284,53 @@ libc.fflush(ctypes.c_void_p(stream))
 """
 
 
-@pytest.mark.parametrize("mode", ["limited", "default"])
-def test_the_exporter_keeps_two_malloc_arenas(mode):
-    """glibc's arenas (malloc_info's <heap> elements) with eight threads allocating at once:
-    two once limited, as serve does before its threads start; more without."""
-    import platform
+def glibc() -> bool:
+    try:
+        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        return False
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("glibc's malloc only")
-    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
-    done = subprocess.run([sys.executable, "-c", MALLOC_ARENAS, mode], capture_output=True, text=True, check=True,
-                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+@pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
+@pytest.mark.parametrize("tuned", [True, False])
+def test_the_malloc_tunables_keep_two_arenas_and_no_thread_caches(tuned):
+    """What serve starts itself with: glibc's arenas (malloc_info's <heap> elements) with
+    eight threads allocating at once are two, and no thread keeps a cache of freed blocks;
+    without, more arenas and thread caches."""
+    from exporter.selfmetrics import MALLOC_TUNABLES
+
+    env = {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")}
+    if tuned:
+        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+    done = subprocess.run([sys.executable, "-c", MALLOC_ARENAS], capture_output=True, text=True, check=True, env=env)
     heaps = done.stdout.count("<heap nr=")
-    assert 1 <= heaps <= 2 if mode == "limited" else heaps > 2, done.stdout[:300]
+    freed = int(done.stdout.split("freed-into-arena ", 1)[1].split()[0])
+    if tuned:
+        assert 1 <= heaps <= 2 and freed >= 7 * 1000, done.stdout[:300]
+    else:
+        assert heaps > 2 and freed == 0, done.stdout[:300]
+
+
+@pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
+def test_serve_restarts_itself_once_with_the_malloc_tunables_and_keeps_the_users():
+    from exporter.selfmetrics import MALLOC_TUNABLES
+    from tests.parts.exporter_process import ExporterProcess
+
+    def environ(pid: int) -> dict[str, str]:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            pairs = [item.decode().split("=", 1) for item in handle.read().split(b"\0") if b"=" in item]
+        return dict(pairs)
+
+    plain = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    for preset, expected in ((None, MALLOC_TUNABLES), ("glibc.malloc.arena_max=4", "glibc.malloc.arena_max=4")):
+        env = dict(plain, **({"GLIBC_TUNABLES": preset} if preset else {}))
+        exporter = ExporterProcess("docker:\n  enabled: false\n", env=env)
+        try:
+            exporter.wait_ready()
+            assert exporter.scrape().status_code == 200
+            # The same process (exec keeps the pid), started once more with the tunables set
+            # (glibc cuts the variable at the first ':' as it parses it, in place).
+            assert expected.startswith(environ(exporter.process.pid).get("GLIBC_TUNABLES"))
+            assert psutil.Process(exporter.process.pid).cmdline()[1:4] == ["-m", "exporter", "--web.listen-address"]
+        finally:
+            exporter.stop()

@@ -166,7 +166,9 @@ class ProcTable:
 
     def __init__(self) -> None:
         self.files = KeptFiles()
-        self._parents: dict[str, tuple[int, bool]] = {}  # pid -> (parent pid, kernel thread)
+        # pid -> (parent pid, kernel thread), updated in place: a scrape of a steady process
+        # table allocates nothing for it.
+        self._parents: dict[int, tuple[int, bool]] = {}
 
     def scan(self, wants_cmdline: bool) -> list[Proc]:
         page_size = os.sysconf("SC_PAGE_SIZE")
@@ -174,7 +176,6 @@ class ProcTable:
         known = self._parents
         with os.scandir(PROC) as entries:
             pids = [entry.name for entry in entries if entry.name.isdigit()]
-        parents: dict[str, tuple[int, bool]] = {}
         found: list[Proc] = []
         new: set[int] = set()      # processes this table had not seen (or not under this pid)
         ended: set[int] = set()    # zombies: ended, their children already given to a reaper
@@ -183,7 +184,7 @@ class ProcTable:
             number = int(pid)
             try:
                 comm, fresh = read(folder + "comm", 64)
-                about = None if fresh else known.get(pid)
+                about = None if fresh else known.get(number)
                 if about is None:
                     about = _parent(folder)
                 ppid, kernel_thread = about
@@ -203,8 +204,8 @@ class ProcTable:
                 continue  # ended since it was listed
             except (ValueError, IndexError):
                 continue
-            parents[pid] = about
             if fresh:
+                known[number] = about
                 new.add(number)
             name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
             cmdline = None
@@ -221,17 +222,17 @@ class ProcTable:
                         if full.startswith(name):
                             name = full
             found.append(Proc(number, ppid, name, memory, cmdline, rss))
+        if len(known) != len(found):  # some have ended: forget them
+            known = self._parents = {proc.pid: known[proc.pid] for proc in found}
         # Processes whose parent has ended since it was read went to a reaper: read their parent again.
-        listed = {proc.pid for proc in found}
         for proc in found:
-            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in listed):
+            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in known):
                 try:
                     about = _parent(f"{PROC}/{proc.pid}/")
                 except (OSError, ValueError, IndexError):
                     continue
                 proc.ppid = about[0]
-                parents[str(proc.pid)] = about
-        self._parents = parents
+                known[proc.pid] = about
         self.files.sweep()
         return found
 

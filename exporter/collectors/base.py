@@ -133,8 +133,10 @@ class KeptFiles:
     MAX_KEPT = 65536
 
     def __init__(self) -> None:
-        self._fds: dict[str, int] = {}
-        self._read: set[str] = set()
+        # path -> [descriptor, the round it was last read in]: updated in place, so that a
+        # scrape allocates nothing here for files it read before.
+        self._kept: dict[str, list[int]] = {}
+        self._round = 0
         self._cap = self._allowed()
 
     @classmethod
@@ -148,20 +150,21 @@ class KeptFiles:
         return cls.MAX_KEPT if soft == resource.RLIM_INFINITY else max(0, min(cls.MAX_KEPT, soft // 4))
 
     def __len__(self) -> int:
-        return len(self._fds)
+        return len(self._kept)
 
     def read(self, path: str, size: int = 4096, limit: int = 2**20) -> tuple[bytes, bool]:
         """(the file's content, whether it was opened now rather than kept from an earlier
         read: for /proc/PID/..., a process this reader had not seen under that path)."""
-        fd = self._fds.get(path)
-        if fd is not None:
+        kept = self._kept.get(path)
+        if kept is not None:
             try:
-                data = os.pread(fd, size, 0)
-                self._read.add(path)
-                return (data if len(data) < size else self._rest(fd, data, limit)), False
+                data = os.pread(kept[0], size, 0)
             except OSError:  # ESRCH: the process has ended (a new one may have its pid); else gone
-                del self._fds[path]
-                os.close(fd)
+                del self._kept[path]
+                os.close(kept[0])
+            else:
+                kept[1] = self._round
+                return (data if len(data) < size else self._rest(kept[0], data, limit)), False
         fd = os.open(path, os.O_RDONLY)
         try:
             data = os.pread(fd, size, 0)
@@ -170,9 +173,8 @@ class KeptFiles:
         except BaseException:
             os.close(fd)
             raise
-        if len(self._fds) < self._cap:
-            self._fds[path] = fd
-            self._read.add(path)
+        if len(self._kept) < self._cap:
+            self._kept[path] = [fd, self._round]
         else:
             os.close(fd)
         return data, True
@@ -187,16 +189,16 @@ class KeptFiles:
 
     def sweep(self) -> None:
         """Close the files not read since the last sweep."""
-        for path in [path for path in self._fds if path not in self._read]:
-            os.close(self._fds.pop(path))
-        self._read = set()
+        current = self._round
+        for path in [path for path, kept in self._kept.items() if kept[1] != current]:
+            os.close(self._kept.pop(path)[0])
+        self._round = current + 1
         self._cap = self._allowed()
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        for fd, _ in self._kept.values():
             os.close(fd)
-        self._fds.clear()
-        self._read = set()
+        self._kept.clear()
 
 
 def run_bounded(argv: list[str], deadline: Deadline, limit: int = 2**20) -> subprocess.CompletedProcess:
