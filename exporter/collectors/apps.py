@@ -354,14 +354,14 @@ class Assignment(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4)
-def matcher(apps: tuple[App, ...]) -> Matcher:
+def matcher_for(apps: tuple[App, ...]) -> Matcher:
     """One Matcher per configuration, kept across scrapes with what it has learnt of names."""
     return Matcher(apps)
 
 
 def assign(processes: list[Proc], apps: tuple[App, ...], own_pid: int,
            bundle_ids: frozenset[str]) -> dict[int, Assignment]:
-    matcher_ = matcher(apps)
+    matcher = matcher_for(apps)
     by_pid = {proc.pid: proc for proc in processes}
     kernel_parent = 2 if by_pid.get(2) is not None and by_pid[2].name == "kthreadd" else None
     result: dict[int, Assignment] = {}
@@ -373,7 +373,7 @@ def assign(processes: list[Proc], apps: tuple[App, ...], own_pid: int,
             return Assignment(MONITORING, True)
         if kernel_parent is not None and kernel_parent in (proc.pid, proc.ppid):
             return Assignment(SYSTEM, False)
-        index = matcher_.claim(proc.name, lambda: proc.cmdline)
+        index = matcher.claim(proc.name, lambda: proc.cmdline)
         if proc.name.startswith(SHIM_PREFIX):
             text = proc.cmdline or ""
             if any(container_id in text for container_id in bundle_ids):

@@ -104,16 +104,22 @@ def read_small_file(path: str, size: int = 4096, limit: int = 2**20) -> bytes:
     At most `limit` bytes (a command line can be long, never endless). OSError as open()."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        data = os.read(fd, size)
-        if len(data) < size:
-            return data
-        chunks, total = [data], len(data)
-        while total < limit and (chunk := os.read(fd, min(65536, limit - total))):
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
+        return _read_from_start(fd, size, limit)
     finally:
         os.close(fd)
+
+
+def _read_from_start(fd: int, size: int, limit: int) -> bytes:
+    """An open small kernel file's whole content (at most `limit` bytes), read from offset 0:
+    one pread when the file fits in `size` bytes."""
+    data = os.pread(fd, size, 0)
+    if len(data) < size:
+        return data
+    chunks, total = [data], len(data)
+    while total < limit and (chunk := os.pread(fd, min(65536, limit - total), total)):
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 class KeptFiles:
@@ -127,8 +133,9 @@ class KeptFiles:
     ended, reading it fails (ESRCH) instead of reading a newer process that got the same
     pid, and the file is opened again by its path. Files not read since the last `sweep()`
     are closed (their process or container has gone). At most a quarter of the soft limit
-    of open files (capped at MAX_KEPT; the HTTP front may use half) is kept; beyond that, files are read as read_small_file does.
-    Not thread-safe: one user at a time (the process walk holds its lock)."""
+    of open files is kept (capped at MAX_KEPT; the HTTP front may take half); beyond that,
+    files are opened, read and closed as read_small_file does. Not thread-safe: one user at
+    a time (the process walk holds its lock; a collector runs once at a time)."""
 
     MAX_KEPT = 65536
 
@@ -158,18 +165,16 @@ class KeptFiles:
         kept = self._kept.get(path)
         if kept is not None:
             try:
-                data = os.pread(kept[0], size, 0)
+                data = _read_from_start(kept[0], size, limit)
             except OSError:  # ESRCH: the process has ended (a new one may have its pid); else gone
                 del self._kept[path]
                 os.close(kept[0])
             else:
                 kept[1] = self._round
-                return (data if len(data) < size else self._rest(kept[0], data, limit)), False
+                return data, False
         fd = os.open(path, os.O_RDONLY)
         try:
-            data = os.pread(fd, size, 0)
-            if len(data) >= size:
-                data = self._rest(fd, data, limit)
+            data = _read_from_start(fd, size, limit)
         except BaseException:
             os.close(fd)
             raise
@@ -178,14 +183,6 @@ class KeptFiles:
         else:
             os.close(fd)
         return data, True
-
-    @staticmethod
-    def _rest(fd: int, data: bytes, limit: int) -> bytes:
-        chunks, total = [data], len(data)
-        while total < limit and (chunk := os.pread(fd, min(65536, limit - total), total)):
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
 
     def sweep(self) -> None:
         """Close the files not read since the last sweep."""
