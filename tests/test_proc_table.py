@@ -22,6 +22,7 @@ import pytest
 
 from exporter.collectors.apps import ProcTable, scan_procfs
 from exporter.collectors.base import KeptFiles
+from tests.parts import hostile
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the Linux /proc path")
 
@@ -31,13 +32,9 @@ def by_pid(processes):
 
 
 def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+    result = hostile.wait_for(condition, timeout, interval=0.02)
+    assert result, "condition not met in time"
+    return result
 
 
 def test_a_kept_walk_reads_what_a_walk_from_scratch_reads():

@@ -132,10 +132,12 @@ class TricklingServer(RawServer):
             self.trickle(connection, bytes((0x81, len(payload))) + payload)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    """The predicate's first true answer within the timeout; its last (false) answer after it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        result = predicate()
+        if result:
+            return result
         time.sleep(interval)
     return predicate()
