@@ -23,12 +23,14 @@ import psutil
 import pytest
 
 # Holds MB MiB of touched (anonymous, private) memory, starts its children, then sleeps.
+# "ready" goes out in one write: the tree shares one pipe, and print() under PYTHONUNBUFFERED
+# writes the text and its newline apart, so that two processes' lines could interleave.
 SCRIPT = """
-import json, subprocess, sys, time
+import json, os, subprocess, sys, time
 mb, children = int(sys.argv[1]), json.loads(sys.argv[2])
 held = bytearray(b"\\x01") * (mb * 2**20)
 kids = [subprocess.Popen(child) for child in children]
-print("ready", flush=True)
+os.write(1, b"ready\\n")
 time.sleep(600)
 """
 
