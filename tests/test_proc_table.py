@@ -20,11 +20,20 @@ import time
 import psutil
 import pytest
 
-from exporter.collectors.apps import ProcTable, scan_procfs
+from exporter.collectors.apps import ProcTable
 from exporter.collectors.base import KeptFiles
 from tests.parts import hostile
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the Linux /proc path")
+
+
+def scan_procfs(wants_cmdline: bool):
+    """One walk of /proc from scratch: a table of its own, nothing kept."""
+    table = ProcTable()
+    try:
+        return table.scan(wants_cmdline)
+    finally:
+        table.files.close()
 
 
 def by_pid(processes):

@@ -237,15 +237,6 @@ class ProcTable:
         return found
 
 
-def scan_procfs(wants_cmdline: bool) -> list[Proc]:
-    """One walk of /proc with nothing kept (a table of its own)."""
-    table = ProcTable()
-    try:
-        return table.scan(wants_cmdline)
-    finally:
-        table.files.close()
-
-
 def wants_cmdlines(config: Config) -> bool:
     """Whether a scan must read every command line: an app or a process group matches them."""
     return (any(app.cmdline is not None for app in config.apps)
