@@ -1,10 +1,10 @@
 """Process groups (swift-frontend by default): summed resident set and process count.
 
-A scrape walks every process of the machine, so it reads as little as it can: the
-name of each process, its command line only when a group matches on command lines,
-and the resident set only of the processes in a group. On Linux it reads /proc itself
-(the files and the parsing psutil's name(), cmdline() and memory_info() use, without
-the objects around them: a third of the CPU time); elsewhere psutil reads them.
+On Linux the groups are counted on the scrape's one walk of /proc, which the apps
+collector makes too (apps.SHARED_SCAN over apps.ProcTable: name, resident set, and the
+command line where a group or an app matches on command lines). Elsewhere psutil walks
+the processes: their name, their command line only when a group matches on command
+lines, and the resident set only of the processes in a group.
 """
 
 from __future__ import annotations
