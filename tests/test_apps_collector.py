@@ -275,8 +275,8 @@ def test_macos_names_group_like_activity_monitor():
                          ("Code Helper (Renderer)", "ide"), ("ollama", "ollama"), ("LM Studio", "lmstudio"),
                          ("python3.11", "python"), ("kernel_task", "system"), ("WindowServer", "system"),
                          ("containerd-shim-runc-v2", "docker"), ("dockerd", "docker"), ("node", "node")]:
-        assert names[matcher.claim(process, lambda: None)] == app, process
-    assert matcher.claim("Safari", lambda: None) is None
+        assert names[matcher.claim(process, None)] == app, process
+    assert matcher.claim("Safari", None) is None
 
 
 # --- containers: a real Docker engine ----------------------------------------------------

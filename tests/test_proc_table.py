@@ -1,11 +1,13 @@
-"""The process walk's kept /proc files (apps.ProcTable over base.KeptFiles), on the real /proc.
+"""The process walk's kept /proc files (apps.ProcTable), on the real /proc.
 
 Each scrape reads every process's name and memory through descriptors kept open since
-the scrape before, and its parent only when that can have changed. These tests hold the
-walk to what a walk from scratch reads, through the changes that make kept state wrong
-if it is kept carelessly: a process that runs another program, a parent that ends (its
-children go to a reaper), processes that end (their files closed), more processes than
-the cap on kept files.
+the scrape before (compiled, exporter/_procfs.c, where it was built; else from Python over
+base.KeptFiles: both readers run every test), and its parent only when that can have
+changed. These tests hold the walk to what a walk from scratch reads, through the changes
+that make kept state wrong if it is kept carelessly: a process that runs another program,
+a parent that ends (its children go to a reaper), processes that end (their files
+closed), a pid given to a newer process, more processes than the cap on kept files; and
+the two readers to the same figures, on /proc and on a folder of hostile files.
 """
 
 from __future__ import annotations
@@ -20,20 +22,37 @@ import time
 import psutil
 import pytest
 
+from exporter.collectors import apps as apps_module
 from exporter.collectors.apps import ProcTable
 from exporter.collectors.base import KeptFiles
+from tests.conftest import missing_realpart
 from tests.parts import hostile
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the Linux /proc path")
+READERS = ["compiled", "python"]
 
 
-def scan_procfs(wants_cmdline: bool):
+@pytest.fixture(params=READERS)
+def reader(request) -> str:
+    if request.param == "compiled" and apps_module.Walker is None:
+        missing_realpart("the compiled /proc reader (exporter._procfs) is not built: pip install -e . with gcc "
+                         "and the Python headers")
+    return request.param
+
+
+def make_table(reader: str, **kwargs) -> ProcTable:
+    table = ProcTable(compiled=reader == "compiled", **kwargs)
+    assert table.compiled == (reader == "compiled")
+    return table
+
+
+def scan_procfs(wants_cmdline: bool, reader: str = "python"):
     """One walk of /proc from scratch: a table of its own, nothing kept."""
-    table = ProcTable()
+    table = make_table(reader)
     try:
         return table.scan(wants_cmdline)
     finally:
-        table.files.close()
+        table.close()
 
 
 def by_pid(processes):
@@ -46,8 +65,23 @@ def wait_for(condition, timeout: float = 10.0):
     return result
 
 
-def test_a_kept_walk_reads_what_a_walk_from_scratch_reads():
+def test_the_compiled_reader_is_built_and_the_default():
+    if apps_module.Walker is None:
+        missing_realpart("the compiled /proc reader (exporter._procfs) is not built")
     table = ProcTable()
+    try:
+        assert table.compiled
+    finally:
+        table.close()
+
+
+def test_the_python_reader_can_be_chosen_by_the_environment(monkeypatch):
+    monkeypatch.setenv(apps_module.READER_ENV, "python")
+    assert not ProcTable().compiled
+
+
+def test_a_kept_walk_reads_what_a_walk_from_scratch_reads(reader):
+    table = make_table(reader)
     try:
         table.scan(False)
         sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(20)]
@@ -56,9 +90,10 @@ def test_a_kept_walk_reads_what_a_walk_from_scratch_reads():
                 wait_for(lambda: psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
             time.sleep(0.1)
             kept = by_pid(table.scan(False))  # the sleepers new, the rest through kept files
-            fresh = by_pid(scan_procfs(False))
+            fresh = by_pid(scan_procfs(False, "python"))
+            other = by_pid(scan_procfs(False, "compiled")) if apps_module.Walker is not None else fresh
             for pid in [process.pid for process in sleepers] + [os.getpid(), 1]:
-                assert (kept[pid].name, kept[pid].ppid) == (fresh[pid].name, fresh[pid].ppid)
+                assert (kept[pid].name, kept[pid].ppid) == (fresh[pid].name, fresh[pid].ppid) == (other[pid].name, other[pid].ppid)
                 assert kept[pid].name == "sleep" or pid in (os.getpid(), 1)
             mine = psutil.Process().memory_info()
             ours = kept[os.getpid()]
@@ -66,21 +101,25 @@ def test_a_kept_walk_reads_what_a_walk_from_scratch_reads():
             assert abs(ours.rss - mine.rss) < 8 * 2**20 and abs(ours.memory - (mine.rss - mine.shared)) < 8 * 2**20
             for process in sleepers:
                 info = psutil.Process(process.pid).memory_info()
-                assert kept[process.pid].rss == fresh[process.pid].rss == info.rss
-                assert kept[process.pid].memory == info.rss - info.shared
-            # Two files kept per process that has memory (name and memory), one per kernel thread.
-            assert len(table.files) >= 2 * len(sleepers)
+                assert kept[process.pid].rss == fresh[process.pid].rss == other[process.pid].rss == info.rss
+                assert kept[process.pid].memory == other[process.pid].memory == info.rss - info.shared
+            # Two files kept per process (name and memory).
+            assert table.kept() >= 2 * len(kept)
+            # Kernel threads: no memory of their own.
+            if kept.get(2) is not None and kept[2].name == "kthreadd":
+                kthreads = [proc for proc in kept.values() if proc.ppid == 2]
+                assert kthreads and all(proc.memory == proc.rss == 0 for proc in kthreads)
         finally:
             for process in sleepers:
                 process.kill()
                 process.wait()
     finally:
-        table.files.close()
+        table.close()
 
 
-def test_a_process_that_runs_another_program_is_read_under_its_new_name(tmp_path):
+def test_a_process_that_runs_another_program_is_read_under_its_new_name(reader):
     """exec() keeps the pid and the kept descriptors: the next read gives the new name."""
-    table = ProcTable()
+    table = make_table(reader)
     process = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
                                 "os.execv('/bin/sleep', ['sleep', '60'])"], stdin=subprocess.PIPE)
     try:
@@ -97,10 +136,10 @@ def test_a_process_that_runs_another_program_is_read_under_its_new_name(tmp_path
     finally:
         process.kill()
         process.wait()
-        table.files.close()
+        table.close()
 
 
-def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path):
+def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path, reader):
     """A child's parent is read once, and again when the parent ends: the child then belongs
     to its reaper (here this test's process, made a subreaper, so that it can wait for it)."""
     import ctypes
@@ -115,7 +154,7 @@ def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path
         open({str(pid_file)!r}, "w").write(str(child.pid))
         sys.stdin.readline()
     """)
-    table = ProcTable()
+    table = make_table(reader)
     parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
     child_pid = None
     try:
@@ -136,47 +175,47 @@ def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path
             os.kill(child_pid, signal.SIGKILL)
             os.waitpid(child_pid, 0)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        table.files.close()
+        table.close()
 
 
-def test_files_of_ended_processes_are_closed_and_none_leak():
-    table = ProcTable()
+def test_files_of_ended_processes_are_closed_and_none_leak(reader):
+    table = make_table(reader)
     try:
         table.scan(False)
-        base = len(table.files)
+        base = table.kept()
         for _ in range(3):
             sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(100)]
             listed = by_pid(table.scan(False))
             assert all(process.pid in listed for process in sleepers)
-            assert len(table.files) >= base + 200 - 20
+            assert table.kept() >= base + 200 - 20
             for process in sleepers:
                 process.kill()
                 process.wait()
             listed = by_pid(table.scan(False))
             assert not any(process.pid in listed for process in sleepers)
-            assert len(table.files) <= base + 20  # the machine's other processes come and go a little
+            assert table.kept() <= base + 20  # the machine's other processes come and go a little
         open_now = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
-        table.files.close()
-        assert len(table.files) == 0
+        table.close()
+        assert table.kept() == 0
         closed = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
         assert open_now - closed >= base - 20
     finally:
-        table.files.close()
+        table.close()
 
 
-def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch):
+def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch, reader):
     monkeypatch.setattr(KeptFiles, "_allowed", classmethod(lambda cls: 10))
-    table = ProcTable()
+    table = make_table(reader)
     try:
         for _ in range(3):
             capped = by_pid(table.scan(False))
-            assert len(table.files) == 10
+            assert table.kept() == 10
         fresh = by_pid(scan_procfs(False))
         common = set(capped) & set(fresh)
         assert len(common) > 20
         assert all((capped[pid].name, capped[pid].ppid) == (fresh[pid].name, fresh[pid].ppid) for pid in common)
     finally:
-        table.files.close()
+        table.close()
 
 
 def test_the_cap_is_a_quarter_of_the_open_files_limit(monkeypatch):
@@ -206,20 +245,143 @@ def test_a_kept_file_of_an_ended_process_never_reads_a_newer_process(tmp_path):
         files.close()
 
 
-def test_the_shared_walk_keeps_its_table_across_scrapes(monkeypatch):
+def start_under_pid(pid: int, argv: list[str], attempts: int = 50) -> subprocess.Popen | None:
+    """A new process with the given pid, by setting the kernel's last handed-out pid just
+    below it (root only; another process that forks in between takes it: try again)."""
+    for _ in range(attempts):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as handle:
+                handle.write(str(pid - 1))
+        except OSError:
+            return None
+        process = subprocess.Popen(argv)
+        if process.pid == pid:
+            return process
+        process.kill()
+        process.wait()
+    return None
+
+
+def test_a_pid_given_to_a_newer_process_is_read_as_that_process(tmp_path, reader):
+    """The kept files of an ended process are not the files of a newer process with its pid:
+    the walk reads the newcomer's name, memory and parent (its parent read anew)."""
+    newcomer = tmp_path / "newcomer"
+    newcomer.symlink_to("/bin/sleep")  # the kernel names a process after the file it runs
+    table = make_table(reader)
+    first = subprocess.Popen(["sleep", "60"])
+    second = None
+    try:
+        wait_for(lambda: (found := by_pid(table.scan(False)).get(first.pid)) and found.name == "sleep")
+        pid = first.pid
+        first.kill()
+        first.wait()
+        second = start_under_pid(pid, [str(newcomer), "60"])
+        if second is None:
+            pytest.skip("cannot hand out a chosen pid here (needs root and a writable ns_last_pid)")
+        wait_for(lambda: psutil.Process(pid).name() == "newcomer")
+        found = by_pid(table.scan(False))[pid]
+        assert found.name == "newcomer" and found.ppid == os.getpid()
+        wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_SLEEPING)
+        time.sleep(0.1)
+        assert by_pid(table.scan(False))[pid].rss == psutil.Process(pid).memory_info().rss
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.wait()
+        table.close()
+
+
+def test_the_shared_walk_keeps_its_table_across_scrapes(monkeypatch, reader):
     opened = []
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda path, *args, **kwargs: opened.append(path) or real_open(path, *args, **kwargs))
-    table = ProcTable()
+    table = make_table(reader)
+
+    def opens() -> int:
+        return len(opened) + (table._walker.opened if table.compiled else 0)
+
     try:
         table.scan(False)
-        first = len(opened)
-        opened.clear()
+        first = opens()
         table.scan(False)
         # The second walk opens only what has started since (a few on a busy machine), not a file per process.
-        assert first > 100 and len(opened) < first / 10
+        assert first > 100 and opens() - first < first / 10
     finally:
-        table.files.close()
+        table.close()
+
+
+# --- a folder of files in /proc's layout: the readers on hostile content --------------------
+
+def write_process(root, pid, comm: bytes | None, statm: bytes | None, ppid: int = 1, flags: int = 0x400000,
+                  cmdline: bytes | None = None) -> None:
+    folder = root / str(pid)
+    folder.mkdir()
+    if comm is not None:
+        (folder / "comm").write_bytes(comm)
+    if statm is not None:
+        (folder / "statm").write_bytes(statm)
+    name = comm.rstrip(b"\n") if comm else b"x"
+    (folder / "stat").write_bytes(b"%d (%s) S %d %d %d 0 -1 %d 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n"
+                                  % (pid, name, ppid, pid, pid, flags))
+    (folder / "cmdline").write_bytes(cmdline if cmdline is not None else b"/usr/bin/" + name + b"\0--flag\0")
+
+
+def test_both_readers_read_a_folder_of_hostile_files_alike(tmp_path, reader):
+    page = os.sysconf("SC_PAGE_SIZE")
+    write_process(tmp_path, 10, b"alpha\n", b"100 40 10 1 0 50 0\n")
+    write_process(tmp_path, 11, b"caf\xe9 \xff\n", b"7 5 1 0 0 0 0\n", ppid=10)  # not UTF-8
+    write_process(tmp_path, 12, b"garbage\n", b"abc def\n")
+    write_process(tmp_path, 13, b"nostatm\n", None)
+    write_process(tmp_path, 14, None, b"1 1 1 1 1 1 1\n")
+    write_process(tmp_path, 15, b"short\n", b"1 2")  # two fields
+    write_process(tmp_path, 16, b"kthread\n", b"0 0 0 0 0 0 0\n", ppid=2, flags=0x00200000)
+    write_process(tmp_path, 17, b"zombie\n", b"0 0 0 0 0 0 0\n", ppid=10)
+    write_process(tmp_path, 18, b"shared-more\n", b"9 3 5 0 0 0 0\n")  # shared above resident: 0, not negative
+    write_process(tmp_path, 19, b"", b"5 4 1 0 0 0 0\n")  # no name at all
+    write_process(tmp_path, 20, b"a-name-cut-shor\n", b"5 4 1 0 0 0 0\n",  # 15 bytes: the cmdline's program
+                  cmdline=b"/opt/a-name-cut-short-here\0--flag\0")
+    for name in ("self", "14x", "-1", "0x1f", "sys"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "21").write_text("a file, not a folder")
+    table = make_table(reader, root=str(tmp_path))
+    try:
+        for _ in range(2):  # once opened, once through kept files
+            found = {proc.pid: (proc.name, proc.ppid, proc.memory, proc.rss) for proc in table.scan(False)}
+            assert found == {
+                10: ("alpha", 1, 30 * page, 40 * page),
+                11: ("caf\udce9 \udcff", 10, 4 * page, 5 * page),
+                16: ("kthread", 2, 0, 0),
+                17: ("zombie", 10, 0, 0),
+                18: ("shared-more", 1, 0, 3 * page),
+                19: ("", 1, 3 * page, 4 * page),
+                20: ("a-name-cut-short-here", 1, 3 * page, 4 * page),
+            }
+        assert table.kept() > 0
+    finally:
+        table.close()
+    assert table.kept() == 0
+
+
+def test_the_compiled_reader_refuses_what_it_cannot_read(tmp_path):
+    if apps_module.Walker is None:
+        missing_realpart("the compiled /proc reader (exporter._procfs) is not built")
+    walker = apps_module.Walker(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):
+        walker.scan(100)
+    with pytest.raises(TypeError):
+        walker.scan("100")
+    walker = apps_module.Walker(str(tmp_path))
+    write_process(tmp_path, 5, b"huge\n", b"99999999999999999999999 1 1 0 0 0 0\n")
+    write_process(tmp_path, 6, b"long" * 40 + b"\n", b"3 2 1 0 0 0 0\n")
+    write_process(tmp_path, 7, b"fine\n", b"3 2 1 0 0 0 0\n")
+    found = {pid: name for pid, name, *_ in walker.scan(100)}
+    assert found[7] == "fine" and 5 not in found  # a number beyond an unsigned long is no reading
+    assert found[6] == ("long" * 16)  # a name is read up to 64 bytes
+    assert walker.scan(-1) and len(walker) == 4  # no more kept; those kept stay
+    walker.close()
+    assert len(walker) == 0
+    assert [pid for pid, *_ in walker.scan(0)] == [6, 7] and len(walker) == 0
 
 
 def test_the_exporter_raises_its_open_files_limit_as_go_programs_do():

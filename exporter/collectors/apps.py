@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -102,7 +102,7 @@ class Matcher:
 
         self._by_name: dict[str, int | None] = {}  # the claims by name, a process table's few hundred names
 
-    def claim(self, name: str, cmdline: Callable[[], str | None]) -> int | None:
+    def claim(self, name: str, cmdline: str | None) -> int | None:
         try:
             best = self._by_name[name]
         except KeyError:
@@ -113,8 +113,7 @@ class Matcher:
         for index, pattern in self.cmdlines:
             if best is not None and index >= best:
                 break
-            text = cmdline()
-            if text and pattern.search(text):
+            if cmdline and pattern.search(cmdline):
                 return index
         return best
 
@@ -152,66 +151,107 @@ def _parent(folder: str) -> tuple[int, bool]:
     return int(fields[1]), bool(int(fields[6]) & PF_KTHREAD)
 
 
+try:  # the walk's reads compiled (setup.py; Linux, where a C compiler was there at install)
+    from exporter._procfs import Walker
+except ImportError:  # pragma: no cover - depends on the install
+    Walker = None
+
+# AITOOLS_PROCFS_READER=python: the walk reads from Python even where the compiled reads
+# are installed (the tests run both; a way out should the compiled part misbehave).
+READER_ENV = "AITOOLS_PROCFS_READER"
+
+
 class ProcTable:
     """Linux: every process of /proc at every scrape, through files kept open between
-    scrapes (KeptFiles: one pread each instead of an open, a read and a close).
+    scrapes (one pread each instead of an open, a read and a close).
 
-    Each scrape reads each process's `comm` (its name) and `statm` (its memory). `stat`
-    (its parent, whether it is a kernel thread), which costs the kernel more to write than
-    both, is read when the process is new to the table, and again when its parent has
-    ended or its parent's pid now names a newer process: a process's parent changes only
-    when the parent ends (the child goes to a reaper). The command line is read where a
-    claim needs it or the kernel cut the name short (then the program's file name is the
-    name, as psutil gives it)."""
+    Each scrape reads each process's `comm` (its name) and `statm` (its memory): compiled
+    (exporter/_procfs.c, a Walker) where it was built at install, else from Python
+    (KeptFiles); both read the same files the same way. `stat` (its parent, whether it is
+    a kernel thread), which costs the kernel more to write than both, is read when the
+    process is new to the table, and again when its parent has ended or its parent's pid
+    now names a newer process: a process's parent changes only when the parent ends (the
+    child goes to a reaper). The command line is read where a claim needs it or the kernel
+    cut the name short (then the program's file name is the name, as psutil gives it)."""
 
-    def __init__(self) -> None:
-        self.files = KeptFiles()
+    def __init__(self, compiled: bool | None = None, root: str = PROC) -> None:
+        if compiled is None:
+            compiled = Walker is not None and os.environ.get(READER_ENV, "compiled") != "python"
+        if compiled and Walker is None:
+            raise RuntimeError("the compiled /proc reader (exporter._procfs) is not installed")
+        self.root = root
+        self._walker = Walker(root) if compiled else None
+        # Command lines; names and memory too without the compiled reader. One cap for both.
+        self.files = KeptFiles(others=self._walker.__len__ if self._walker is not None else None)
         # pid -> (parent pid, kernel thread), updated in place: a scrape of a steady process
         # table allocates nothing for it.
         self._parents: dict[int, tuple[int, bool]] = {}
 
+    @property
+    def compiled(self) -> bool:
+        return self._walker is not None
+
+    def kept(self) -> int:
+        """How many descriptors the table keeps open."""
+        return len(self.files) + (len(self._walker) if self._walker is not None else 0)
+
+    def close(self) -> None:
+        self.files.close()
+        if self._walker is not None:
+            self._walker.close()
+
+    def _readings(self) -> Iterable[tuple[int, str, int, int, int, bool]]:
+        """(pid, name, size, resident, shared, fresh) of every process: statm's first three
+        fields in pages, fresh when its files were opened now (a process new to the table)."""
+        if self._walker is not None:
+            # The files the walker keeps and the command lines KeptFiles keeps share one cap.
+            return self._walker.scan(max(0, KeptFiles._allowed() - len(self.files)))
+        return self._read_python()
+
+    def _read_python(self) -> Iterable[tuple[int, str, int, int, int, bool]]:
+        read = self.files.read
+        with os.scandir(self.root) as entries:
+            pids = [entry.name for entry in entries if entry.name.isdigit()]
+        for pid in pids:
+            folder = f"{self.root}/{pid}/"
+            try:
+                comm, fresh = read(folder + "comm", 64)
+                statm, fresh_statm = read(folder + "statm", 256)
+                if fresh_statm and not fresh:  # it ended between the two reads: this is its successor
+                    comm, fresh = read(folder + "comm", 64)[0], True
+                size, resident, shared = statm.split(b" ", 3)[:3]
+                yield (int(pid), (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape"),
+                       int(size), int(resident), int(shared), fresh)
+            except (OSError, ValueError):
+                continue  # ended since it was listed
+
     def scan(self, wants_cmdline: bool) -> list[Proc]:
         page_size = os.sysconf("SC_PAGE_SIZE")
-        read = self.files.read
         known = self._parents
-        with os.scandir(PROC) as entries:
-            pids = [entry.name for entry in entries if entry.name.isdigit()]
         found: list[Proc] = []
         new: set[int] = set()      # processes this table had not seen (or not under this pid)
         ended: set[int] = set()    # zombies: ended, their children already given to a reaper
-        for pid in pids:
-            folder = f"{PROC}/{pid}/"
-            number = int(pid)
-            try:
-                comm, fresh = read(folder + "comm", 64)
-                about = None if fresh else known.get(number)
-                if about is None:
-                    about = _parent(folder)
-                ppid, kernel_thread = about
-                if kernel_thread:
-                    memory = rss = 0  # a kernel thread: no memory of its own to read
-                else:
-                    statm, fresh_statm = read(folder + "statm", 256)
-                    if fresh_statm and not fresh:  # it ended between the two reads; this is its successor
-                        fresh, about = True, _parent(folder)
-                        ppid = about[0]
-                    size, resident, shared = statm.split(b" ", 3)[:3]
-                    if size == b"0":
-                        ended.add(number)
-                    memory = max(0, int(resident) - int(shared)) * page_size
-                    rss = int(resident) * page_size
-            except OSError:
-                continue  # ended since it was listed
-            except (ValueError, IndexError):
-                continue
-            if fresh:
-                known[number] = about
-                new.add(number)
-            name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
+        for pid, name, size, resident, shared, fresh in self._readings():
+            about = None if fresh else known.get(pid)
+            if about is None:
+                try:
+                    about = _parent(f"{self.root}/{pid}/")
+                except (OSError, ValueError, IndexError):
+                    continue  # ended since it was read
+                known[pid] = about
+                new.add(pid)
+            ppid, kernel_thread = about
+            if kernel_thread:
+                memory = rss = 0  # a kernel thread: no memory of its own
+            else:
+                if size == 0:
+                    ended.add(pid)
+                memory = max(0, resident - shared) * page_size
+                rss = resident * page_size
             cmdline = None
             if wants_cmdline or len(name) >= COMM_LENGTH or name.startswith(SHIM_PREFIX):
                 try:
-                    raw = read(folder + "cmdline", 4096, CMDLINE_LIMIT)[0]
+                    raw = self.files.read(f"{self.root}/{pid}/cmdline", 4096, CMDLINE_LIMIT)[0]
                 except OSError:
                     raw = b""
                 if raw:
@@ -221,14 +261,14 @@ class ProcTable:
                         full = program_name(raw)
                         if full.startswith(name):
                             name = full
-            found.append(Proc(number, ppid, name, memory, cmdline, rss))
+            found.append(Proc(pid, ppid, name, memory, cmdline, rss))
         if len(known) != len(found):  # some have ended: forget them
             known = self._parents = {proc.pid: known[proc.pid] for proc in found}
         # Processes whose parent has ended since it was read went to a reaper: read their parent again.
         for proc in found:
             if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in known):
                 try:
-                    about = _parent(f"{PROC}/{proc.pid}/")
+                    about = _parent(f"{self.root}/{proc.pid}/")
                 except (OSError, ValueError, IndexError):
                     continue
                 proc.ppid = about[0]
@@ -355,32 +395,42 @@ def assign(processes: list[Proc], apps: tuple[App, ...], own_pid: int,
     matcher = matcher_for(apps)
     by_pid = {proc.pid: proc for proc in processes}
     kernel_parent = 2 if by_pid.get(2) is not None and by_pid[2].name == "kthreadd" else None
+    # One Assignment per outcome, shared by the processes that have it.
+    claimed = [Assignment(app.name, app.children) for app in apps]
+    in_container = [Assignment(app.name, True, sealed=True) for app in apps]
+    own_process, kernel, bundle, unclaimed = (Assignment(MONITORING, True), Assignment(SYSTEM, False),
+                                              Assignment(MONITORING, True, sealed=True), Assignment(None, False))
     result: dict[int, Assignment] = {}
 
     def own(proc: Proc, parent: Assignment | None) -> Assignment:
         if parent is not None and parent.sealed:
             return parent
         if proc.pid == own_pid:
-            return Assignment(MONITORING, True)
-        if kernel_parent is not None and kernel_parent in (proc.pid, proc.ppid):
-            return Assignment(SYSTEM, False)
-        index = matcher.claim(proc.name, lambda: proc.cmdline)
+            return own_process
+        if kernel_parent is not None and (proc.pid == kernel_parent or proc.ppid == kernel_parent):
+            return kernel
+        index = matcher.claim(proc.name, proc.cmdline)
         if proc.name.startswith(SHIM_PREFIX):
             text = proc.cmdline or ""
             if any(container_id in text for container_id in bundle_ids):
-                return Assignment(MONITORING, True, sealed=True)
+                return bundle
             if index is not None:
-                return Assignment(apps[index].name, True, sealed=True)
+                return in_container[index]
         if index is not None:
-            return Assignment(apps[index].name, apps[index].children)
+            return claimed[index]
         if parent is not None and parent.passes_on and parent.app is not None:
-            return Assignment(parent.app, True)
-        return Assignment(None, False)
+            return parent  # (app, passes on, not sealed): what its children take
+        return unclaimed
 
     for proc in processes:
+        if proc.pid in result:
+            continue
+        above = result.get(proc.ppid)
+        if above is not None:  # most often: the parent came first (a lower pid)
+            result[proc.pid] = own(proc, above)
+            continue
         chain: list[Proc] = []
         current: Proc | None = proc
-        above: Assignment | None = None
         while current is not None:
             if current.pid in result:
                 above = result[current.pid]

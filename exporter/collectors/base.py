@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -134,12 +134,14 @@ class KeptFiles:
     pid, and the file is opened again by its path. Files not read since the last `sweep()`
     are closed (their process or container has gone). At most a quarter of the soft limit
     of open files is kept (capped at MAX_KEPT; the HTTP front may take half); beyond that,
-    files are opened, read and closed as read_small_file does. Not thread-safe: one user at
+    files are opened, read and closed as read_small_file does; `others` counts descriptors
+    kept elsewhere within the same cap (the compiled process walk's). Not thread-safe: one user at
     a time (the process walk holds its lock; a collector runs once at a time)."""
 
     MAX_KEPT = 65536
 
-    def __init__(self) -> None:
+    def __init__(self, others: Callable[[], int] | None = None) -> None:
+        self._others = others
         # path -> [descriptor, the round it was last read in]: updated in place, so that a
         # scrape allocates nothing here for files it read before.
         self._kept: dict[str, list[int]] = {}
@@ -178,7 +180,7 @@ class KeptFiles:
         except BaseException:
             os.close(fd)
             raise
-        if len(self._kept) < self._cap:
+        if len(self._kept) + (self._others() if self._others is not None else 0) < self._cap:
             self._kept[path] = [fd, self._round]
         else:
             os.close(fd)
