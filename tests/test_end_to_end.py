@@ -362,3 +362,38 @@ def test_stopping_the_exporter_fires_exporter_down_and_inhibits_the_rest(fired):
     later = [a for body in webhook.received[notified_before:] for a in body["alerts"]
              if a["status"] == "firing" and a["labels"]["alertname"] != "AitoolsExporterDown"]
     assert not later, later
+
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+def test_the_page_has_only_legacy_names_so_both_openmetrics_escapings_write_it_alike(stack):
+    """server.metrics_encoder writes Prometheus's OpenMetrics page (escaping=underscores) by
+    the library's allow-utf-8 path, which writes the same bytes when every name is a legacy
+    one: the whole page of a full workstation (containers, Node targets, LLM servers, apps,
+    process groups, budgets, own metrics), re-encoded both ways."""
+    import re
+
+    from prometheus_client.openmetrics import exposition as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    answer = stack["exporter"].scrape(headers={"Accept": PROMETHEUS_ACCEPT})
+    assert answer.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert "escaping=underscores" in answer.headers["Content-Type"]
+    families = list(text_string_to_metric_families(answer.text))
+    samples = [sample for family in families for sample in family.samples]
+    assert len(families) > 40 and len(samples) > 120
+    assert {label for sample in samples for label in sample.labels} >= {"name", "compose_project", "app", "target", "model", "budget"}
+    for sample in samples:
+        assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", sample.name), sample.name
+        for label in sample.labels:
+            assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", label), (sample.name, label)
+
+    class Page:
+        def collect(self):
+            return families
+
+    underscores = openmetrics.generate_latest(Page(), escaping=openmetrics.UNDERSCORES)
+    assert openmetrics.generate_latest(Page(), escaping=openmetrics.ALLOWUTF8) == underscores
+    assert underscores.decode().splitlines()[-1] == "# EOF"

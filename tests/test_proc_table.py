@@ -139,6 +139,58 @@ def test_a_process_that_runs_another_program_is_read_under_its_new_name(reader):
         table.close()
 
 
+RENAMES_ITSELF = r"""
+#include <sys/prctl.h>
+#include <unistd.h>
+int main(void) {
+    char name[16] = "before", renamed[16] = "renamed", go;
+    prctl(PR_SET_NAME, name);       /* every page the rename needs, touched now */
+    if (read(0, &go, 1) != 1) return 1;
+    if (read(0, &go, 1) != 1) return 1;
+    prctl(PR_SET_NAME, renamed);    /* a rename that touches no memory */
+    return read(0, &go, 1) == 1;    /* waits on code already in memory (until stdin closes) */
+}
+"""
+
+
+def test_a_process_renamed_in_place_is_read_under_its_new_name(tmp_path, reader):
+    """A rename (prctl, or a write to /proc/PID/comm) touches no memory: the compiled reader,
+    which reads the name of a process whose memory did not move only every NAME_RECHECK-th
+    scan, has it within that many scans; the Python reader at the next."""
+    source = tmp_path / "renames.c"
+    source.write_text(RENAMES_ITSELF)
+    program = tmp_path / "renames"
+    try:
+        subprocess.run(["cc", "-O1", "-o", str(program), str(source)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        missing_realpart(f"a C compiler (cc) to build the renaming process: {exc}")
+    table = make_table(reader)
+    process = subprocess.Popen([str(program)], stdin=subprocess.PIPE)
+    try:
+        process.stdin.write(b"1")
+        process.stdin.flush()
+        wait_for(lambda: psutil.Process(process.pid).name() == "before"
+                 and psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
+        for _ in range(3):
+            assert by_pid(table.scan(False))[process.pid].name == "before"
+        statm = open(f"/proc/{process.pid}/statm").read()
+        process.stdin.write(b"2")
+        process.stdin.flush()
+        wait_for(lambda: psutil.Process(process.pid).name() == "renamed")
+        assert open(f"/proc/{process.pid}/statm").read() == statm  # the case this test is for
+        within = apps_module._procfs.NAME_RECHECK if table.compiled else 1
+        names = [by_pid(table.scan(False))[process.pid].name for _ in range(within)]
+        assert names[-1] == "renamed", names
+        if table.compiled:  # idle processes: a quarter of the names read per scan, plus those that moved
+            before = table._walker.names_read
+            count = len(table.scan(False))
+            assert table._walker.names_read - before < count / 2
+    finally:
+        process.kill()
+        process.wait()
+        table.close()
+
+
 def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path, reader):
     """A child's parent is read once, and again when the parent ends: the child then belongs
     to its reaper (here this test's process, made a subreaper, so that it can wait for it)."""

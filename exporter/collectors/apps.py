@@ -152,9 +152,10 @@ def _parent(folder: str) -> tuple[int, bool]:
 
 
 try:  # the walk's reads compiled (setup.py; Linux, where a C compiler was there at install)
+    from exporter import _procfs
     from exporter._procfs import Walker
 except ImportError:  # pragma: no cover - depends on the install
-    Walker = None
+    _procfs = Walker = None
 
 # AITOOLS_PROCFS_READER=python: the walk reads from Python even where the compiled reads
 # are installed (the tests run both; a way out should the compiled part misbehave).
