@@ -1,29 +1,32 @@
 /* exporter._procfs: the Linux process walk's reads, compiled (optional; Linux only).
  *
  * Walker(root).scan(max_files) lists the processes of `root` (/proc) and reads each one's
- * name (comm) and memory (statm) through descriptors kept open between scans, as
- * exporter.collectors.base.KeptFiles does in Python: one pread from offset 0 per file
- * instead of an open, a read and a close. It returns a list of
- *     (pid, name, size, resident, shared, fresh)
- * with statm's first three fields in pages, and `fresh` true when the files were opened
- * by this scan (a process the walker had not seen under that pid). The parent, the
- * command line and everything else stay in Python (exporter/collectors/apps.py).
+ * name (comm), memory (statm) and parent (stat) the way the Python reader of
+ * exporter/collectors/apps.py does (ProcTable; both are tested to read alike), and
+ * returns a list of
+ *     (pid, parent pid, name, resident pages, resident pages less shared ones)
+ * with no memory for kernel threads. The command line and the grouping stay in Python.
  *
- * A kept process's name is read again only when its statm changed since the last scan
- * (exec() gives it a new memory map), and at least every NAME_RECHECK-th scan (a rename
- * by prctl() or a write to /proc/PID/comm touches no memory): writing comm costs the
- * kernel as much as writing statm, and most processes of a workstation sit idle.
+ * comm and statm are read through descriptors kept open between scans (as
+ * exporter.collectors.base.KeptFiles does): one pread from offset 0 per file instead of an
+ * open, a read and a close. stat, which costs the kernel more to write than both, is read
+ * when a process is new, and again when its parent has ended (gone, a zombie, or its pid
+ * now a newer process's): a parent changes only then, the child going to a reaper. A kept
+ * process's name is read again only when its statm changed since the last scan (exec()
+ * gives it a new memory map), and at least every NAME_RECHECK-th scan (a rename by prctl()
+ * or a write to /proc/PID/comm touches no memory): comm costs the kernel as much as statm,
+ * and most processes of a workstation sit idle.
  *
- * Why compiled: on a workstation of 1,150 processes the reads cost the kernel about
- * 2.5 ms a scan, and the same reads from Python about 9 ms (two calls, an exception
- * frame, a path and a bytes object per file). The reads run without the interpreter
- * lock, so the other collectors' threads go on meanwhile.
+ * Why compiled: on a workstation of 1,150 processes these reads cost the kernel about
+ * 2-4 ms a scan, and Python about 6 ms more around them (calls, exception frames, paths,
+ * bytes and int objects per file). The reads run without the interpreter lock, so the
+ * other collectors' threads go on meanwhile.
  *
  * Kept descriptors: a /proc/PID file stays bound to the process it was opened for; once
  * that process has ended a read fails (ESRCH), even when a newer process has its pid,
- * and the walker opens the files again through the pid's directory (both files of one
- * process, never a mix of two). Files of processes no longer listed are closed. At most
- * `max_files` descriptors are kept; beyond that, files are opened, read and closed.
+ * and the walker opens the files again through the pid's directory (the three files of
+ * one process, never a mix of two). Files of processes no longer listed are closed. At
+ * most `max_files` descriptors are kept; beyond that, files are opened, read and closed.
  * Every descriptor is close-on-exec. A name is decoded once and the same str returned
  * while the process keeps it (its hash is then computed once, too).
  */
@@ -45,6 +48,8 @@
  * it a new memory map), and otherwise every NAME_RECHECK-th scan (a rename by prctl() or
  * /proc/PID/comm touches no memory): comm costs the kernel as much as statm to write. */
 #define NAME_RECHECK 4
+#define STAT_SIZE 1024 /* stat's first fields: pid (comm) state ppid pgrp session tty_nr tpgid flags */
+#define PF_KTHREAD 0x00200000UL
 
 typedef struct {
     long pid;
@@ -53,6 +58,8 @@ typedef struct {
     char comm[COMM_SIZE];
     PyObject *name; /* str of comm, kept while comm is unchanged; NULL before the first */
     unsigned long long statm_hash; /* of statm's text at the last read: unchanged, the name is too */
+    long ppid;          /* from stat: read when the process is new, again when its parent ended */
+    char kernel_thread; /* PF_KTHREAD in stat's flags */
     /* this scan's reading */
     unsigned long size, resident, shared;
     char ok, fresh, renamed;
@@ -101,22 +108,79 @@ static int parse_statm(const char *text, Entry *entry)
     return 1;
 }
 
-/* Open a process's comm and statm through its directory: both of the same process. */
-static int open_files(const char *root, long pid, int *comm_fd, int *statm_fd, Py_ssize_t *opened)
+/* Parse stat's parent and kernel-thread flag into entry; 0 when it is not stat's format. */
+static int parse_stat(char *text, Entry *entry)
+{
+    char *at = strrchr(text, ')'), *end;
+    if (at == NULL || at[1] != ' ')
+        return 0;
+    at += 2;
+    for (int field = 0; field < 6; field++) { /* state ppid pgrp session tty_nr tpgid, then flags */
+        if (field == 1) {
+            errno = 0;
+            long ppid = strtol(at, &end, 10);
+            if (end == at || *end != ' ' || errno != 0 || ppid < 0)
+                return 0;
+            entry->ppid = ppid;
+        }
+        at = strchr(at, ' ');
+        if (at == NULL)
+            return 0;
+        at++;
+    }
+    errno = 0;
+    unsigned long flags = strtoul(at, &end, 10);
+    if (end == at || errno != 0)
+        return 0;
+    entry->kernel_thread = (flags & PF_KTHREAD) != 0;
+    return 1;
+}
+
+/* Read stat (of `folder`, a descriptor of the process's directory, or by path when it is
+ * -1) into entry; 0 when it cannot be read (the process has ended). */
+static int read_parent(Walker *self, Entry *entry, int folder)
+{
+    char text[STAT_SIZE];
+    int fd;
+    if (folder >= 0) {
+        fd = openat(folder, "stat", O_RDONLY | O_CLOEXEC);
+    } else {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%ld/stat", self->root, entry->pid) >= (int)sizeof path)
+            return 0;
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0)
+        return 0;
+    self->opened++;
+    ssize_t length = pread(fd, text, sizeof text - 1, 0);
+    close(fd);
+    if (length <= 0)
+        return 0;
+    text[length] = '\0';
+    return parse_stat(text, entry);
+}
+
+/* Open a process's comm and statm and read its stat through its directory: all three of
+ * the same process. */
+static int open_files(Walker *self, Entry *entry, int *comm_fd, int *statm_fd)
 {
     char path[PATH_MAX];
-    if (snprintf(path, sizeof path, "%s/%ld", root, pid) >= (int)sizeof path)
+    if (snprintf(path, sizeof path, "%s/%ld", self->root, entry->pid) >= (int)sizeof path)
         return 0;
     int folder = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (folder < 0)
         return 0;
     *comm_fd = openat(folder, "comm", O_RDONLY | O_CLOEXEC);
     *statm_fd = *comm_fd < 0 ? -1 : openat(folder, "statm", O_RDONLY | O_CLOEXEC);
+    self->opened += 1 + (*comm_fd >= 0) + (*statm_fd >= 0);
+    int parent = *statm_fd >= 0 && read_parent(self, entry, folder);
     close(folder);
-    *opened += 1 + (*comm_fd >= 0) + (*statm_fd >= 0);
-    if (*statm_fd < 0) {
+    if (!parent) {
         if (*comm_fd >= 0)
             close(*comm_fd);
+        if (*statm_fd >= 0)
+            close(*statm_fd);
         return 0;
     }
     return 1;
@@ -155,7 +219,7 @@ static void read_entry(Walker *self, Entry *entry, Py_ssize_t max_files)
     if (entry->comm_fd < 0) {
         int comm_fd, statm_fd;
         entry->fresh = 1;
-        if (!open_files(self->root, entry->pid, &comm_fd, &statm_fd, &self->opened))
+        if (!open_files(self, entry, &comm_fd, &statm_fd))
             return; /* ended since it was listed */
         comm_len = pread(comm_fd, comm, sizeof comm, 0);
         statm_len = comm_len < 0 ? -1 : pread(statm_fd, statm, sizeof statm - 1, 0);
@@ -233,6 +297,19 @@ static Py_ssize_t list_pids(const char *root, long **out)
     return count;
 }
 
+static Entry *find(Entry *entries, Py_ssize_t count, long pid)
+{
+    Py_ssize_t low = 0, high = count;
+    while (low < high) {
+        Py_ssize_t middle = low + (high - low) / 2;
+        if (entries[middle].pid < pid)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    return low < count && entries[low].pid == pid ? &entries[low] : NULL;
+}
+
 static PyObject *Walker_scan(Walker *self, PyObject *arg)
 {
     Py_ssize_t max_files = PyLong_AsSsize_t(arg);
@@ -284,6 +361,16 @@ static PyObject *Walker_scan(Walker *self, PyObject *arg)
                 close_files(&self->entries[old], &self->kept);
                 gone[gone_count++] = self->entries[old++].name;
             }
+            /* A process's parent changes only when the parent ends (the child goes to a
+             * reaper): read stat again where the parent is gone, a zombie, or new under its pid. */
+            for (Py_ssize_t i = 0; i < count; i++) {
+                Entry *entry = &entries[i];
+                if (!entry->ok || entry->fresh || entry->ppid == 0)
+                    continue;
+                Entry *parent = find(entries, count, entry->ppid);
+                if (parent == NULL || !parent->ok || parent->fresh || (parent->size == 0 && !parent->kernel_thread))
+                    read_parent(self, entry, -1); /* on failure it has just ended: its last parent stays */
+            }
         }
     }
     Py_END_ALLOW_THREADS
@@ -327,8 +414,9 @@ static PyObject *Walker_scan(Walker *self, PyObject *arg)
             continue;
         }
         if (result != NULL) {
-            PyObject *item = Py_BuildValue("(lOkkkO)", entry->pid, entry->name, entry->size, entry->resident,
-                                           entry->shared, entry->fresh ? Py_True : Py_False);
+            unsigned long resident = entry->kernel_thread ? 0 : entry->resident;
+            unsigned long anonymous = resident > entry->shared ? resident - entry->shared : 0;
+            PyObject *item = Py_BuildValue("(llOkk)", entry->pid, entry->ppid, entry->name, resident, anonymous);
             if (item == NULL || PyList_Append(result, item) < 0)
                 Py_CLEAR(result);
             Py_XDECREF(item);
@@ -396,8 +484,9 @@ static void Walker_dealloc(Walker *self)
 
 static PyMethodDef Walker_methods[] = {
     {"scan", (PyCFunction)Walker_scan, METH_O,
-     "scan(max_files) -> [(pid, name, size, resident, shared, fresh)]: every process's name and statm "
-     "(pages), through descriptors kept open between scans (at most max_files)."},
+     "scan(max_files) -> [(pid, ppid, name, resident, anonymous)]: every process's parent, name and memory "
+     "(pages: resident, and resident less shared), through descriptors kept open between scans (at most "
+     "max_files)."},
     {"close", (PyCFunction)Walker_close, METH_NOARGS, "Close every kept descriptor."},
     {NULL},
 };

@@ -427,7 +427,7 @@ def test_the_compiled_reader_refuses_what_it_cannot_read(tmp_path):
     write_process(tmp_path, 5, b"huge\n", b"99999999999999999999999 1 1 0 0 0 0\n")
     write_process(tmp_path, 6, b"long" * 40 + b"\n", b"3 2 1 0 0 0 0\n")
     write_process(tmp_path, 7, b"fine\n", b"3 2 1 0 0 0 0\n")
-    found = {pid: name for pid, name, *_ in walker.scan(100)}
+    found = {pid: name for pid, _, name, *_ in walker.scan(100)}
     assert found[7] == "fine" and 5 not in found  # a number beyond an unsigned long is no reading
     assert found[6] == ("long" * 16)  # a name is read up to 64 bytes
     assert walker.scan(-1) and len(walker) == 4  # no more kept; those kept stay

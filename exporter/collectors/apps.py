@@ -166,14 +166,15 @@ class ProcTable:
     """Linux: every process of /proc at every scrape, through files kept open between
     scrapes (one pread each instead of an open, a read and a close).
 
-    Each scrape reads each process's `comm` (its name) and `statm` (its memory): compiled
-    (exporter/_procfs.c, a Walker) where it was built at install, else from Python
-    (KeptFiles); both read the same files the same way. `stat` (its parent, whether it is
-    a kernel thread), which costs the kernel more to write than both, is read when the
-    process is new to the table, and again when its parent has ended or its parent's pid
-    now names a newer process: a process's parent changes only when the parent ends (the
-    child goes to a reaper). The command line is read where a claim needs it or the kernel
-    cut the name short (then the program's file name is the name, as psutil gives it)."""
+    Each scrape reads each process's `comm` (its name) and `statm` (its memory). `stat`
+    (its parent, whether it is a kernel thread), which costs the kernel more to write than
+    both, is read when the process is new to the table, and again when its parent has
+    ended or its parent's pid now names a newer process: a process's parent changes only
+    when the parent ends (the child goes to a reaper). The reads are compiled
+    (exporter/_procfs.c, a Walker) where that was built at install, else made from Python
+    (KeptFiles); the compiled reader also reads an idle process's name only every fourth
+    scrape (_procfs.c says why). The command line is read where a claim needs it or the
+    kernel cut the name short (then the program's file name is the name, as psutil gives it)."""
 
     def __init__(self, compiled: bool | None = None, root: str = PROC) -> None:
         if compiled is None:
@@ -184,8 +185,8 @@ class ProcTable:
         self._walker = Walker(root) if compiled else None
         # Command lines; names and memory too without the compiled reader. One cap for both.
         self.files = KeptFiles(others=self._walker.__len__ if self._walker is not None else None)
-        # pid -> (parent pid, kernel thread), updated in place: a scrape of a steady process
-        # table allocates nothing for it.
+        # The Python reader's pid -> (parent pid, kernel thread), updated in place: a scrape
+        # of a steady process table allocates nothing for it.
         self._parents: dict[int, tuple[int, bool]] = {}
 
     @property
@@ -201,79 +202,75 @@ class ProcTable:
         if self._walker is not None:
             self._walker.close()
 
-    def _readings(self) -> Iterable[tuple[int, str, int, int, int, bool]]:
-        """(pid, name, size, resident, shared, fresh) of every process: statm's first three
-        fields in pages, fresh when its files were opened now (a process new to the table)."""
+    def _readings(self) -> list[tuple[int, int, str, int, int]]:
+        """(pid, parent pid, name, resident pages, resident pages less shared ones) of every
+        process; no memory for a kernel thread."""
         if self._walker is not None:
             # The files the walker keeps and the command lines KeptFiles keeps share one cap.
             return self._walker.scan(max(0, KeptFiles._allowed() - len(self.files)))
         return self._read_python()
 
-    def _read_python(self) -> Iterable[tuple[int, str, int, int, int, bool]]:
+    def _read_python(self) -> list[tuple[int, int, str, int, int]]:
         read = self.files.read
+        known = self._parents
         with os.scandir(self.root) as entries:
             pids = [entry.name for entry in entries if entry.name.isdigit()]
+        found: list[list] = []
+        new: set[int] = set()      # processes this table had not seen (or not under this pid)
+        ended: set[int] = set()    # zombies: ended, their children already given to a reaper
         for pid in pids:
             folder = f"{self.root}/{pid}/"
+            number = int(pid)
             try:
                 comm, fresh = read(folder + "comm", 64)
                 statm, fresh_statm = read(folder + "statm", 256)
                 if fresh_statm and not fresh:  # it ended between the two reads: this is its successor
                     comm, fresh = read(folder + "comm", 64)[0], True
-                size, resident, shared = statm.split(b" ", 3)[:3]
-                yield (int(pid), (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape"),
-                       int(size), int(resident), int(shared), fresh)
-            except (OSError, ValueError):
+                size, resident, shared = (int(field) for field in statm.split(b" ", 3)[:3])
+                about = None if fresh else known.get(number)
+                if about is None:
+                    about = known[number] = _parent(folder)
+                    new.add(number)
+            except (OSError, ValueError, IndexError):
                 continue  # ended since it was listed
-
-    def scan(self, wants_cmdline: bool) -> list[Proc]:
-        page_size = os.sysconf("SC_PAGE_SIZE")
-        known = self._parents
-        found: list[Proc] = []
-        new: set[int] = set()      # processes this table had not seen (or not under this pid)
-        ended: set[int] = set()    # zombies: ended, their children already given to a reaper
-        for pid, name, size, resident, shared, fresh in self._readings():
-            about = None if fresh else known.get(pid)
-            if about is None:
+            ppid, kernel_thread = about
+            if kernel_thread:
+                resident = shared = 0  # a kernel thread: no memory of its own
+            elif size == 0:
+                ended.add(number)
+            name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
+            found.append([number, ppid, name, resident, max(0, resident - shared)])
+        if len(known) != len(found):  # some have ended: forget them
+            known = self._parents = {item[0]: known[item[0]] for item in found}
+        # Processes whose parent has ended since it was read went to a reaper: read their parent again.
+        for item in found:
+            pid, ppid = item[0], item[1]
+            if ppid and pid not in new and (ppid in ended or ppid in new or ppid not in known):
                 try:
                     about = _parent(f"{self.root}/{pid}/")
                 except (OSError, ValueError, IndexError):
-                    continue  # ended since it was read
-                known[pid] = about
-                new.add(pid)
-            ppid, kernel_thread = about
-            if kernel_thread:
-                memory = rss = 0  # a kernel thread: no memory of its own
-            else:
-                if size == 0:
-                    ended.add(pid)
-                memory = max(0, resident - shared) * page_size
-                rss = resident * page_size
-            cmdline = None
-            if wants_cmdline or len(name) >= COMM_LENGTH or name.startswith(SHIM_PREFIX):
-                try:
-                    raw = self.files.read(f"{self.root}/{pid}/cmdline", 4096, CMDLINE_LIMIT)[0]
-                except OSError:
-                    raw = b""
-                if raw:
-                    cmdline = _cmdline_text(raw)
-                    if len(name) >= COMM_LENGTH:
-                        # Like psutil: the program's file name when it starts as the cut name does.
-                        full = program_name(raw)
-                        if full.startswith(name):
-                            name = full
-            found.append(Proc(pid, ppid, name, memory, cmdline, rss))
-        if len(known) != len(found):  # some have ended: forget them
-            known = self._parents = {proc.pid: known[proc.pid] for proc in found}
-        # Processes whose parent has ended since it was read went to a reaper: read their parent again.
-        for proc in found:
-            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in known):
-                try:
-                    about = _parent(f"{self.root}/{proc.pid}/")
-                except (OSError, ValueError, IndexError):
                     continue
-                proc.ppid = about[0]
-                known[proc.pid] = about
+                item[1] = about[0]
+                known[pid] = about
+        return [tuple(item) for item in found]
+
+    def scan(self, wants_cmdline: bool) -> list[Proc]:
+        page = os.sysconf("SC_PAGE_SIZE")
+        found = [Proc(pid, ppid, name, anonymous * page, None, resident * page)
+                 for pid, ppid, name, resident, anonymous in self._readings()]
+        for proc in found if wants_cmdline else [proc for proc in found if len(proc.name) >= COMM_LENGTH
+                                                 or proc.name.startswith(SHIM_PREFIX)]:
+            try:
+                raw = self.files.read(f"{self.root}/{proc.pid}/cmdline", 4096, CMDLINE_LIMIT)[0]
+            except OSError:
+                continue
+            if raw:
+                proc.cmdline = _cmdline_text(raw)
+                if len(proc.name) >= COMM_LENGTH:
+                    # Like psutil: the program's file name when it starts as the cut name does.
+                    full = program_name(raw)
+                    if full.startswith(proc.name):
+                        proc.name = full
         self.files.sweep()
         return found
 

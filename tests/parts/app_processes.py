@@ -35,6 +35,14 @@ time.sleep(600)
 """
 
 
+
+def readable(fd: int, timeout: float) -> bool:
+    """Whether fd has something to read within timeout; poll(), not select(): the process
+    walk keeps thousands of descriptors open, so new ones are numbered above select's 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
 class AppProcesses:
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="aitools-apps-"))
@@ -73,7 +81,7 @@ class AppProcesses:
         fd, output = process.stdout.fileno(), b""
         while output.count(b"ready\n") < expect or (orphan and b"\n" not in output):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            if remaining <= 0 or not readable(fd, remaining):
                 self._kill(process)
                 raise RuntimeError(f"{name}: {output.count(b'ready')} of {expect} processes ready in time; "
                                    f"stderr: {process.stderr.read().decode(errors='replace')[-2000:]}")
