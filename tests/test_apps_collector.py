@@ -17,7 +17,7 @@ import pytest
 
 from exporter.collectors.base import Deadline
 from exporter.collectors import apps as apps_module
-from exporter.collectors.apps import (BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, budget_apps,
+from exporter.collectors.apps import (BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, assign, budget_apps,
                                       kernel_memory_procfs, process_memory)
 from exporter.collectors.system import parse_meminfo, parse_vm_stat
 from exporter.config import DEFAULT_APPS, App, Config, ConfigError, parse_config
@@ -168,6 +168,24 @@ def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_process
     # process with no claim of its own and no claimed ancestor keeps its own program name.
     assert all(a.app != "system" or proc.name in _system_names() or proc.ppid in (0, 2) or proc.pid in (1, 2)
                for proc in processes for a in [assignments[proc.pid]])
+
+
+def test_the_apps_of_an_unchanged_process_table_are_kept_and_a_change_makes_them_anew(app_processes):
+    """AppsCollector keeps the last assignment while the processes (pid, parent, name,
+    command line), the apps and the bundle are the same; a new process makes it anew."""
+    collector = AppsCollector(Config())
+    first = collector.read()[3]
+    for _ in range(20):  # the machine's other processes may come and go: wait for a steady table
+        again = collector.read()[3]
+        if again is first:
+            break
+        first = again
+    assert again is first
+    root = app_processes.start("ollama", 5, children=[app_processes.command("runner-y", 6)], expect=2)
+    _, _, processes, after = collector.read()
+    assert after is not first
+    assert after[root.pid].app == after[root.children()[0].pid].app == "ollama"
+    assert after == assign(processes, Config().apps, os.getpid(), collector._bundle)
 
 
 def _system_names():

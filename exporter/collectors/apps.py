@@ -487,6 +487,7 @@ class AppsCollector(SourceCollector):
         self._engine = None
         self._shims: frozenset[str] | None = None  # the shims' command lines of the last answer
         self._bundle: frozenset[str] = frozenset()
+        self._assigned: tuple[tuple, dict[int, Assignment]] | None = None  # the last inputs and their apps
 
     def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
         deadline = self.deadline(deadline)
@@ -509,8 +510,14 @@ class AppsCollector(SourceCollector):
         if shims != self._shims:
             bundle = self._bundle_container_ids() if shims else frozenset()
             self._shims, self._bundle = (shims, bundle) if bundle is not None else (None, frozenset())
-        bundle = self._bundle
-        assignments = assign(processes, apps, os.getpid(), bundle)
+        # The same processes (pid, parent, name, command line) as the scrape before, under the
+        # same configuration and bundle: the same apps (most scrapes, on a steady machine).
+        inputs = ([(proc.pid, proc.ppid, proc.name, proc.cmdline) for proc in processes], apps, self._bundle)
+        if self._assigned is not None and self._assigned[0] == inputs:
+            assignments = self._assigned[1]
+        else:
+            assignments = assign(processes, apps, os.getpid(), self._bundle)
+            self._assigned = (inputs, assignments)
         memory, count = breakdown(processes, assignments, apps, kernel)
         return memory, count, processes, assignments
 
