@@ -200,4 +200,5 @@ def test_the_metrics_encoder_writes_what_the_library_chooses_for_every_accept_he
         assert content_type == library_type
         assert ours(Page()) == library(Page()), accept
     faster, _ = metrics_encoder(prometheus)
-    assert faster.keywords["escaping"] == openmetrics.ALLOWUTF8
+    assert faster.func.__module__ == "exporter.exposition"
+    assert faster.keywords["library"].keywords["escaping"] == openmetrics.UNDERSCORES

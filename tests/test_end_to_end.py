@@ -369,14 +369,16 @@ PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/ope
 
 
 def test_the_page_has_only_legacy_names_so_both_openmetrics_escapings_write_it_alike(stack):
-    """server.metrics_encoder writes Prometheus's OpenMetrics page (escaping=underscores) by
-    the library's allow-utf-8 path, which writes the same bytes when every name is a legacy
-    one: the whole page of a full workstation (containers, Node targets, LLM servers, apps,
-    process groups, budgets, own metrics), re-encoded both ways."""
+    """Prometheus's OpenMetrics page (escaping=underscores) is written by exporter/exposition.py,
+    which writes the library's bytes for legacy names: the whole page of a full workstation
+    (containers, Node targets, LLM servers, apps, process groups, budgets, own metrics),
+    parsed and written again by the library (both escapings) and by ours."""
     import re
 
     from prometheus_client.openmetrics import exposition as openmetrics
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from exporter.exposition import openmetrics_page
 
     answer = stack["exporter"].scrape(headers={"Accept": PROMETHEUS_ACCEPT})
     assert answer.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
@@ -397,3 +399,5 @@ def test_the_page_has_only_legacy_names_so_both_openmetrics_escapings_write_it_a
     underscores = openmetrics.generate_latest(Page(), escaping=openmetrics.UNDERSCORES)
     assert openmetrics.generate_latest(Page(), escaping=openmetrics.ALLOWUTF8) == underscores
     assert underscores.decode().splitlines()[-1] == "# EOF"
+    # exporter/exposition.py writes the same page itself, not through the library.
+    assert openmetrics_page(Page(), library=lambda registry: pytest.fail("handed to the library")) == underscores
