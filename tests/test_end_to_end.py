@@ -334,41 +334,11 @@ def test_alertmanager_notifies_the_webhook_grouped_with_summary_description_and_
     assert "GB" in joined["AitoolsDockerOverBudget"] or "MB" in joined["AitoolsDockerOverBudget"]
 
 
-def test_stopping_the_exporter_fires_exporter_down_and_inhibits_the_rest(fired):
-    prometheus, alertmanager, webhook = fired["prometheus"], fired["alertmanager"], fired["webhook"]
-    instance = fired["instance"]
-    # What was firing for this workstation, as Alertmanager received it.
-    active_before = [a for a in alertmanager.alerts(active="true") if a["labels"].get("instance") == instance]
-    assert {a["labels"]["alertname"] for a in active_before} >= EXPECTED_ALERTS
-
-    fired["exporter"].stop()
-    wait_until(lambda: "AitoolsExporterDown" in prometheus.firing(), 60, "AitoolsExporterDown to fire", interval=1)
-    wait_until(lambda: any(a["labels"]["alertname"] == "AitoolsExporterDown" and a["status"] == "firing"
-                           for a in webhook.alerts()), 60, "the exporter-down notification")
-    down = [a for a in alertmanager.alerts(active="true") if a["labels"]["alertname"] == "AitoolsExporterDown"]
-    assert down and down[0]["labels"]["instance"] == instance and not down[0]["status"]["inhibitedBy"]
-
-    # The other alerts of this workstation, sent again as a Prometheus that still had
-    # them would: Alertmanager holds them back while the exporter is down.
-    notified_before = len(webhook.received)
-    alertmanager.post([{"labels": a["labels"], "annotations": a["annotations"], "generatorURL": a["generatorURL"]}
-                       for a in active_before])
-    def all_inhibited():
-        current = [a for a in alertmanager.alerts() if a["labels"].get("instance") == instance
-                   and a["labels"]["alertname"] != "AitoolsExporterDown"]
-        return current and all(a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in current)
-    wait_until(all_inhibited, 30, "the other alerts to be inhibited")
-    time.sleep(4)  # two group intervals: nothing of them reaches the receiver
-    later = [a for body in webhook.received[notified_before:] for a in body["alerts"]
-             if a["status"] == "firing" and a["labels"]["alertname"] != "AitoolsExporterDown"]
-    assert not later, later
-
-
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
                      "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
 
 
-def test_the_page_has_only_legacy_names_so_both_openmetrics_escapings_write_it_alike(stack):
+def test_the_page_has_only_legacy_names_and_is_written_as_the_library_writes_it(stack):
     """Prometheus's OpenMetrics page (escaping=underscores) is written by exporter/exposition.py,
     which writes the library's bytes for legacy names: the whole page of a full workstation
     (containers, Node targets, LLM servers, apps, process groups, budgets, own metrics),
@@ -401,3 +371,35 @@ def test_the_page_has_only_legacy_names_so_both_openmetrics_escapings_write_it_a
     assert underscores.decode().splitlines()[-1] == "# EOF"
     # exporter/exposition.py writes the same page itself, not through the library.
     assert openmetrics_page(Page(), library=lambda registry: pytest.fail("handed to the library")) == underscores
+
+
+# Last: it stops the exporter the other tests scrape.
+def test_stopping_the_exporter_fires_exporter_down_and_inhibits_the_rest(fired):
+    prometheus, alertmanager, webhook = fired["prometheus"], fired["alertmanager"], fired["webhook"]
+    instance = fired["instance"]
+    # What was firing for this workstation, as Alertmanager received it.
+    active_before = [a for a in alertmanager.alerts(active="true") if a["labels"].get("instance") == instance]
+    assert {a["labels"]["alertname"] for a in active_before} >= EXPECTED_ALERTS
+
+    fired["exporter"].stop()
+    wait_until(lambda: "AitoolsExporterDown" in prometheus.firing(), 60, "AitoolsExporterDown to fire", interval=1)
+    wait_until(lambda: any(a["labels"]["alertname"] == "AitoolsExporterDown" and a["status"] == "firing"
+                           for a in webhook.alerts()), 60, "the exporter-down notification")
+    down = [a for a in alertmanager.alerts(active="true") if a["labels"]["alertname"] == "AitoolsExporterDown"]
+    assert down and down[0]["labels"]["instance"] == instance and not down[0]["status"]["inhibitedBy"]
+
+    # The other alerts of this workstation, sent again as a Prometheus that still had
+    # them would: Alertmanager holds them back while the exporter is down.
+    notified_before = len(webhook.received)
+    alertmanager.post([{"labels": a["labels"], "annotations": a["annotations"], "generatorURL": a["generatorURL"]}
+                       for a in active_before])
+    def all_inhibited():
+        current = [a for a in alertmanager.alerts() if a["labels"].get("instance") == instance
+                   and a["labels"]["alertname"] != "AitoolsExporterDown"]
+        return current and all(a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"] for a in current)
+    wait_until(all_inhibited, 30, "the other alerts to be inhibited")
+    time.sleep(4)  # two group intervals: nothing of them reaches the receiver
+    later = [a for body in webhook.received[notified_before:] for a in body["alerts"]
+             if a["status"] == "firing" and a["labels"]["alertname"] != "AitoolsExporterDown"]
+    assert not later, later
+
