@@ -64,19 +64,23 @@ def _sanitise(family: Metric) -> tuple[Metric, int]:
     kept, dropped, seen = [], 0, set()
     for sample in family.samples:
         value = sample.value
-        if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value) or value < 0:
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             dropped += 1
             continue
-        labels = {k: _label_value(v) for k, v in sample.labels.items()}
-        if None in labels.values():
-            dropped += 1
-            continue
+        labels = sample.labels
+        # Most values are short ASCII text already, written as they are: a new sample only otherwise.
+        if not all(isinstance(v, str) and len(v) <= MAX_LABEL_VALUE_LENGTH and v.isascii() for v in labels.values()):
+            labels = {k: _label_value(v) for k, v in labels.items()}
+            if None in labels.values():
+                dropped += 1
+                continue
+            sample = sample._replace(labels=labels)
         key = (sample.name, tuple(sorted(labels.items())))
         if key in seen or len(kept) >= MAX_SERIES_PER_FAMILY:
             dropped += 1
             continue
         seen.add(key)
-        kept.append(sample._replace(labels=labels))
+        kept.append(sample)
     family.samples = kept
     return family, dropped
 
