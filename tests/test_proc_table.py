@@ -178,7 +178,10 @@ def test_a_process_renamed_in_place_is_read_under_its_new_name(tmp_path, reader)
         process.stdin.flush()
         wait_for(lambda: psutil.Process(process.pid).name() == "renamed")
         assert open(f"/proc/{process.pid}/statm").read() == statm  # the case this test is for
-        within = apps_module._procfs.NAME_RECHECK if table.compiled else 1
+        if table.compiled:
+            from exporter._procfs import NAME_RECHECK as within
+        else:
+            within = 1
         names = [by_pid(table.scan(False))[process.pid].name for _ in range(within)]
         assert names[-1] == "renamed", names
         if table.compiled:  # idle processes: a quarter of the names read per scan, plus those that moved

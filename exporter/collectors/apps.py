@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -152,10 +152,9 @@ def _parent(folder: str) -> tuple[int, bool]:
 
 
 try:  # the walk's reads compiled (setup.py; Linux, where a C compiler was there at install)
-    from exporter import _procfs
     from exporter._procfs import Walker
 except ImportError:  # pragma: no cover - depends on the install
-    _procfs = Walker = None
+    Walker = None
 
 # AITOOLS_PROCFS_READER=python: the walk reads from Python even where the compiled reads
 # are installed (the tests run both; a way out should the compiled part misbehave).
@@ -202,15 +201,15 @@ class ProcTable:
         if self._walker is not None:
             self._walker.close()
 
-    def _readings(self) -> list[tuple[int, int, str, int, int]]:
+    def _readings(self) -> list[Sequence]:
         """(pid, parent pid, name, resident pages, resident pages less shared ones) of every
         process; no memory for a kernel thread."""
         if self._walker is not None:
             # The files the walker keeps and the command lines KeptFiles keeps share one cap.
-            return self._walker.scan(max(0, KeptFiles._allowed() - len(self.files)))
+            return self._walker.scan(self.files.room())
         return self._read_python()
 
-    def _read_python(self) -> list[tuple[int, int, str, int, int]]:
+    def _read_python(self) -> list[list]:
         read = self.files.read
         known = self._parents
         with os.scandir(self.root) as entries:
@@ -252,7 +251,7 @@ class ProcTable:
                     continue
                 item[1] = about[0]
                 known[pid] = about
-        return [tuple(item) for item in found]
+        return found
 
     def scan(self, wants_cmdline: bool) -> list[Proc]:
         page = os.sysconf("SC_PAGE_SIZE")

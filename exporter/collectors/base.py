@@ -161,6 +161,11 @@ class KeptFiles:
     def __len__(self) -> int:
         return len(self._kept)
 
+    def room(self) -> int:
+        """How many descriptors may be kept elsewhere beside these within the cap (the
+        compiled process walk's)."""
+        return max(0, self._cap - len(self._kept))
+
     def read(self, path: str, size: int = 4096, limit: int = 2**20) -> tuple[bytes, bool]:
         """(the file's content, whether it was opened now rather than kept from an earlier
         read: for /proc/PID/..., a process this reader had not seen under that path)."""

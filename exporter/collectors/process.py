@@ -21,8 +21,6 @@ PROC = "/proc"
 # The psutil path (macOS and every other system) is taken on Linux too when this is True:
 # the tests set it so that the macOS code runs, and is checked, on every machine.
 USE_PSUTIL = False
-# The kernel keeps at most this many bytes of a name in /proc/PID/stat (TASK_COMM_LEN - 1).
-COMM_LENGTH = 15
 
 
 def matches(group: ProcessGroup, name: str, cmdline: list[str] | None) -> bool:
