@@ -28,3 +28,5 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# llama.cpp's llama-server, built once per machine (tests/parts/llama_cpp.py).
+bash "$(dirname "$0")/install-llama-server.sh"
