@@ -423,6 +423,9 @@ def test_one_switch_chooses_the_reader(monkeypatch):
     assert proctable.chosen_source({proctable.SOURCE_ENV: "procfs"}, "linux") == "procfs"
     with pytest.raises(ValueError, match="AITOOLS_PROCESS_SOURCE must be one of procfs, macos, not 'ps'"):
         proctable.chosen_source({proctable.SOURCE_ENV: "ps"}, "linux")
+    monkeypatch.setenv(proctable.SOURCE_ENV, "ps")  # a collector fails with the reason, it does not crash
+    with pytest.raises(CollectorError, match="AITOOLS_PROCESS_SOURCE must be one of procfs, macos"):
+        proctable.process_table()
     monkeypatch.setenv(proctable.SOURCE_ENV, "macos")
     table = proctable.process_table()
     assert isinstance(table.reader, MacReader) and proctable.process_table() is table

@@ -416,7 +416,10 @@ def process_table() -> ProcessTable:
     """The process's one table, over the reader the source names (made again when the
     environment names another: the tests switch it)."""
     global _table
-    source = chosen_source()
+    try:
+        source = chosen_source()
+    except ValueError as exc:
+        raise CollectorError(str(exc)) from None
     with _table_lock:
         if _table is None or _table.source != source:
             if _table is not None:
