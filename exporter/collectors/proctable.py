@@ -34,6 +34,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import psutil
 
@@ -135,6 +136,10 @@ class KeptFiles:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    def __contains__(self, path: str) -> bool:
+        """Whether the file of that path is kept open."""
+        return path in self._kept
 
     def read(self, path: str, size: int = 4096, limit: int = 2**20) -> tuple[bytes, bool]:
         """(the file's content, whether it was opened now rather than kept from an earlier
@@ -368,10 +373,21 @@ class MacReader:
 
 # --- the table ---------------------------------------------------------------------------------
 
+class Reader(Protocol):
+    """What the table reads from: ProcfsReader, MacReader, or anything else that lists the
+    processes as Proc records (a recording, in a later release)."""
+
+    platform: str  # "linux" or "darwin": whose rules the table's readers apply
+
+    def read(self, wants_cmdline: bool) -> list[Proc]: ...
+
+    def close(self) -> None: ...
+
+
 class ProcessTable:
     """One walk of the reader's processes per scrape, shared by the collectors that ask."""
 
-    def __init__(self, reader, source: str | None = None) -> None:
+    def __init__(self, reader: Reader, source: str | None = None) -> None:
         self.reader = reader
         self.source = source
         self._lock = threading.Lock()
@@ -404,7 +420,7 @@ def chosen_source(environ=os.environ, platform: str = sys.platform) -> str:
     return chosen
 
 
-def make_reader(source: str):
+def make_reader(source: str) -> Reader:
     return ProcfsReader() if source == "procfs" else MacReader()
 
 
