@@ -295,12 +295,14 @@ LIBPROC = "/usr/lib/libproc.dylib"  # in the dyld shared cache: dlopen finds it 
 
 
 def load_proc_pid_rusage() -> Callable | None:
-    """libproc's proc_pid_rusage, or None where there is no libproc (not a Mac)."""
-    try:
-        library = ctypes.CDLL(LIBPROC, use_errno=True)
-        return RusageFunction(("proc_pid_rusage", library))
-    except (OSError, AttributeError):
-        return None
+    """libproc's proc_pid_rusage (libproc.dylib, else libSystem, which every process on macOS
+    has loaded), or None where there is none (not a Mac)."""
+    for path in (LIBPROC, None):
+        try:
+            return RusageFunction(("proc_pid_rusage", ctypes.CDLL(path, use_errno=True)))
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def footprint_reader(function: Callable) -> Callable[[int], tuple[int, int] | None]:
