@@ -7,8 +7,10 @@ elsewhere out of the counts."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from exporter.collectors import proctable
@@ -55,7 +57,10 @@ def test_each_path_counts_the_members_and_sums_their_resident_set(members, sourc
 
 
 def test_both_paths_agree(members, readings):
-    members.start(hold_mb=40)
+    member = members.start(hold_mb=40)
+    deadline = time.monotonic() + 10  # asleep: done loading, its memory no longer moves
+    while member.status() != psutil.STATUS_SLEEPING and time.monotonic() < deadline:
+        time.sleep(0.02)
     config = Config(process_groups=(ProcessGroup("by-name", names=(NAME,)),))
     procfs, by_psutil = readings("procfs", config), readings("macos", config)
     assert procfs[("aitools_process_group_processes", "by-name")] == by_psutil[("aitools_process_group_processes", "by-name")] == 1
