@@ -1,16 +1,7 @@
 # aitools-memory-exporter in a container, for Linux hosts (compose.monitoring.yml,
 # profile "linux"). On macOS run the exporter natively: Docker Desktop's VM cannot see
 # the Mac's processes, memory pages or Ollama.
-# The wheel is built where a C compiler is (the compiled /proc reader, exporter/_procfs.c);
-# the image that runs it has none.
-FROM python:3.11 AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
-COPY exporter ./exporter
-RUN pip wheel --no-deps --wheel-dir /wheels . \
-    && python -m zipfile -l /wheels/*.whl | grep -q "exporter/_procfs"
-
+# Pure Python: no compiler, one stage.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -18,8 +9,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-COPY --from=build /wheels /wheels
-RUN pip install /wheels/*.whl && rm -rf /wheels
+COPY pyproject.toml README.md /src/
+COPY exporter /src/exporter
+RUN pip install /src && rm -rf /src
 
 # Inside the container the exporter listens on all of the container's interfaces; the
 # compose file publishes no port for it (Prometheus scrapes it on the compose network).

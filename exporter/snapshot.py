@@ -89,6 +89,23 @@ def render_fits(fits: list[ModelFit]) -> list[str]:
             for fit in fits]
 
 
+# aitools_app_memory_figure_processes{figure}: what each process's memory is (collectors/proctable.py).
+MEMORY_FIGURES = (("footprint", "physical footprint"), ("resident", "resident set"),
+                  ("resident_less_shared", "resident set less shared pages"))
+
+
+def memory_figures(samples: Samples) -> dict[str, int]:
+    """figure -> how many processes' memory the apps counted as that figure."""
+    return {labels.get("figure", ""): int(value) for labels, value in samples.all("aitools_app_memory_figure_processes")}
+
+
+def memory_figures_text(samples: Samples) -> str | None:
+    """'Process memory: physical footprint for 612 processes, resident set for 95', or None."""
+    counts = memory_figures(samples)
+    parts = [f"{words} for {counts[figure]} processes" for figure, words in MEMORY_FIGURES if counts.get(figure)]
+    return "Process memory: " + ", ".join(parts) if parts else None
+
+
 def render_table(config: Config, snapshot: Snapshot) -> str:
     header = ("AREA", "WHAT", "USED", "BUDGET", "OF BUDGET", "STATUS")
     rows = [header]
@@ -102,6 +119,9 @@ def render_table(config: Config, snapshot: Snapshot) -> str:
     if snapshot.tree is not None:
         lines += ["Where the memory goes:"] + render_tree(snapshot.tree) + [""]
         lines += render_tree(snapshot.monitoring) + [""]
+        figures = memory_figures_text(snapshot.samples)
+        if figures is not None:
+            lines += [figures, ""]
         lines += [f"Installed models that are not loaded (fit: within the server's budget less what it has loaded, "
                   f"and the available memory less {MEMORY_RESERVE_FRACTION:.0%} of physical memory):"]
         lines += render_fits(snapshot.fits) + ["", "Readings:"]
@@ -127,6 +147,7 @@ def render_json(config: Config, snapshot: Snapshot) -> dict:
             for name, error in sorted(snapshot.collector_errors.items())
         },
         "tree": snapshot.tree.as_dict() if snapshot.tree is not None else None,
+        "process_memory_figures": memory_figures(snapshot.samples),
         "monitoring": snapshot.monitoring.as_dict() if snapshot.monitoring is not None else None,
         "memory_reserve_fraction": MEMORY_RESERVE_FRACTION,
         "llm_fits": [

@@ -16,11 +16,6 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v chromium >/dev/null || need+=(chromium)
 # Netdata's apps.plugin, the peer of the apps breakdown (tests/parts/apps_plugin.py).
 [ -x /usr/lib/netdata/plugins.d/apps.plugin ] || need+=(netdata-core)
-# A C compiler and the Python headers for the compiled /proc reader (exporter/_procfs.c),
-# which tests/test_proc_table.py requires under CI.
-command -v cc >/dev/null || need+=(gcc)
-python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-    || need+=(python3-dev)
 # The Docker socket proxy of compose.monitoring.yml (compose/docker-proxy/nginx.conf).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then

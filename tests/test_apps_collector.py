@@ -1,24 +1,24 @@
 """The apps collector against real processes named like the user's applications, the real
-/proc, a real Docker engine's containers, and the macOS (psutil) path forced on Linux."""
+/proc, a real Docker engine's containers, and the macOS reader run on Linux
+(AITOOLS_PROCESS_SOURCE=macos, a stand-in vm_stat on PATH)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
-import sys
 import time
-from collections import namedtuple
 from pathlib import Path
 
 import docker
 import psutil
 import pytest
 
-from exporter.collectors.base import Deadline
 from exporter.collectors import apps as apps_module
-from exporter.collectors.apps import (BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, assign, budget_apps,
-                                      kernel_memory_procfs, process_memory)
+from exporter.collectors import proctable
+from exporter.collectors.apps import BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, assign, budget_apps, kernel_memory_procfs
+from exporter.collectors.base import Deadline
 from exporter.collectors.system import parse_meminfo, parse_vm_stat
 from exporter.config import DEFAULT_APPS, App, Config, ConfigError, parse_config
 
@@ -55,6 +55,36 @@ def tree(root: psutil.Process) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+def install_vm_stat(folder: Path, recording: str) -> None:
+    path = folder / "vm_stat"
+    path.write_text(f"#!/bin/sh\ncat '{DATA / recording}'\n")
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def macos_reader(tmp_path, monkeypatch):
+    """The macOS reader on this machine: psutil's processes, libproc absent (so each
+    process's resident set, as on a Mac for another user's process), vm_stat a stand-in."""
+    install_vm_stat(tmp_path, "vm_stat_apple_silicon.txt")
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(proctable.SOURCE_ENV, "macos")
+
+
+@pytest.fixture(params=["procfs", "macos"])
+def source(request, monkeypatch):
+    if request.param == "macos":
+        request.getfixturevalue("macos_reader")
+    else:
+        monkeypatch.setenv(proctable.SOURCE_ENV, "procfs")
+    return request.param
+
+
+def expected_memory(process: psutil.Process, source: str) -> int:
+    """What the reader of `source` counts of a process here: resident less shared from /proc;
+    the resident set from the macOS reader without libproc."""
+    return private(process) if source == "procfs" else process.memory_info().rss
+
+
 @pytest.fixture
 def user_stack(app_processes):
     """Cursor with its helpers (and an unnamed worker of theirs), an ML service in Python,
@@ -70,18 +100,17 @@ def user_stack(app_processes):
     return {"ide": cursor, "ml": ml, "xcode": xcode}
 
 
-@pytest.mark.parametrize("source", ["procfs", "psutil"])
 def test_each_app_is_what_psutil_reads_of_its_processes(user_stack, source):
     config = parse_config("apps:\n  ml-service: {cmdline: 'uvicorn embeddings_service'}\n")
-    collector = AppsCollector(config, source=source)
-    memory, count, processes, assignments = collector.read()
+    collector = AppsCollector(config)
+    memory, count, processes, assignments, figures = collector.read()
     for app, root in (("ide", user_stack["ide"]), ("xcode", user_stack["xcode"]), ("ml-service", user_stack["ml"])):
         members = tree(root)
         assert {assignments[m.pid].app for m in members} == {app}, app
         by_pid = {proc.pid: proc for proc in processes}
         # The collector's figure of each of its processes is psutil's reading of it...
         for member in members:
-            assert abs(by_pid[member.pid].memory - private(member)) <= 2 * MiB, (app, member)
+            assert abs(by_pid[member.pid].memory - expected_memory(member, source)) <= 2 * MiB, (app, member)
         # ...and the app's is the sum over its processes (other helpers on this machine may
         # run processes of the same apps: the app holds ours and theirs).
         of_app = [proc for proc in processes if assignments[proc.pid].app == app]
@@ -94,34 +123,30 @@ def test_each_app_is_what_psutil_reads_of_its_processes(user_stack, source):
     assert assignments[user_stack["ml"].pid].app == "ml-service"
 
 
-def test_the_psutil_path_reads_what_procfs_reads(user_stack):
-    fast, _, _, by_procfs = AppsCollector(Config(), source="procfs").read()
-    slow, _, _, by_psutil = AppsCollector(Config(), source="psutil").read()
-    for app in ("ide", "xcode"):
-        assert abs(fast[app] - slow[app]) <= 2 * MiB, app
-    common = set(by_procfs) & set(by_psutil)
+def test_the_macos_reader_puts_the_processes_in_the_apps_procfs_does(user_stack, monkeypatch, tmp_path):
+    monkeypatch.setenv(proctable.SOURCE_ENV, "procfs")
+    fast = AppsCollector(Config()).read()
+    request_macos(monkeypatch, tmp_path)
+    slow = AppsCollector(Config()).read()
+    assert fast.figures.keys() == {"resident_less_shared"} and slow.figures.keys() == {"resident"}
+    for app in ("ide", "xcode"):  # the processes' resident sets here: at least their private memory
+        assert fast.memory[app] - 2 * MiB <= slow.memory[app], app
+        assert fast.count[app] == slow.count[app], app
+    common = set(fast.assignments) & set(slow.assignments)
     assert len(common) > 10
-    assert all(by_procfs[pid].app == by_psutil[pid].app for pid in common
-               if by_procfs[pid].app is not None or by_psutil[pid].app is not None
+    assert all(fast.assignments[pid].app == slow.assignments[pid].app for pid in common
+               if fast.assignments[pid].app is not None or slow.assignments[pid].app is not None
                if psutil.pid_exists(pid))
 
 
-def test_the_switch_chooses_the_psutil_path(monkeypatch):
-    monkeypatch.setenv(apps_module.SOURCE_ENV, "psutil")
-    assert AppsCollector(Config()).source == "psutil"
-    monkeypatch.setenv(apps_module.SOURCE_ENV, "procfs")
-    assert AppsCollector(Config()).source == "procfs"
-    monkeypatch.delenv(apps_module.SOURCE_ENV)
-    assert AppsCollector(Config()).source == "procfs"  # Linux, /proc there
-    assert AppsCollector(Config(), platform="darwin").source == "psutil"
-    monkeypatch.setenv(apps_module.SOURCE_ENV, "ps")
-    with pytest.raises(ValueError, match="procfs, psutil"):
-        AppsCollector(Config())
+def request_macos(monkeypatch, folder: Path) -> None:
+    install_vm_stat(folder, "vm_stat_apple_silicon.txt")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv(proctable.SOURCE_ENV, "macos")
 
 
-@pytest.mark.parametrize("source", ["procfs", "psutil"])
 def test_every_process_is_in_exactly_one_app(user_stack, source):
-    memory, count, processes, assignments = AppsCollector(Config(), source=source).read()
+    memory, count, processes, assignments, figures = AppsCollector(Config()).read()
     pids = [proc.pid for proc in processes]
     assert len(pids) == len(set(pids))
     assert set(assignments) == set(pids)
@@ -130,6 +155,9 @@ def test_every_process_is_in_exactly_one_app(user_stack, source):
     assert abs(len(processes) - len(psutil.pids())) <= 5
     # This test's own process is python's; the collector's process is monitoring's.
     assert count["monitoring"] >= 1
+    # Each process's figure is told, and they add up to the processes.
+    assert sum(figures.values()) == len(processes)
+    assert set(figures) == ({"resident_less_shared"} if source == "procfs" else {"resident"})
 
 
 def used_memory() -> int:
@@ -149,7 +177,7 @@ def test_the_apps_add_up_to_the_used_memory_within_the_tolerance(user_stack):
 
 
 def test_system_holds_the_kernels_memory():
-    memory, count, processes, assignments = AppsCollector(Config()).read()
+    memory, count, processes, assignments, _ = AppsCollector(Config()).read()
     fields = parse_meminfo(Path("/proc/meminfo").read_text())
     kernel = sum(fields.get(name, 0) for name in apps_module.KERNEL_MEMINFO_FIELDS)
     processes_of_system = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
@@ -160,7 +188,7 @@ def test_system_holds_the_kernels_memory():
 
 def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_processes):
     root = app_processes.start("ollama", 5, children=[app_processes.command("runner-x", 12)], expect=2)
-    memory, count, processes, assignments = AppsCollector(Config()).read()
+    memory, count, processes, assignments, _ = AppsCollector(Config()).read()
     child = root.children()[0]
     assert assignments[child.pid].app == "ollama"
     assert count["ollama"] == 2 and memory["ollama"] >= 17 * MiB
@@ -182,7 +210,7 @@ def test_the_apps_of_an_unchanged_process_table_are_kept_and_a_change_makes_them
         first = again
     assert again is first
     root = app_processes.start("ollama", 5, children=[app_processes.command("runner-y", 6)], expect=2)
-    _, _, processes, after = collector.read()
+    _, _, processes, after, _ = collector.read()
     assert after is not first
     assert after[root.pid].app == after[root.children()[0].pid].app == "ollama"
     assert after == assign(processes, Config().apps, os.getpid(), collector._bundle)
@@ -207,7 +235,7 @@ def test_labels_stay_bounded_with_a_thousand_differently_named_programs(tmp_path
         while len(programs := [p for p in psutil.process_iter(["name"]) if re.fullmatch(r"prog\d{4}", p.info["name"] or "")]) < 1000:
             assert time.monotonic() < deadline, "the thousand programs did not start"
             time.sleep(0.1)
-        memory, count, processes, assignments = AppsCollector(Config()).read()
+        memory, count, processes, assignments, _ = AppsCollector(Config()).read()
         result = samples(AppsCollector(Config()))
         labels = set(app_memory(result))
         configured = {app.name for app in Config().apps}
@@ -227,7 +255,7 @@ def test_labels_stay_bounded_with_a_thousand_differently_named_programs(tmp_path
 
 def test_top_programs_are_the_largest_unclaimed(app_processes):
     big = app_processes.start("bigprogram", 60, orphan=True)
-    memory, count, processes, assignments = AppsCollector(Config()).read()
+    memory, count, processes, assignments, _ = AppsCollector(Config()).read()
     assert assignments[big.pid].app is None
     assert count["bigprogram"] == 1
     assert abs(memory["bigprogram"] - private(big)) <= 2 * MiB
@@ -235,49 +263,57 @@ def test_top_programs_are_the_largest_unclaimed(app_processes):
 
 # --- the macOS path, with stand-in data --------------------------------------------------
 
-def test_process_memory_takes_the_footprint_where_psutil_gives_it():
-    Extras = namedtuple("Extras", "peak_rss phys_footprint peak_footprint")
-    Extended = namedtuple("Extended", "rss vms phys_footprint")
-    Plain = namedtuple("Plain", "rss vms")
-
-    class NeverFullInfo:
-        def memory_info(self):
-            return Plain(100 * MiB, 400 * MiB)
-
-        def memory_full_info(self):  # pragma: no cover - must never be called
-            raise AssertionError("memory_full_info() can hang on macOS")
-
-    class Psutil8Process(NeverFullInfo):  # psutil 8 on macOS: memory_extras() has phys_footprint
-        def memory_extras(self):
-            return Extras(120 * MiB, 130 * MiB, 140 * MiB)
-
-    class PreReleaseProcess(NeverFullInfo):  # psutil 8's pre-release name of it
-        def memory_info_ex(self):
-            return Extended(100 * MiB, 400 * MiB, 125 * MiB)
-
-    assert process_memory(Psutil8Process(), footprint=True) == (130 * MiB, True)
-    assert process_memory(PreReleaseProcess(), footprint=True) == (125 * MiB, True)
-    assert process_memory(NeverFullInfo(), footprint=True) == (100 * MiB, False)  # psutil 7: RSS
-    assert process_memory(Psutil8Process()) == (100 * MiB, False)  # Linux: no footprint asked
-    me = psutil.Process()
-    assert process_memory(me)[0] == pytest.approx(private(me), abs=4 * MiB)
-
-
-def install_vm_stat(folder: Path, recording: str) -> None:
-    path = folder / "vm_stat"
-    path.write_text(f"#!/bin/sh\ncat '{DATA / recording}'\n")
-    path.chmod(0o755)
-
-
-def test_macos_kernel_memory_is_wired_plus_compressor_from_vm_stat(tmp_path, monkeypatch):
-    install_vm_stat(tmp_path, "vm_stat_apple_silicon.txt")
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+def test_macos_kernel_memory_is_wired_plus_compressor_from_vm_stat(macos_reader):
     page_size, pages = parse_vm_stat((DATA / "vm_stat_apple_silicon.txt").read_text())
-    memory, count, processes, assignments = AppsCollector(Config(), source="psutil", platform="darwin").read()
+    memory, count, processes, assignments, figures = AppsCollector(Config()).read()
     of_processes = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
-    # psutil 7 reads RSS (no footprint): the compressor's pages are not in any process's figure.
+    # Resident sets (no footprint read): the compressor's pages are in no process's figure.
+    assert figures.get("footprint", 0) == 0
     assert memory["system"] - of_processes == (pages["wired"] + pages["compressed"]) * page_size
+    # With footprints (they hold a process's compressed pages): wired only.
     assert apps_module.kernel_memory_vm_stat(Deadline(3.0), footprints=True) == pages["wired"] * page_size
+
+
+def test_macos_footprints_are_the_apps_figure_and_the_compressor_is_left_to_them(macos_reader, app_processes,
+                                                                                 monkeypatch):
+    """With libproc's footprints (a stand-in with the real function's C signature), an app's
+    memory is its processes' footprints; `system` holds wired pages only; the figures used
+    are published for the snapshot."""
+    from tests.test_proc_table import stand_in_libproc
+
+    root = app_processes.start("ollama", 5, children=[app_processes.command("runner-z", 6)], expect=2)
+    members = tree(root)
+    footprints = {member.pid: (member.memory_info().rss, (100 + index) * MiB) for index, member in enumerate(members)}
+    function, _ = stand_in_libproc(footprints, denied=set(), others=errno.EPERM)  # the others: not the user's
+    monkeypatch.setattr(proctable.process_table(), "reader", proctable.MacReader(proctable.footprint_reader(function)))
+    collector = AppsCollector(Config())
+    memory, count, processes, assignments, figures = collector.read()
+    assert count["ollama"] >= 2
+    of_ollama = [proc for proc in processes if assignments[proc.pid].app == "ollama"]
+    assert memory["ollama"] == sum(proc.memory for proc in of_ollama) >= (100 + 101) * MiB
+    assert {proc.pid: proc.memory for proc in of_ollama if proc.pid in footprints} == {
+        pid: figures_[1] for pid, figures_ in footprints.items()}
+    page_size, pages = parse_vm_stat((DATA / "vm_stat_apple_silicon.txt").read_text())
+    of_system = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
+    assert memory["system"] - of_system == pages["wired"] * page_size
+    assert figures == {"footprint": len(footprints), "resident": len(processes) - len(footprints)}
+    result = samples(collector)
+    assert result[("aitools_app_memory_figure_processes", (("figure", "footprint"),))] == len(footprints)
+
+
+def test_the_scrapes_one_vm_stat_serves_the_apps_and_the_system(macos_reader, tmp_path):
+    """On macOS vm_stat runs once per scrape: the system collector and the apps share it."""
+    from exporter.collectors.system import SystemCollector
+
+    runs = tmp_path / "runs"
+    (tmp_path / "vm_stat").write_text(f"#!/bin/sh\necho run >> '{runs}'\ncat '{DATA / 'vm_stat_apple_silicon.txt'}'\n")
+    config = Config(system_source="vm_stat")
+    scrape = Deadline(3.0)
+    list(SystemCollector(config).collect(scrape))
+    AppsCollector(config).read(scrape)
+    assert runs.read_text().count("run") == 1
+    AppsCollector(config).read(Deadline(3.0))  # another scrape: run again
+    assert runs.read_text().count("run") == 2
 
 
 def test_macos_names_group_like_activity_monitor():
@@ -313,7 +349,7 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
             assert time.monotonic() < deadline
             time.sleep(0.05)
         config = Config(docker_host=docker_engine.host)
-        memory, count, processes, assignments = AppsCollector(config).read()
+        memory, count, processes, assignments, _ = AppsCollector(config).read()
         by_pid = {proc.pid: proc for proc in processes}
 
         def members(container_id):
@@ -355,7 +391,7 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         collector.read()
         assert len(asked) == 1
         second = docker_engine.run("apps-bundle-grafana", labels={"dev.aitools.app": "monitoring"})
-        _, _, processes, assignments = collector.read()
+        _, _, processes, assignments, _ = collector.read()
         assert len(asked) == 2
         assert {assignments[pid].app for pid in members(second)} == {"monitoring"}
     finally:
@@ -409,17 +445,16 @@ def test_budget_info_publishes_which_apps_each_total_counts():
     assert not any(app in ("system", "monitoring", "other") for app, _ in info)
 
 
-def test_a_docker_vm_process_is_docker_and_flags_the_containers_as_inside_it(app_processes):
+def test_a_docker_vm_process_is_docker_and_flags_the_containers_as_inside_it(app_processes, source):
     # Docker Desktop's VM (qemu-system-* on Intel Macs and Linux; a name longer than the
     # kernel keeps, read whole from the command line) with no container shims beside it.
     vm = app_processes.start("qemu-system-aarch64", 30, orphan=True)
-    for source in ("procfs", "psutil"):
-        collector = AppsCollector(Config(), source=source)
-        memory, count, processes, assignments = collector.read()
-        assert assignments[vm.pid].app == "docker"
-        result = samples(collector)
-        shims = any(proc.name.startswith("containerd-shim") for proc in processes)
-        assert result[("aitools_app_docker_vm", ())] == (0 if shims else 1)
+    collector = AppsCollector(Config())
+    memory, count, processes, assignments, _ = collector.read()
+    assert assignments[vm.pid].app == "docker"
+    result = samples(collector)
+    shims = any(proc.name.startswith("containerd-shim") for proc in processes)
+    assert result[("aitools_app_docker_vm", ())] == (0 if shims else 1)
 
 
 # --- the peer: netdata's apps.plugin on the same processes -------------------------------
@@ -447,7 +482,7 @@ def test_figures_match_netdata_apps_plugin_on_the_same_processes(app_processes):
     with plugin:
         theirs = plugin.passes(2)[-1]  # the first pass may miss what started during it
         config = parse_config(f"apps:\n  editor: {{names: [{root}, {helper}, {gpu}]}}\n  ml-service: {{names: [{service}]}}\n")
-        memory, count, processes, assignments = AppsCollector(config).read()
+        memory, count, processes, assignments, _ = AppsCollector(config).read()
     # Both put the unnamed worker in its ancestors' group.
     assert {assignments[m.pid].app for m in tree(tree_root)} == {"editor"} and count["editor"] == 4
     # "real memory without shared" against resident less shared: the same pages.

@@ -10,6 +10,8 @@ are added to a real collection here, and the tree must take its figures from the
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 from prometheus_client.core import GaugeMetricFamily
@@ -174,6 +176,29 @@ def test_snapshot_command_prints_the_tree_and_json(tmp_path, swift_frontend):
     assert [child["name"] for child in data["tree"]["children"]][:3] == [
         "Docker", "Node.js servers", "Swift compilation (Xcode)"]
     assert data["llm_fits"] == [] and data["readings"]
+    # Which figure each process's memory is: on Linux resident less shared, for every process.
+    counted = data["process_memory_figures"]
+    assert set(counted) == {"resident_less_shared"} and counted["resident_less_shared"] > 10
+    assert any(line.startswith("Process memory: resident set less shared pages for ") for line in lines)
+
+
+def test_the_snapshot_says_which_figure_the_macos_reader_used(tmp_path):
+    """The macOS reader on this machine (AITOOLS_PROCESS_SOURCE=macos, vm_stat a stand-in;
+    no libproc here, so every process's figure is its resident set): the snapshot says so."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "vm_stat_apple_silicon.txt"
+    (tmp_path / "vm_stat").write_text(f"#!/bin/sh\ncat '{data}'\n")
+    (tmp_path / "vm_stat").chmod(0o755)
+    config = tmp_path / "config.yml"
+    config.write_text("docker: {enabled: false}\nollama: {url: null}\nlmstudio: {url: null}\n")
+    env = {"AITOOLS_PROCESS_SOURCE": "macos", "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    table = run_cli("snapshot", "--config.file", str(config), env=env)
+    assert table.returncode == 0, table.stderr
+    line = next(line for line in table.stdout.splitlines() if line.startswith("Process memory: "))
+    assert re.fullmatch(r"Process memory: resident set for \d+ processes", line), line
+    counted = json.loads(run_cli("snapshot", "--json", "--config.file", str(config), env=env).stdout)
+    assert set(counted["process_memory_figures"]) == {"resident"}
 
 
 def test_names_from_outside_cannot_drive_the_terminal(ollama_standin, lmstudio_standin):

@@ -1,18 +1,24 @@
-"""The process walk's kept /proc files (apps.ProcTable), on the real /proc.
+"""The process table (collectors/proctable.py): its Linux reader on the real /proc, its
+macOS reader with a stand-in for libproc, and one walk per scrape.
 
-Each scrape reads every process's name and memory through descriptors kept open since
-the scrape before (compiled, exporter/_procfs.c, where it was built; else from Python over
-base.KeptFiles: both readers run every test), and its parent only when that can have
-changed. These tests hold the walk to what a walk from scratch reads, through the changes
-that make kept state wrong if it is kept carelessly: a process that runs another program,
-a parent that ends (its children go to a reaper), processes that end (their files
-closed), a pid given to a newer process, more processes than the cap on kept files; and
-the two readers to the same figures, on /proc and on a folder of hostile files.
+The Linux reader reads every process's name and memory through descriptors kept open
+since the walk before (KeptFiles), and its parent only when that can have changed. These
+tests hold it to what a walk from scratch reads, through the changes that make kept state
+wrong if it is kept carelessly: a process that runs another program or is renamed, a
+parent that ends (its children go to a reaper), processes that end (their files closed), a
+pid given to a newer process, more processes than the cap on kept files; and on a folder
+of hostile files. The macOS reader's footprint comes from libproc's proc_pid_rusage (only
+on a Mac): here its structure is held to XNU's header and its call and fallbacks run
+through a stand-in function with the same C signature.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -22,37 +28,23 @@ import time
 import psutil
 import pytest
 
-from exporter.collectors import apps as apps_module
-from exporter.collectors.apps import ProcTable
-from exporter.collectors.base import KeptFiles
-from tests.conftest import missing_realpart
+from exporter.collectors import proctable
+from exporter.collectors.base import CollectorError, Deadline
+from exporter.collectors.proctable import (FOOTPRINT, RESIDENT, KeptFiles, MacReader, ProcessTable, ProcfsReader,
+                                           RusageFunction, RusageInfoV2, footprint_reader)
 from tests.parts import hostile
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the Linux /proc path")
-READERS = ["compiled", "python"]
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="the Linux /proc path")
+MiB = 2**20
 
 
-@pytest.fixture(params=READERS)
-def reader(request) -> str:
-    if request.param == "compiled" and apps_module.Walker is None:
-        missing_realpart("the compiled /proc reader (exporter._procfs) is not built: pip install -e . with gcc "
-                         "and the Python headers")
-    return request.param
-
-
-def make_table(reader: str, **kwargs) -> ProcTable:
-    table = ProcTable(compiled=reader == "compiled", **kwargs)
-    assert table.compiled == (reader == "compiled")
-    return table
-
-
-def scan_procfs(wants_cmdline: bool, reader: str = "python"):
-    """One walk of /proc from scratch: a table of its own, nothing kept."""
-    table = make_table(reader)
+def scan_procfs(wants_cmdline: bool):
+    """One walk of /proc from scratch: a reader of its own, nothing kept."""
+    reader = ProcfsReader()
     try:
-        return table.scan(wants_cmdline)
+        return reader.read(wants_cmdline)
     finally:
-        table.close()
+        reader.close()
 
 
 def by_pid(processes):
@@ -65,140 +57,95 @@ def wait_for(condition, timeout: float = 10.0):
     return result
 
 
-def test_the_compiled_reader_is_built_and_the_default():
-    if apps_module.Walker is None:
-        missing_realpart("the compiled /proc reader (exporter._procfs) is not built")
-    table = ProcTable()
+# --- Linux: /proc -------------------------------------------------------------------------------
+
+@linux_only
+def test_a_kept_walk_reads_what_a_walk_from_scratch_reads_and_psutil_reads():
+    reader = ProcfsReader()
     try:
-        assert table.compiled
-    finally:
-        table.close()
-
-
-def test_the_python_reader_can_be_chosen_by_the_environment(monkeypatch):
-    monkeypatch.setenv(apps_module.READER_ENV, "python")
-    assert not ProcTable().compiled
-
-
-def test_a_kept_walk_reads_what_a_walk_from_scratch_reads(reader):
-    table = make_table(reader)
-    try:
-        table.scan(False)
+        reader.read(False)
         sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(20)]
         try:
             for process in sleepers:  # asleep: done loading, its memory no longer moves
                 wait_for(lambda: psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
             time.sleep(0.1)
-            kept = by_pid(table.scan(False))  # the sleepers new, the rest through kept files
-            fresh = by_pid(scan_procfs(False, "python"))
-            other = by_pid(scan_procfs(False, "compiled")) if apps_module.Walker is not None else fresh
+            kept = by_pid(reader.read(False))  # the sleepers new, the rest through kept files
+            fresh = by_pid(scan_procfs(False))
             for pid in [process.pid for process in sleepers] + [os.getpid(), 1]:
-                assert (kept[pid].name, kept[pid].ppid) == (fresh[pid].name, fresh[pid].ppid) == (other[pid].name, other[pid].ppid)
+                assert (kept[pid].name, kept[pid].ppid) == (fresh[pid].name, fresh[pid].ppid)
                 assert kept[pid].name == "sleep" or pid in (os.getpid(), 1)
             mine = psutil.Process().memory_info()
             ours = kept[os.getpid()]
             # This process's own figures move a little between the reads; the sleepers' do not.
-            assert abs(ours.rss - mine.rss) < 8 * 2**20 and abs(ours.memory - (mine.rss - mine.shared)) < 8 * 2**20
+            assert abs(ours.resident - mine.rss) < 8 * MiB and abs(ours.memory - (mine.rss - mine.shared)) < 8 * MiB
             for process in sleepers:
                 info = psutil.Process(process.pid).memory_info()
-                assert kept[process.pid].rss == fresh[process.pid].rss == other[process.pid].rss == info.rss
-                assert kept[process.pid].memory == other[process.pid].memory == info.rss - info.shared
+                assert kept[process.pid].resident == fresh[process.pid].resident == info.rss
+                assert kept[process.pid].memory == fresh[process.pid].memory == info.rss - info.shared
+                assert kept[process.pid].figure == proctable.ANONYMOUS
             # Two files kept per process (name and memory).
-            assert table.kept() >= 2 * len(kept)
+            assert reader.kept() >= 2 * len(kept)
             # Kernel threads: no memory of their own.
             if kept.get(2) is not None and kept[2].name == "kthreadd":
                 kthreads = [proc for proc in kept.values() if proc.ppid == 2]
-                assert kthreads and all(proc.memory == proc.rss == 0 for proc in kthreads)
+                assert kthreads and all(proc.memory == proc.resident == 0 for proc in kthreads)
         finally:
             for process in sleepers:
                 process.kill()
                 process.wait()
     finally:
-        table.close()
+        reader.close()
 
 
-def test_a_process_that_runs_another_program_is_read_under_its_new_name(reader):
+@linux_only
+def test_a_process_that_runs_another_program_is_read_under_its_new_name():
     """exec() keeps the pid and the kept descriptors: the next read gives the new name."""
-    table = make_table(reader)
+    reader = ProcfsReader()
     process = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
                                 "os.execv('/bin/sleep', ['sleep', '60'])"], stdin=subprocess.PIPE)
     try:
-        wait_for(lambda: by_pid(table.scan(False)).get(process.pid))
-        before = by_pid(table.scan(False))[process.pid]
+        wait_for(lambda: by_pid(reader.read(False)).get(process.pid))
+        before = by_pid(reader.read(False))[process.pid]
         assert before.name.startswith("python")
         process.stdin.write(b"go\n")
         process.stdin.flush()
-        after = wait_for(lambda: (found := by_pid(table.scan(False)).get(process.pid)) and found.name == "sleep" and found)
+        after = wait_for(lambda: (found := by_pid(reader.read(False)).get(process.pid)) and found.name == "sleep" and found)
         assert after.ppid == os.getpid()
         wait_for(lambda: psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
         time.sleep(0.1)
-        assert by_pid(table.scan(False))[process.pid].rss == psutil.Process(process.pid).memory_info().rss
+        assert by_pid(reader.read(False))[process.pid].resident == psutil.Process(process.pid).memory_info().rss
     finally:
         process.kill()
         process.wait()
-        table.close()
+        reader.close()
 
 
-RENAMES_ITSELF = r"""
-#include <sys/prctl.h>
-#include <unistd.h>
-int main(void) {
-    char name[16] = "before", renamed[16] = "renamed", go;
-    prctl(PR_SET_NAME, name);       /* every page the rename needs, touched now */
-    if (read(0, &go, 1) != 1) return 1;
-    if (read(0, &go, 1) != 1) return 1;
-    prctl(PR_SET_NAME, renamed);    /* a rename that touches no memory */
-    return read(0, &go, 1) == 1;    /* waits on code already in memory (until stdin closes) */
-}
-"""
-
-
-def test_a_process_renamed_in_place_is_read_under_its_new_name(tmp_path, reader):
-    """A rename (prctl, or a write to /proc/PID/comm) touches no memory: the compiled reader,
-    which reads the name of a process whose memory did not move only every NAME_RECHECK-th
-    scan, has it within that many scans; the Python reader at the next."""
-    source = tmp_path / "renames.c"
-    source.write_text(RENAMES_ITSELF)
-    program = tmp_path / "renames"
+@linux_only
+def test_a_process_renamed_in_place_is_read_under_its_new_name_at_the_next_walk():
+    """A rename (prctl(PR_SET_NAME), as a thread pool or a runtime does) keeps the pid and
+    may touch no memory: the name is read at every walk, so the next one has it."""
+    reader = ProcfsReader()
+    script = ("import ctypes, sys; libc = ctypes.CDLL(None); libc.prctl(15, b'before'); sys.stdin.readline(); "
+              "libc.prctl(15, b'renamed'); print('done', flush=True); sys.stdin.readline()")
+    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        subprocess.run(["cc", "-O1", "-o", str(program), str(source)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        missing_realpart(f"a C compiler (cc) to build the renaming process: {exc}")
-    table = make_table(reader)
-    process = subprocess.Popen([str(program)], stdin=subprocess.PIPE)
-    try:
-        process.stdin.write(b"1")
-        process.stdin.flush()
-        wait_for(lambda: psutil.Process(process.pid).name() == "before"
-                 and psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
+        wait_for(lambda: psutil.Process(process.pid).name() == "before")
         for _ in range(3):
-            assert by_pid(table.scan(False))[process.pid].name == "before"
-        statm = open(f"/proc/{process.pid}/statm").read()
-        process.stdin.write(b"2")
+            assert by_pid(reader.read(False))[process.pid].name == "before"
+        process.stdin.write(b"go\n")
         process.stdin.flush()
-        wait_for(lambda: psutil.Process(process.pid).name() == "renamed")
-        assert open(f"/proc/{process.pid}/statm").read() == statm  # the case this test is for
-        if table.compiled:
-            from exporter._procfs import NAME_RECHECK as within
-        else:
-            within = 1
-        names = [by_pid(table.scan(False))[process.pid].name for _ in range(within)]
-        assert names[-1] == "renamed", names
-        if table.compiled:  # idle processes: a quarter of the names read per scan, plus those that moved
-            before = table._walker.names_read
-            count = len(table.scan(False))
-            assert table._walker.names_read - before < count / 2
+        assert process.stdout.readline() == b"done\n"
+        assert by_pid(reader.read(False))[process.pid].name == "renamed"
     finally:
         process.kill()
         process.wait()
-        table.close()
+        reader.close()
 
 
-def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path, reader):
+@linux_only
+def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path):
     """A child's parent is read once, and again when the parent ends: the child then belongs
     to its reaper (here this test's process, made a subreaper, so that it can wait for it)."""
-    import ctypes
-
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_CHILD_SUBREAPER = 36
     assert libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
@@ -209,20 +156,20 @@ def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path
         open({str(pid_file)!r}, "w").write(str(child.pid))
         sys.stdin.readline()
     """)
-    table = make_table(reader)
+    reader = ProcfsReader()
     parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
     child_pid = None
     try:
         child_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text()))
-        assert by_pid(table.scan(False))[child_pid].ppid == parent.pid
-        assert by_pid(table.scan(False))[child_pid].ppid == parent.pid  # kept, not read again
+        assert by_pid(reader.read(False))[child_pid].ppid == parent.pid
+        assert by_pid(reader.read(False))[child_pid].ppid == parent.pid  # kept, not read again
         parent.stdin.write(b"\n")
         parent.stdin.flush()
         # While the parent is a zombie (not yet waited for) the child is already ours.
         wait_for(lambda: psutil.Process(parent.pid).status() == psutil.STATUS_ZOMBIE)
-        assert by_pid(table.scan(False))[child_pid].ppid == os.getpid()
+        assert by_pid(reader.read(False))[child_pid].ppid == os.getpid()
         parent.wait()
-        assert by_pid(table.scan(False))[child_pid].ppid == os.getpid()
+        assert by_pid(reader.read(False))[child_pid].ppid == os.getpid()
     finally:
         parent.kill()
         parent.wait()
@@ -230,65 +177,78 @@ def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path
             os.kill(child_pid, signal.SIGKILL)
             os.waitpid(child_pid, 0)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
-        table.close()
+        reader.close()
 
 
-def test_files_of_ended_processes_are_closed_and_none_leak(reader):
-    table = make_table(reader)
+@linux_only
+def test_files_of_ended_processes_are_closed_and_none_leak():
+    reader = ProcfsReader()
     try:
-        table.scan(False)
-        base = table.kept()
+        reader.read(False)
+        base = reader.kept()
         for _ in range(3):
             sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(100)]
-            listed = by_pid(table.scan(False))
+            files = [f"/proc/{process.pid}/{name}" for process in sleepers for name in ("comm", "statm")]
+            listed = by_pid(reader.read(False))
             assert all(process.pid in listed for process in sleepers)
-            assert table.kept() >= base + 200 - 20
+            assert all(path in reader.files for path in files)
             for process in sleepers:
                 process.kill()
                 process.wait()
-            listed = by_pid(table.scan(False))
+            listed = by_pid(reader.read(False))
             assert not any(process.pid in listed for process in sleepers)
-            assert table.kept() <= base + 20  # the machine's other processes come and go a little
-        open_now = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
-        table.close()
-        assert table.kept() == 0
-        closed = os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
+            assert not any(path in reader.files for path in files)  # closed at the walk after they ended
+        open_now = len(os.listdir("/proc/self/fd"))
+        reader.close()
+        assert reader.kept() == 0
+        closed = len(os.listdir("/proc/self/fd"))
         assert open_now - closed >= base - 20
     finally:
-        table.close()
+        reader.close()
 
 
-def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch, reader):
-    monkeypatch.setattr(KeptFiles, "_allowed", classmethod(lambda cls: 10))
-    table = make_table(reader)
+@linux_only
+def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch):
+    monkeypatch.setattr(KeptFiles, "allowed", staticmethod(lambda: 10))
+    reader = ProcfsReader()
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(30)]
     try:
+        for process in sleepers:
+            wait_for(lambda: psutil.Process(process.pid).status() == psutil.STATUS_SLEEPING)
         for _ in range(3):
-            capped = by_pid(table.scan(False))
-            assert table.kept() == 10
+            capped = by_pid(reader.read(False))
+            assert reader.kept() == 10
         fresh = by_pid(scan_procfs(False))
-        common = set(capped) & set(fresh)
-        assert len(common) > 20
-        assert all((capped[pid].name, capped[pid].ppid) == (fresh[pid].name, fresh[pid].ppid) for pid in common)
+        for pid in [process.pid for process in sleepers] + [1]:
+            assert (capped[pid].name, capped[pid].ppid, capped[pid].resident, capped[pid].memory) == (
+                fresh[pid].name, fresh[pid].ppid, fresh[pid].resident, fresh[pid].memory)
     finally:
-        table.close()
+        for process in sleepers:
+            process.kill()
+            process.wait()
+        reader.close()
 
 
-def test_the_cap_is_a_quarter_of_the_open_files_limit(monkeypatch):
-    import resource
-
+def test_the_cap_is_a_quarter_of_the_open_files_limit_which_is_never_raised(monkeypatch):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    files = KeptFiles()
+    files.close()
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
     monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
-    assert KeptFiles._allowed() == 256
+    assert KeptFiles.allowed() == 256
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert KeptFiles._allowed() == KeptFiles.MAX_KEPT
+    assert KeptFiles.allowed() == 65536
 
 
-def test_a_kept_file_of_an_ended_process_never_reads_a_newer_process(tmp_path):
+@linux_only
+def test_a_kept_file_of_an_ended_process_never_reads_a_newer_process():
     """A descriptor of /proc/PID/... is bound to its process: once it has ended, the read
     fails and the path is opened anew (`fresh`), whoever has the pid now."""
     files = KeptFiles()
     process = subprocess.Popen(["sleep", "60"])
     try:
         path = f"/proc/{process.pid}/comm"
+        wait_for(lambda: psutil.Process(process.pid).name() == "sleep")
         assert files.read(path) == (b"sleep\n", True)
         assert files.read(path) == (b"sleep\n", False)
         process.kill()
@@ -317,16 +277,17 @@ def start_under_pid(pid: int, argv: list[str], attempts: int = 50) -> subprocess
     return None
 
 
-def test_a_pid_given_to_a_newer_process_is_read_as_that_process(tmp_path, reader):
+@linux_only
+def test_a_pid_given_to_a_newer_process_is_read_as_that_process(tmp_path):
     """The kept files of an ended process are not the files of a newer process with its pid:
     the walk reads the newcomer's name, memory and parent (its parent read anew)."""
     newcomer = tmp_path / "newcomer"
     newcomer.symlink_to("/bin/sleep")  # the kernel names a process after the file it runs
-    table = make_table(reader)
+    reader = ProcfsReader()
     first = subprocess.Popen(["sleep", "60"])
     second = None
     try:
-        wait_for(lambda: (found := by_pid(table.scan(False)).get(first.pid)) and found.name == "sleep")
+        wait_for(lambda: (found := by_pid(reader.read(False)).get(first.pid)) and found.name == "sleep")
         pid = first.pid
         first.kill()
         first.wait()
@@ -334,39 +295,36 @@ def test_a_pid_given_to_a_newer_process_is_read_as_that_process(tmp_path, reader
         if second is None:
             pytest.skip("cannot hand out a chosen pid here (needs root and a writable ns_last_pid)")
         wait_for(lambda: psutil.Process(pid).name() == "newcomer")
-        found = by_pid(table.scan(False))[pid]
+        found = by_pid(reader.read(False))[pid]
         assert found.name == "newcomer" and found.ppid == os.getpid()
         wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_SLEEPING)
         time.sleep(0.1)
-        assert by_pid(table.scan(False))[pid].rss == psutil.Process(pid).memory_info().rss
+        assert by_pid(reader.read(False))[pid].resident == psutil.Process(pid).memory_info().rss
     finally:
         for process in (first, second):
             if process is not None:
                 process.kill()
                 process.wait()
-        table.close()
+        reader.close()
 
 
-def test_the_shared_walk_keeps_its_table_across_scrapes(monkeypatch, reader):
+@linux_only
+def test_a_second_walk_opens_only_what_started_since(monkeypatch):
     opened = []
     real_open = os.open
     monkeypatch.setattr(os, "open", lambda path, *args, **kwargs: opened.append(path) or real_open(path, *args, **kwargs))
-    table = make_table(reader)
-
-    def opens() -> int:
-        return len(opened) + (table._walker.opened if table.compiled else 0)
-
+    reader = ProcfsReader()
     try:
-        table.scan(False)
-        first = opens()
-        table.scan(False)
+        reader.read(False)
+        first = len(opened)
+        reader.read(False)
         # The second walk opens only what has started since (a few on a busy machine), not a file per process.
-        assert first > 100 and opens() - first < first / 10
+        assert first > 100 and len(opened) - first < first / 10
     finally:
-        table.close()
+        reader.close()
 
 
-# --- a folder of files in /proc's layout: the readers on hostile content --------------------
+# --- a folder of files in /proc's layout: the reader on hostile content --------------------------
 
 def write_process(root, pid, comm: bytes | None, statm: bytes | None, ppid: int = 1, flags: int = 0x400000,
                   cmdline: bytes | None = None) -> None:
@@ -382,7 +340,7 @@ def write_process(root, pid, comm: bytes | None, statm: bytes | None, ppid: int 
     (folder / "cmdline").write_bytes(cmdline if cmdline is not None else b"/usr/bin/" + name + b"\0--flag\0")
 
 
-def test_both_readers_read_a_folder_of_hostile_files_alike(tmp_path, reader):
+def test_the_reader_reads_a_folder_of_hostile_files(tmp_path):
     page = os.sysconf("SC_PAGE_SIZE")
     write_process(tmp_path, 10, b"alpha\n", b"100 40 10 1 0 50 0\n")
     write_process(tmp_path, 11, b"caf\xe9 \xff\n", b"7 5 1 0 0 0 0\n", ppid=10)  # not UTF-8
@@ -399,10 +357,10 @@ def test_both_readers_read_a_folder_of_hostile_files_alike(tmp_path, reader):
     for name in ("self", "14x", "-1", "0x1f", "sys"):
         (tmp_path / name).mkdir()
     (tmp_path / "21").write_text("a file, not a folder")
-    table = make_table(reader, root=str(tmp_path))
+    reader = ProcfsReader(root=str(tmp_path))
     try:
         for _ in range(2):  # once opened, once through kept files
-            found = {proc.pid: (proc.name, proc.ppid, proc.memory, proc.rss) for proc in table.scan(False)}
+            found = {proc.pid: (proc.name, proc.ppid, proc.memory, proc.resident) for proc in reader.read(False)}
             assert found == {
                 10: ("alpha", 1, 30 * page, 40 * page),
                 11: ("caf\udce9 \udcff", 10, 4 * page, 5 * page),
@@ -412,46 +370,172 @@ def test_both_readers_read_a_folder_of_hostile_files_alike(tmp_path, reader):
                 19: ("", 1, 3 * page, 4 * page),
                 20: ("a-name-cut-short-here", 1, 3 * page, 4 * page),
             }
-        assert table.kept() > 0
+        assert reader.kept() > 0
     finally:
-        table.close()
-    assert table.kept() == 0
+        reader.close()
+    assert reader.kept() == 0
 
 
-def test_the_compiled_reader_refuses_what_it_cannot_read(tmp_path):
-    if apps_module.Walker is None:
-        missing_realpart("the compiled /proc reader (exporter._procfs) is not built")
-    walker = apps_module.Walker(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError):
-        walker.scan(100)
-    with pytest.raises(TypeError):
-        walker.scan("100")
-    walker = apps_module.Walker(str(tmp_path))
-    write_process(tmp_path, 5, b"huge\n", b"99999999999999999999999 1 1 0 0 0 0\n")
-    write_process(tmp_path, 6, b"long" * 40 + b"\n", b"3 2 1 0 0 0 0\n")
-    write_process(tmp_path, 7, b"fine\n", b"3 2 1 0 0 0 0\n")
-    found = {pid: name for pid, _, name, *_ in walker.scan(100)}
-    assert found[7] == "fine" and 5 not in found  # a number beyond an unsigned long is no reading
-    assert found[6] == ("long" * 16)  # a name is read up to 64 bytes
-    assert walker.scan(-1) and len(walker) == 4  # no more kept; those kept stay
-    walker.close()
-    assert len(walker) == 0
-    assert [pid for pid, *_ in walker.scan(0)] == [6, 7] and len(walker) == 0
+# --- one walk per scrape, one switch ---------------------------------------------------------------
+
+class CountingReader:
+    platform = "linux"
+
+    def __init__(self, processes=()):
+        self.walks, self.processes = [], list(processes)
+
+    def read(self, wants_cmdline):
+        self.walks.append(wants_cmdline)
+        return list(self.processes)
+
+    def close(self):
+        pass
 
 
-def test_the_exporter_raises_its_open_files_limit_as_go_programs_do():
-    script = ("import resource; from exporter.selfmetrics import raise_open_files_limit; "
-              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); raise_open_files_limit(); "
-              "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert done.stdout.split() == ["4096", "4096"]
+def test_the_table_walks_once_per_scrape_and_afresh_for_another():
+    reader = CountingReader([proctable.Proc(1, 0, "init", 4096, None, 8192)])
+    table = ProcessTable(reader)
+    scrape = Deadline(3.0)
+    first = table.scan(scrape, False)
+    assert table.scan(scrape, False) is first and reader.walks == [False]
+    # A scrape that needs command lines after a walk without them: walked again, with them.
+    assert table.scan(scrape, True).cmdlines and reader.walks == [False, True]
+    assert table.scan(scrape, False).cmdlines and reader.walks == [False, True]
+    table.scan(Deadline(3.0), False)
+    assert reader.walks == [False, True, False]
+    assert first.figures() == {proctable.ANONYMOUS: 1}
+
+
+def test_a_reader_that_fails_is_a_collector_error_with_its_reason():
+    class Failing(CountingReader):
+        def read(self, wants_cmdline):
+            raise PermissionError(13, "Permission denied", "/proc")
+
+    with pytest.raises(CollectorError, match="cannot list processes: .*Permission denied"):
+        ProcessTable(Failing()).scan(Deadline(1.0), False)
+
+
+def test_one_switch_chooses_the_reader(monkeypatch):
+    monkeypatch.delenv(proctable.SOURCE_ENV, raising=False)
+    assert proctable.chosen_source(platform="darwin") == "macos"
+    if os.path.isdir("/proc/self"):
+        assert proctable.chosen_source(platform="linux") == "procfs"
+    assert proctable.chosen_source({proctable.SOURCE_ENV: "macos"}, "linux") == "macos"
+    assert proctable.chosen_source({proctable.SOURCE_ENV: "procfs"}, "linux") == "procfs"
+    with pytest.raises(ValueError, match="AITOOLS_PROCESS_SOURCE must be one of procfs, macos, not 'ps'"):
+        proctable.chosen_source({proctable.SOURCE_ENV: "ps"}, "linux")
+    monkeypatch.setenv(proctable.SOURCE_ENV, "ps")  # a collector fails with the reason, it does not crash
+    with pytest.raises(CollectorError, match="AITOOLS_PROCESS_SOURCE must be one of procfs, macos"):
+        proctable.process_table()
+    monkeypatch.setenv(proctable.SOURCE_ENV, "macos")
+    table = proctable.process_table()
+    assert isinstance(table.reader, MacReader) and proctable.process_table() is table
+    if os.path.isdir("/proc/self"):
+        monkeypatch.setenv(proctable.SOURCE_ENV, "procfs")
+        assert isinstance(proctable.process_table().reader, ProcfsReader)
+
+
+# --- macOS: libproc's footprint ---------------------------------------------------------------------
+
+# struct rusage_info_v2, as XNU declares it in bsd/sys/resource.h
+# (github.com/apple-oss-distributions/xnu, commit 1031c584a5e37aff177559b9f69dbd3c8c3fd30a):
+# uint8_t ri_uuid[16]; then these uint64_t fields, in this order.
+XNU_RUSAGE_INFO_V2 = """ri_user_time ri_system_time ri_pkg_idle_wkups ri_interrupt_wkups ri_pageins ri_wired_size
+    ri_resident_size ri_phys_footprint ri_proc_start_abstime ri_proc_exit_abstime ri_child_user_time
+    ri_child_system_time ri_child_pkg_idle_wkups ri_child_interrupt_wkups ri_child_pageins
+    ri_child_elapsed_abstime ri_diskio_bytesread ri_diskio_byteswritten""".split()
+
+
+def test_the_rusage_structure_has_xnus_layout():
+    assert RusageInfoV2.ri_uuid.offset == 0 and RusageInfoV2.ri_uuid.size == 16
+    for index, name in enumerate(XNU_RUSAGE_INFO_V2):
+        field = getattr(RusageInfoV2, name)
+        assert (field.offset, field.size) == (16 + 8 * index, 8), name
+    assert [name for name, _ in RusageInfoV2._fields_] == ["ri_uuid", *XNU_RUSAGE_INFO_V2]
+    assert RusageInfoV2.ri_resident_size.offset == 64 and RusageInfoV2.ri_phys_footprint.offset == 72
+    assert ctypes.sizeof(RusageInfoV2) == 160
+    assert proctable.RUSAGE_INFO_V2 == 2
+
+
+def stand_in_libproc(figures: dict[int, tuple[int, int]], denied: set[int], others: int = errno.ESRCH):
+    """A C function with proc_pid_rusage's signature (a ctypes callback): fills the
+    structure it is handed for the pids of `figures`, fails with EPERM for `denied` and
+    with `others` (ESRCH: ended) for any other pid; records the flavors asked."""
+    flavors = []
+
+    def proc_pid_rusage(pid, flavor, buffer):
+        flavors.append(flavor)
+        if pid in figures:
+            buffer.contents.ri_resident_size, buffer.contents.ri_phys_footprint = figures[pid]
+            buffer.contents.ri_wired_size = 1  # fields beside them stay apart
+            return 0
+        # The callback's errno (ctypes swaps it with the C library's around a call made with
+        # use_errno, as the real function's is): what a failing proc_pid_rusage leaves.
+        ctypes.set_errno(errno.EPERM if pid in denied else others)
+        return -1
+
+    return RusageFunction(proc_pid_rusage), flavors
+
+
+def test_the_footprint_call_passes_the_structure_and_reads_errno():
+    function, flavors = stand_in_libproc({41: (100 * MiB, 130 * MiB)}, denied={42})
+    read = footprint_reader(function)
+    assert read(41) == (100 * MiB, 130 * MiB)
+    assert read(42) is None  # EPERM: another user's process
+    with pytest.raises(ProcessLookupError):
+        read(43)  # ESRCH: ended
+    assert flavors == [2, 2, 2]
+
+
+def test_the_mac_reader_loads_no_libproc_off_a_mac(caplog):
+    if sys.platform == "darwin":
+        pytest.skip("libproc is there on a Mac")
+    assert proctable.load_proc_pid_rusage() is None
+    with caplog.at_level(logging.WARNING, logger="exporter.collectors.proctable"):
+        assert MacReader().footprint is None
+    assert "proc_pid_rusage is not available here: process memory is the resident set" in caplog.text
+
+
+def test_the_mac_reader_takes_the_footprint_and_the_resident_set_only_where_it_cannot(caplog):
+    """The user's own processes: their footprint (and resident set) from libproc; another
+    user's (EPERM): psutil's resident set; no psutil memory call where the footprint was read."""
+    mine, other = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["sleep", "60"])
+    try:
+        wait_for(lambda: all(psutil.Process(p.pid).status() == psutil.STATUS_SLEEPING for p in (mine, other)))
+        function, _ = stand_in_libproc({mine.pid: (3 * MiB, 70 * MiB)}, denied={other.pid})
+        reader = MacReader(footprint_reader(function))
+        with caplog.at_level(logging.INFO, logger="exporter.collectors.proctable"):
+            found = by_pid(reader.read(False))
+            by_pid(reader.read(False))
+        assert (found[mine.pid].memory, found[mine.pid].resident, found[mine.pid].figure) == (70 * MiB, 3 * MiB, FOOTPRINT)
+        rss = psutil.Process(other.pid).memory_info().rss
+        assert (found[other.pid].memory, found[other.pid].resident, found[other.pid].figure) == (rss, rss, RESIDENT)
+        assert found[mine.pid].name == "sleep" and found[mine.pid].ppid == os.getpid()
+        others = len(found) - 1
+        # Said once, at the first walk: which figure for how many processes.
+        assert caplog.text.count("process memory:") == 1
+        assert (f"physical footprint (proc_pid_rusage) for 1 processes, resident set for {others}" in caplog.text)
+    finally:
+        for process in (mine, other):
+            process.kill()
+            process.wait()
+
+
+def test_the_mac_reader_never_asks_psutil_for_more_than_memory_info(monkeypatch):
+    """memory_full_info() and USS can hang on other users' processes on macOS: never called."""
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("memory_full_info() called")
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", refuse)
+    found = MacReader(footprint=lambda pid: None).read(True)
+    assert found and all(proc.figure == RESIDENT for proc in found)
+    assert by_pid(found)[os.getpid()].cmdline == " ".join(psutil.Process().cmdline())  # read where asked
 
 
 def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
     """process_* on /metrics, as client_python names them: resident memory, CPU, open and
-    maximum files (the limit raised to the hard one), threads; each against the kernel's
-    figures for the exporter's pid."""
+    maximum files (the limit as it was given: never raised), threads; each against the
+    kernel's figures for the exporter's pid."""
     import resource
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -470,7 +554,7 @@ def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
         assert 0 < page["process_cpu_seconds_total"] <= sum(process.cpu_times()[:2]) + 0.05
         assert abs(page["process_open_fds"] - fds) <= 8
         assert fds > 100  # the walk's kept files: name and memory of each process
-        assert page["process_max_fds"] == process.rlimit(psutil.RLIMIT_NOFILE)[0] == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        assert page["process_max_fds"] == process.rlimit(psutil.RLIMIT_NOFILE)[0] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         assert page["process_threads"] == process.num_threads()
         assert abs(page["process_start_time_seconds"] - process.create_time()) < 1
         assert page["process_virtual_memory_bytes"] == pytest.approx(process.memory_info().vms, rel=0.2)

@@ -5,8 +5,7 @@ import re
 import psutil
 import pytest
 
-from exporter.collectors import process as process_module
-
+from exporter.collectors import proctable
 from exporter.collectors.process import ProcessCollector
 from exporter.config import Config, ProcessGroup
 from exporter.patterns import compile_pattern
@@ -66,13 +65,11 @@ def test_processes_exiting_during_the_scan_are_skipped(swift_frontend):
 
 @pytest.fixture
 def psutil_path(monkeypatch):
-    """The macOS path (psutil's name, cmdline and memory_info) on this Linux machine."""
-    monkeypatch.setattr(process_module, "USE_PSUTIL", True)
-
-    def no_procfs(*args):
-        raise AssertionError("the /proc path ran although the psutil path was forced")
-
-    monkeypatch.setattr(process_module, "_count_procfs", no_procfs)
+    """The macOS reader (psutil's name, cmdline and memory_info; libproc is not here, so each
+    process's figure is its resident set) on this Linux machine."""
+    monkeypatch.setenv(proctable.SOURCE_ENV, "macos")
+    yield
+    assert isinstance(proctable.process_table().reader, proctable.MacReader)
 
 
 def test_psutil_path_sums_the_group_and_matches_command_lines(psutil_path, swift_frontend):
@@ -105,8 +102,9 @@ def test_psutil_and_procfs_paths_agree(swift_frontend, monkeypatch):
     mine = re.escape(str(swift_frontend.folder))
     config = Config(process_groups=(ProcessGroup("mine", cmdline=compile_pattern(mine)),
                                     ProcessGroup("held", cmdline=compile_pattern(mine + r".*bytearray\(30 "))))
+    monkeypatch.setenv(proctable.SOURCE_ENV, "procfs")
     procfs = readings(config)
-    monkeypatch.setattr(process_module, "USE_PSUTIL", True)
+    monkeypatch.setenv(proctable.SOURCE_ENV, "macos")
     by_psutil = readings(config)
     assert by_psutil.keys() == procfs.keys()
     for key, value in procfs.items():
@@ -114,3 +112,18 @@ def test_psutil_and_procfs_paths_agree(swift_frontend, monkeypatch):
         assert abs(by_psutil[key] - value) <= tolerance, key
     assert procfs[("aitools_process_group_processes", "held")] == 1
     assert procfs[("aitools_process_group_rss_bytes", "held")] > 30 * 2**20
+
+
+def test_on_macos_a_group_sums_its_footprints(psutil_path, swift_frontend, monkeypatch):
+    """On macOS a group's figure is its processes' physical footprints (libproc; a stand-in
+    with the real function's C signature here), as the apps count them."""
+    from tests.test_proc_table import stand_in_libproc
+
+    first, second = swift_frontend.start(hold_mb=20), swift_frontend.start(hold_mb=30)
+    figures = {first.pid: (first.memory_info().rss, 300 * 2**20), second.pid: (second.memory_info().rss, 500 * 2**20)}
+    function, _ = stand_in_libproc(figures, denied=set())
+    monkeypatch.setattr(proctable.process_table(), "reader", proctable.MacReader(proctable.footprint_reader(function)))
+    mine = re.escape(str(swift_frontend.folder))
+    result = readings(Config(process_groups=(ProcessGroup("mine", cmdline=compile_pattern(mine)),)))
+    assert result[("aitools_process_group_processes", "mine")] == 2
+    assert result[("aitools_process_group_rss_bytes", "mine")] == 800 * 2**20

@@ -15,51 +15,39 @@ Each scrape walks the whole process table once and gives each process one app:
 5. else its own program name: the ten largest such programs get a label of their own,
    the rest go to `other`.
 
-A process's memory: on Linux its resident set less its shared pages (/proc/PID/statm
-resident - shared: anonymous memory, netdata apps.plugin's "real memory without shared"),
-read from /proc directly or, with the psutil source, from psutil's memory_info() (rss -
-shared). On macOS psutil's phys_footprint (memory_extras(), psutil 8) where it is
-provided, else its rss; never memory_full_info(), which can hang on other users'
-processes. `system` also holds the kernel's own memory: unreclaimable slab, page tables
-and kernel stacks on Linux; wired pages (plus the compressor's pages when the processes'
-figures are RSS, which leaves compressed pages out) on macOS.
+A process's memory comes from the process table (collectors/proctable.py: one walk per
+scrape, shared with the process collector): on Linux its resident set less its shared
+pages (/proc/PID/statm resident - shared: anonymous memory, netdata apps.plugin's "real
+memory without shared"); on macOS its physical footprint (libproc's proc_pid_rusage, the
+figure Activity Monitor shows), its resident set only where the footprint cannot be read.
+`system` also holds the kernel's own memory: unreclaimable slab, page tables and kernel
+stacks on Linux; wired pages (plus the compressor's pages when no process's figure is a
+footprint, which holds a process's compressed pages) on macOS, from the scrape's one
+`vm_stat`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import shutil
 import sys
-import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-import psutil
-
-from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, gauge, read_small_file,
-                                      run_bounded)
-from exporter.collectors.process import program_name
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
+from exporter.collectors.proctable import FOOTPRINT, SHIM_PREFIX, Proc, process_table, wants_cmdlines
+from exporter.collectors.system import read_vm_stat
 from exporter.config import DEFAULT_APPS, App, Config
-from exporter.patterns import CMDLINE_LIMIT
 
-PROC = "/proc"
 MEMINFO = "/proc/meminfo"
-PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
-COMM_LENGTH = 15  # the kernel keeps at most this many bytes of a name (TASK_COMM_LEN - 1)
 TOP_PROGRAMS = 10
 OTHER, SYSTEM, MONITORING = "other", "system", "monitoring"
 BUNDLE_LABEL = "dev.aitools.app=monitoring"
-SHIM_PREFIX = "containerd-shim"
 # The processes of a VM that runs the containers (Docker Desktop on macOS, and on Linux):
 # the containers, the bundle's among them, are inside its memory, not processes of their own.
 DOCKER_VM_PREFIXES = ("com.apple.Virtualization.VirtualMachine", "com.docker.krun", "com.docker.hyperkit",
                       "qemu-system-")
-# procfs (Linux's /proc straight) or psutil (macOS; forced on Linux so the suite runs it).
-SOURCE_ENV = "AITOOLS_APPS_SOURCE"
-SOURCES = ("procfs", "psutil")
 # Linux: the kernel's own memory, held by no process and not reclaimable: slab, page tables,
 # kernel stacks, vmalloc and per-CPU areas.
 KERNEL_MEMINFO_FIELDS = ("SUnreclaim", "PageTables", "SecPageTables", "KernelStack", "VmallocUsed", "Percpu")
@@ -127,184 +115,8 @@ class Matcher:
         return best
 
 
-@dataclass(slots=True)
-class Proc:
-    pid: int
-    ppid: int
-    name: str
-    memory: int  # what the apps count: resident less shared (Linux), the footprint or RSS (macOS)
-    cmdline: str | None = None  # read only where a claim needs it
-    rss: int = 0  # the whole resident set (the process groups count it)
-
-
-# --- Linux: /proc straight ------------------------------------------------------------
-
-def _cmdline_text(data: bytes) -> str:
-    text = data.decode("utf-8", "surrogateescape")
-    return text.rstrip("\0").replace("\0", " ")
-
-
-def _parent(folder: str) -> tuple[int, bool]:
-    """(parent pid, whether it is a kernel thread) from /proc/PID/stat."""
-    stat = read_small_file(folder + "stat", 1024)
-    fields = stat[stat.rindex(b")") + 2:].split(b" ", 7)  # state ppid pgrp session tty_nr tpgid flags ...
-    return int(fields[1]), bool(int(fields[6]) & PF_KTHREAD)
-
-
-try:  # the walk's reads compiled (setup.py; Linux, where a C compiler was there at install)
-    from exporter._procfs import Walker
-except ImportError:  # pragma: no cover - depends on the install
-    Walker = None
-
-# AITOOLS_PROCFS_READER=python: the walk reads from Python even where the compiled reads
-# are installed (the tests run both; a way out should the compiled part misbehave).
-READER_ENV = "AITOOLS_PROCFS_READER"
-
-
-class ProcTable:
-    """Linux: every process of /proc at every scrape, through files kept open between
-    scrapes (one pread each instead of an open, a read and a close).
-
-    Each scrape reads each process's `comm` (its name) and `statm` (its memory). `stat`
-    (its parent, whether it is a kernel thread), which costs the kernel more to write than
-    both, is read when the process is new to the table, and again when its parent has
-    ended or its parent's pid now names a newer process: a process's parent changes only
-    when the parent ends (the child goes to a reaper). The reads are compiled
-    (exporter/_procfs.c, a Walker) where that was built at install, else made from Python
-    (KeptFiles); the compiled reader also reads an idle process's name only every fourth
-    scrape (_procfs.c says why). The command line is read where a claim needs it or the
-    kernel cut the name short (then the program's file name is the name, as psutil gives it)."""
-
-    def __init__(self, compiled: bool | None = None, root: str = PROC) -> None:
-        if compiled is None:
-            compiled = Walker is not None and os.environ.get(READER_ENV, "compiled") != "python"
-        if compiled and Walker is None:
-            raise RuntimeError("the compiled /proc reader (exporter._procfs) is not installed")
-        self.root = root
-        self._walker = Walker(root) if compiled else None
-        # Command lines; names and memory too without the compiled reader. One cap for both.
-        self.files = KeptFiles(others=self._walker.__len__ if self._walker is not None else None)
-        # The Python reader's pid -> (parent pid, kernel thread), updated in place: a scrape
-        # of a steady process table allocates nothing for it.
-        self._parents: dict[int, tuple[int, bool]] = {}
-
-    @property
-    def compiled(self) -> bool:
-        return self._walker is not None
-
-    def kept(self) -> int:
-        """How many descriptors the table keeps open."""
-        return len(self.files) + (len(self._walker) if self._walker is not None else 0)
-
-    def close(self) -> None:
-        self.files.close()
-        if self._walker is not None:
-            self._walker.close()
-
-    def _readings(self) -> list[Sequence]:
-        """(pid, parent pid, name, resident pages, resident pages less shared ones) of every
-        process; no memory for a kernel thread."""
-        if self._walker is not None:
-            # The files the walker keeps and the command lines KeptFiles keeps share one cap.
-            return self._walker.scan(self.files.room())
-        return self._read_python()
-
-    def _read_python(self) -> list[list]:
-        read = self.files.read
-        known = self._parents
-        with os.scandir(self.root) as entries:
-            pids = [entry.name for entry in entries if entry.name.isdigit()]
-        found: list[list] = []
-        new: set[int] = set()      # processes this table had not seen (or not under this pid)
-        ended: set[int] = set()    # zombies: ended, their children already given to a reaper
-        for pid in pids:
-            folder = f"{self.root}/{pid}/"
-            number = int(pid)
-            try:
-                comm, fresh = read(folder + "comm", 64)
-                statm, fresh_statm = read(folder + "statm", 256)
-                if fresh_statm and not fresh:  # it ended between the two reads: this is its successor
-                    comm, fresh = read(folder + "comm", 64)[0], True
-                size, resident, shared = (int(field) for field in statm.split(b" ", 3)[:3])
-                about = None if fresh else known.get(number)
-                if about is None:
-                    about = known[number] = _parent(folder)
-                    new.add(number)
-            except (OSError, ValueError, IndexError):
-                continue  # ended since it was listed
-            ppid, kernel_thread = about
-            if kernel_thread:
-                resident = shared = 0  # a kernel thread: no memory of its own
-            elif size == 0:
-                ended.add(number)
-            name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
-            found.append([number, ppid, name, resident, max(0, resident - shared)])
-        if len(known) != len(found):  # some have ended: forget them
-            known = self._parents = {item[0]: known[item[0]] for item in found}
-        # Processes whose parent has ended since it was read went to a reaper: read their parent again.
-        for item in found:
-            pid, ppid = item[0], item[1]
-            if ppid and pid not in new and (ppid in ended or ppid in new or ppid not in known):
-                try:
-                    about = _parent(f"{self.root}/{pid}/")
-                except (OSError, ValueError, IndexError):
-                    continue
-                item[1] = about[0]
-                known[pid] = about
-        return found
-
-    def scan(self, wants_cmdline: bool) -> list[Proc]:
-        page = os.sysconf("SC_PAGE_SIZE")
-        found = [Proc(pid, ppid, name, anonymous * page, None, resident * page)
-                 for pid, ppid, name, resident, anonymous in self._readings()]
-        for proc in found if wants_cmdline else [proc for proc in found if len(proc.name) >= COMM_LENGTH
-                                                 or proc.name.startswith(SHIM_PREFIX)]:
-            try:
-                raw = self.files.read(f"{self.root}/{proc.pid}/cmdline", 4096, CMDLINE_LIMIT)[0]
-            except OSError:
-                continue
-            if raw:
-                proc.cmdline = _cmdline_text(raw)
-                if len(proc.name) >= COMM_LENGTH:
-                    # Like psutil: the program's file name when it starts as the cut name does.
-                    full = program_name(raw)
-                    if full.startswith(proc.name):
-                        proc.name = full
-        self.files.sweep()
-        return found
-
-
-def wants_cmdlines(config: Config) -> bool:
-    """Whether a scan must read every command line: an app or a process group matches them."""
-    return (any(app.cmdline is not None for app in config.apps)
-            or any(group.cmdline is not None for group in config.process_groups))
-
-
-class SharedScan:
-    """One walk of /proc per scrape for the collectors that read every process (apps and
-    process): the first to ask for a scrape's deadline walks, the other takes the same list.
-    A call with a deadline of its own (snapshot, tests) walks afresh."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._deadline: Deadline | None = None
-        self._processes: list[Proc] = []
-        self._table = ProcTable()
-
-    def procfs(self, deadline: Deadline, config: Config) -> list[Proc]:
-        with self._lock:
-            if self._deadline is not deadline:
-                self._processes = self._table.scan(wants_cmdlines(config))
-                self._deadline = deadline
-            return self._processes
-
-
-SHARED_SCAN = SharedScan()
-
-
 def kernel_memory_procfs() -> int:
-    with open(MEMINFO, "rb") as handle:
-        text = handle.read().decode("ascii", "replace")
+    text = read_small_file(MEMINFO, 8192).decode("ascii", "replace")
     total = 0
     for line in text.splitlines():
         key, _, rest = line.partition(":")
@@ -313,63 +125,10 @@ def kernel_memory_procfs() -> int:
     return total
 
 
-# --- psutil (macOS; on Linux when forced) ---------------------------------------------
-
-def process_memory(process, footprint: bool = False) -> tuple[int, bool]:
-    """(bytes, whether it is the footprint) of one psutil process. footprint (macOS): the
-    phys_footprint where psutil gives it: memory_extras() (psutil 8; its pre-release name
-    was memory_info_ex()). Else rss less shared pages where psutil tells them (Linux),
-    else rss. Never memory_full_info()."""
-    if footprint:
-        for method in ("memory_extras", "memory_info_ex"):
-            extras = getattr(process, method, None)
-            value = getattr(extras(), "phys_footprint", None) if extras is not None else None
-            if value is not None:
-                return int(value), True
-    info = process.memory_info()
-    shared = getattr(info, "shared", None)
-    return (max(0, info.rss - shared) if shared is not None else info.rss), False
-
-
-def scan_psutil(wants_cmdline: bool, footprint: bool = False) -> tuple[list[Proc], bool]:
-    attrs = ["name", "ppid", "cmdline"] if wants_cmdline else ["name", "ppid"]
-    found, footprints = [], False
-    for process in psutil.process_iter(attrs, ad_value=None):
-        info = process.info
-        name, ppid = info.get("name") or "", info.get("ppid") or 0
-        try:
-            memory, is_footprint = process_memory(process, footprint)
-            footprints |= is_footprint
-        except (psutil.AccessDenied, psutil.ZombieProcess):
-            memory = 0  # counted, but its memory is not ours to read
-        except psutil.NoSuchProcess:
-            continue
-        arguments = info.get("cmdline") if wants_cmdline else None
-        if arguments is None and name.startswith(SHIM_PREFIX):
-            try:
-                arguments = process.cmdline()
-            except psutil.Error:
-                arguments = None
-        found.append(Proc(process.pid, ppid, name, memory, " ".join(arguments) if arguments else None))
-    return found, footprints
-
-
 def kernel_memory_vm_stat(deadline: Deadline, footprints: bool) -> int:
-    """macOS: wired pages, and the compressor's pages unless the footprints hold them."""
-    from exporter.collectors.system import parse_vm_stat
-
-    path = shutil.which("vm_stat")
-    if path is None:
-        raise CollectorError("vm_stat not found on PATH (the kernel's memory of the system app)")
-    try:
-        done = run_bounded([path], deadline)
-        if done.returncode != 0:
-            raise CollectorError(f"vm_stat failed: exit status {done.returncode}")
-        page_size, pages = parse_vm_stat(done.stdout.decode("utf-8", "replace"))
-    except TimeoutError:
-        raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
-    except (OSError, ValueError) as exc:
-        raise CollectorError(f"vm_stat failed: {exc}") from None
+    """macOS: wired pages, and the compressor's pages unless the footprints hold them, from
+    the scrape's one vm_stat."""
+    page_size, pages = read_vm_stat(deadline)
     return (pages.get("wired", 0) + (0 if footprints else pages.get("compressed", 0))) * page_size
 
 
@@ -472,37 +231,36 @@ def breakdown(processes: list[Proc], assignments: dict[int, Assignment], apps: t
     return memory, count
 
 
+class AppsReading(NamedTuple):
+    memory: dict[str, int]       # app -> bytes
+    count: dict[str, int]        # app -> processes
+    processes: list[Proc]
+    assignments: dict[int, Assignment]
+    figures: dict[str, int]      # what each process's memory is (proctable's figures) -> processes
+
+
 class AppsCollector(SourceCollector):
     name = "apps"
 
-    def __init__(self, config: Config, source: str | None = None, platform: str | None = None):
+    def __init__(self, config: Config):
         super().__init__(config)
-        self.platform = platform or sys.platform
-        chosen = source or os.environ.get(SOURCE_ENV) or (
-            "procfs" if self.platform.startswith("linux") and os.path.isdir(f"{PROC}/self") else "psutil")
-        if chosen not in SOURCES:
-            raise ValueError(f"{SOURCE_ENV} must be one of {', '.join(SOURCES)}, not {chosen!r}")
-        self.source = chosen
         self._engine = None
         self._shims: frozenset[str] | None = None  # the shims' command lines of the last answer
         self._bundle: frozenset[str] = frozenset()
         self._assigned: tuple[tuple, dict[int, Assignment]] | None = None  # the last inputs and their apps
 
-    def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
+    def read(self, deadline: Deadline | None = None) -> AppsReading:
         deadline = self.deadline(deadline)
         apps = self.config.apps
-        wants_cmdline = any(app.cmdline is not None for app in apps)
+        scan = process_table().scan(deadline, wants_cmdlines(self.config))
+        processes, figures = scan.processes, scan.figures()
         try:
-            if self.source == "procfs":
-                processes, footprints = SHARED_SCAN.procfs(deadline, self.config), False
-            else:
-                processes, footprints = scan_psutil(wants_cmdline, footprint=self.platform == "darwin")
-            if self.platform == "darwin":
-                kernel = kernel_memory_vm_stat(deadline, footprints)
+            if scan.platform == "darwin":
+                kernel = kernel_memory_vm_stat(deadline, footprints=figures.get(FOOTPRINT, 0) > 0)
             else:
                 kernel = kernel_memory_procfs()
-        except (psutil.Error, OSError, ValueError) as exc:
-            raise CollectorError(f"cannot read the processes' memory: {exc}") from None
+        except (OSError, ValueError) as exc:
+            raise CollectorError(f"cannot read the kernel's memory: {exc}") from None
         # The bundle's containers, asked of the engine only when the containers' shims have
         # changed: a running container's labels cannot change.
         shims = frozenset(proc.cmdline or "" for proc in processes if proc.name.startswith(SHIM_PREFIX))
@@ -518,10 +276,10 @@ class AppsCollector(SourceCollector):
             assignments = assign(processes, apps, os.getpid(), self._bundle)
             self._assigned = (inputs, assignments)
         memory, count = breakdown(processes, assignments, apps, kernel)
-        return memory, count, processes, assignments
+        return AppsReading(memory, count, processes, assignments, figures)
 
     def collect(self, deadline: Deadline | None = None):
-        memory, count, processes, assignments = self.read(deadline)
+        memory, count, processes, assignments, figures = self.read(deadline)
         memory_family = gauge("aitools_app_memory_bytes",
                               "Memory of the application's processes, each process in exactly one app.", ["app"])
         count_family = gauge("aitools_app_processes", "How many processes the application has now.", ["app"])
@@ -538,10 +296,16 @@ class AppsCollector(SourceCollector):
                    "1 when the containers run inside a VM counted in the docker app (Docker Desktop): the "
                    "rules then move the bundle's containers from docker to monitoring.")
         vm.add_metric([], 1.0 if in_vm else 0.0)
+        figure = gauge("aitools_app_memory_figure_processes",
+                       "How many processes' memory is which figure: resident_less_shared (Linux), footprint "
+                       "(macOS), resident (macOS, where the footprint cannot be read).", ["figure"])
+        for name, number in sorted(figures.items()):
+            figure.add_metric([name], float(number))
         yield memory_family
         yield count_family
         yield info
         yield vm
+        yield figure
 
     def _bundle_container_ids(self) -> frozenset[str] | None:
         """The ids of the running containers of the monitoring bundle, from the engine; none

@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import ClassVar
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -104,12 +104,12 @@ def read_small_file(path: str, size: int = 4096, limit: int = 2**20) -> bytes:
     At most `limit` bytes (a command line can be long, never endless). OSError as open()."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        return _read_from_start(fd, size, limit)
+        return read_from_start(fd, size, limit)
     finally:
         os.close(fd)
 
 
-def _read_from_start(fd: int, size: int, limit: int) -> bytes:
+def read_from_start(fd: int, size: int, limit: int) -> bytes:
     """An open small kernel file's whole content (at most `limit` bytes), read from offset 0:
     one pread when the file fits in `size` bytes."""
     data = os.pread(fd, size, 0)
@@ -120,89 +120,6 @@ def _read_from_start(fd: int, size: int, limit: int) -> bytes:
         chunks.append(chunk)
         total += len(chunk)
     return b"".join(chunks)
-
-
-class KeptFiles:
-    """Small kernel files read at every scrape (/proc/PID/statm of every process, a
-    container's cgroup files), kept open between scrapes and read again from the start.
-
-    Opening such a file costs more than reading it (the path walk: here 3-4 µs of the 5-9
-    an open, read and close take); a kept descriptor reads fresh figures with one pread,
-    as the kernel writes them anew at every read from offset 0. A descriptor of
-    /proc/PID/... stays bound to the process it was opened for: once that process has
-    ended, reading it fails (ESRCH) instead of reading a newer process that got the same
-    pid, and the file is opened again by its path. Files not read since the last `sweep()`
-    are closed (their process or container has gone). At most a quarter of the soft limit
-    of open files is kept (capped at MAX_KEPT; the HTTP front may take half); beyond that,
-    files are opened, read and closed as read_small_file does; `others` counts descriptors
-    kept elsewhere within the same cap (the compiled process walk's). Not thread-safe: one user at
-    a time (the process walk holds its lock; a collector runs once at a time)."""
-
-    MAX_KEPT = 65536
-
-    def __init__(self, others: Callable[[], int] | None = None) -> None:
-        self._others = others
-        # path -> [descriptor, the round it was last read in]: updated in place, so that a
-        # scrape allocates nothing here for files it read before.
-        self._kept: dict[str, list[int]] = {}
-        self._round = 0
-        self._cap = self._allowed()
-
-    @classmethod
-    def _allowed(cls) -> int:
-        try:
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (ImportError, OSError, ValueError):
-            return 0
-        return cls.MAX_KEPT if soft == resource.RLIM_INFINITY else max(0, min(cls.MAX_KEPT, soft // 4))
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    def room(self) -> int:
-        """How many descriptors may be kept elsewhere beside these within the cap (the
-        compiled process walk's)."""
-        return max(0, self._cap - len(self._kept))
-
-    def read(self, path: str, size: int = 4096, limit: int = 2**20) -> tuple[bytes, bool]:
-        """(the file's content, whether it was opened now rather than kept from an earlier
-        read: for /proc/PID/..., a process this reader had not seen under that path)."""
-        kept = self._kept.get(path)
-        if kept is not None:
-            try:
-                data = _read_from_start(kept[0], size, limit)
-            except OSError:  # ESRCH: the process has ended (a new one may have its pid); else gone
-                del self._kept[path]
-                os.close(kept[0])
-            else:
-                kept[1] = self._round
-                return data, False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = _read_from_start(fd, size, limit)
-        except BaseException:
-            os.close(fd)
-            raise
-        if len(self._kept) + (self._others() if self._others is not None else 0) < self._cap:
-            self._kept[path] = [fd, self._round]
-        else:
-            os.close(fd)
-        return data, True
-
-    def sweep(self) -> None:
-        """Close the files not read since the last sweep."""
-        current = self._round
-        for path in [path for path, kept in self._kept.items() if kept[1] != current]:
-            os.close(self._kept.pop(path)[0])
-        self._round = current + 1
-        self._cap = self._allowed()
-
-    def close(self) -> None:
-        for fd, _ in self._kept.values():
-            os.close(fd)
-        self._kept.clear()
 
 
 def run_bounded(argv: list[str], deadline: Deadline, limit: int = 2**20) -> subprocess.CompletedProcess:

@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, SourceNotRunning, byte_count,
+from exporter.collectors.base import (CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count,
                                       gauge, read_small_file)
 from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
                                             UnixSocketEngine, version_lt)
@@ -185,13 +185,12 @@ def _with_labels(summary: Mapping[str, Any], usage_bytes: int, limit_bytes: int 
     )
 
 
-def cgroup_memory(root: Path, container_id: str, files: KeptFiles | None = None) -> tuple[int, int | None] | None:
+def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | None:
     """(usage as docker stats computes it, limit or None) from the container's memory
-    cgroup, as the engine itself reads it; None when no cgroup of that id is visible.
-    files: the collector's kept files (read at every scrape), else each file is opened."""
+    cgroup, as the engine itself reads it; None when no cgroup of that id is visible."""
     if not _CONTAINER_ID.fullmatch(container_id):
         return None
-    read = _read_small if files is None else (lambda path: files.read(path, 8192)[0])
+    read = _read_small
     base = str(root)
     candidates = (  # cgroupfs and systemd drivers, cgroup v1 and v2
         f"{base}/memory/docker/{container_id}/",
@@ -285,7 +284,6 @@ class DockerCollector(SourceCollector):
         self.cgroup_root: Path | None = CGROUP_ROOT if CGROUP_ROOT.is_dir() else None
         # Runs every engine call, so that each one can be abandoned at the deadline.
         self._pool = Workers(MAX_PARALLEL_STATS, "docker")
-        self._files = KeptFiles()  # the containers' cgroup files, read at every scrape
 
     def collect(self, deadline: Deadline | None = None) -> Iterator[Metric]:
         # The scrape orchestrator keeps families yielded before a CollectorError, so
@@ -326,12 +324,11 @@ class DockerCollector(SourceCollector):
         if self.cgroup_root is not None:
             through_api = []
             for summary in listed:
-                figures = cgroup_memory(self.cgroup_root, summary["Id"], self._files)
+                figures = cgroup_memory(self.cgroup_root, summary["Id"])
                 if figures is None:
                     through_api.append(summary)
                 else:
                     readings.append(_with_labels(summary, *figures))
-            self._files.sweep()  # those of containers no longer running
             listed = through_api
         if listed:
             readings += self._read_containers_through_api(client, listed, deadline)

@@ -2,7 +2,9 @@
 
 Linux reads /proc/meminfo; macOS runs `vm_stat` (the user's own tool) and asks psutil
 for total, available and swap. `system.source: vm_stat` forces the macOS path on any
-machine, so it is tested everywhere with a stand-in `vm_stat` on PATH.
+machine, so it is tested everywhere with a stand-in `vm_stat` on PATH. `vm_stat` runs once
+per scrape (`read_vm_stat`): the apps collector takes the kernel's wired pages from the
+same reading.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 
 import psutil
 
@@ -53,6 +56,46 @@ def parse_vm_stat(text: str) -> tuple[int, dict[str, int]]:
     if not pages:
         raise ValueError("no page counts")
     return page_size, pages
+
+
+_vm_stat_lock = threading.Lock()
+_vm_stat_last: tuple[Deadline, tuple[int, dict[str, int]] | CollectorError] | None = None
+
+
+def read_vm_stat(deadline: Deadline) -> tuple[int, dict[str, int]]:
+    """vm_stat's (page size, {state: pages}), run once per scrape: the collectors that ask
+    with the same deadline (the scrape's) share one run, its failure too. CollectorError
+    when it cannot be run or prints something unexpected."""
+    global _vm_stat_last
+    with _vm_stat_lock:
+        if _vm_stat_last is None or _vm_stat_last[0] is not deadline:
+            try:
+                reading: tuple[int, dict[str, int]] | CollectorError = _run_vm_stat(deadline)
+            except CollectorError as exc:
+                reading = exc
+            _vm_stat_last = (deadline, reading)
+        reading = _vm_stat_last[1]
+    if isinstance(reading, CollectorError):
+        raise CollectorError(str(reading))
+    return reading  # shared: the callers read it, never change it
+
+
+def _run_vm_stat(deadline: Deadline) -> tuple[int, dict[str, int]]:
+    path = shutil.which("vm_stat")
+    if path is None:
+        raise CollectorError("vm_stat not found on PATH")
+    try:
+        result = run_bounded([path], deadline)
+    except TimeoutError:
+        raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
+    except OSError as exc:
+        raise CollectorError(f"vm_stat failed: {exc}") from None
+    if result.returncode != 0:
+        raise CollectorError(f"vm_stat failed: Command '{path}' returned non-zero exit status {result.returncode}.")
+    try:
+        return parse_vm_stat(result.stdout.decode("utf-8", "replace"))
+    except ValueError as exc:
+        raise CollectorError(f"vm_stat printed something unexpected: {exc}") from None
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -127,22 +170,7 @@ class SystemCollector(SourceCollector):
         return page_size, meminfo_pages(fields, page_size), fields["MemTotal"], available, swap_used
 
     def _read_vm_stat(self, deadline: Deadline):
-        path = shutil.which("vm_stat")
-        if path is None:
-            raise CollectorError("vm_stat not found on PATH (system.source is vm_stat)")
-        try:
-            result = run_bounded([path], deadline)
-        except TimeoutError:
-            raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
-        except OSError as exc:
-            raise CollectorError(f"vm_stat failed: {exc}") from None
-        if result.returncode != 0:
-            raise CollectorError(f"vm_stat failed: Command '{path}' returned non-zero exit status {result.returncode}.")
-        output = result.stdout.decode("utf-8", "replace")
-        try:
-            page_size, pages = parse_vm_stat(output)
-        except ValueError as exc:
-            raise CollectorError(f"vm_stat printed something unexpected: {exc}") from None
+        page_size, pages = read_vm_stat(deadline)
         memory, swap = psutil.virtual_memory(), psutil.swap_memory()
         return page_size, pages, memory.total, memory.available, swap.used
 

@@ -1,0 +1,446 @@
+"""The process table: every process of the machine, walked once per scrape.
+
+The apps collector (every process in one application) and the process collector (process
+groups such as swift-frontend) both read it; the first of them to ask for a scrape walks,
+the other takes the same list (the scrape's Deadline object names the scrape). A call with
+a deadline of its own (snapshot, tests) walks afresh.
+
+Its one input is a reader, which lists the processes as plain records (`Proc`: pid,
+parent, name, command line, memory figures):
+
+- `ProcfsReader` (Linux): /proc straight, from Python. Each process's `comm` (its name)
+  and `statm` (its memory) at every walk, through files kept open between walks
+  (`KeptFiles`); its `stat` (parent, kernel thread or not) when it is new and again when
+  its parent has ended. Its memory is its resident set less its shared pages.
+- `MacReader` (macOS): psutil lists the processes (pid, parent, name, command line); each
+  process's memory is its physical footprint from libproc (`proc_pid_rusage`, the figure
+  Activity Monitor's Memory column shows), its resident set only where the footprint
+  cannot be read (another user's process).
+
+One switch: the reader follows the platform (/proc where there is one, else the macOS
+reader); `AITOOLS_PROCESS_SOURCE=procfs|macos` overrides it (the suite runs the macOS
+reader on Linux with it; libproc itself is there only on a Mac).
+
+This module imports nothing of the collectors above it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import psutil
+
+from exporter.collectors.base import CollectorError, Deadline, read_from_start, read_small_file
+from exporter.config import Config
+from exporter.patterns import CMDLINE_LIMIT
+
+log = logging.getLogger(__name__)
+
+SOURCE_ENV = "AITOOLS_PROCESS_SOURCE"
+SOURCES = ("procfs", "macos")
+PROC = "/proc"
+PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
+COMM_LENGTH = 15  # the kernel keeps at most this many bytes of a name (TASK_COMM_LEN - 1)
+SHIM_PREFIX = "containerd-shim"  # a container shim: its command line names the container
+
+# What a process's `memory` is.
+ANONYMOUS = "resident_less_shared"  # Linux: statm resident - shared
+FOOTPRINT = "footprint"              # macOS: proc_pid_rusage ri_phys_footprint
+RESIDENT = "resident"                # macOS where the footprint cannot be read
+
+
+@dataclass(slots=True)
+class Proc:
+    pid: int
+    ppid: int
+    name: str
+    memory: int          # what the apps count (bytes): see `figure`
+    cmdline: str | None = None  # read where a claim needs it (and for shims and cut names)
+    resident: int = 0    # the whole resident set (bytes)
+    figure: str = ANONYMOUS  # what `memory` is: ANONYMOUS, FOOTPRINT or RESIDENT
+
+
+@dataclass(slots=True)
+class Scan:
+    processes: list[Proc]
+    platform: str  # "linux" or "darwin": whose rules apply (the kernel's memory, the groups' figure)
+    cmdlines: bool  # every process's command line was read
+
+    def figures(self) -> dict[str, int]:
+        """How many processes' memory is which figure."""
+        counts: dict[str, int] = {}
+        for proc in self.processes:
+            counts[proc.figure] = counts.get(proc.figure, 0) + 1
+        return counts
+
+
+def wants_cmdlines(config: Config) -> bool:
+    """Whether a walk must read every command line: an app or a process group matches them."""
+    return (any(app.cmdline is not None for app in config.apps)
+            or any(group.cmdline is not None for group in config.process_groups))
+
+
+def cmdline_text(data: bytes) -> str:
+    text = data.decode("utf-8", "surrogateescape")
+    return text.rstrip("\0").replace("\0", " ")
+
+
+def program_name(data: bytes) -> str:
+    """The file name of the program in /proc/PID/cmdline: psutil's basename of cmdline()[0]."""
+    text = data.decode("utf-8", "surrogateescape")
+    if "\0" in text:  # arguments ended by NULs (the last may be cut off at CMDLINE_LIMIT)
+        arguments = text.removesuffix("\0").split("\0")
+        first = arguments[0] if len(arguments) > 1 else arguments[0].split(" ", 1)[0]
+    else:
+        first = text.split(" ", 1)[0]
+    return os.path.basename(first)
+
+
+# --- Linux: /proc ---------------------------------------------------------------------------
+
+class KeptFiles:
+    """Small /proc files read at every walk, kept open between walks and read again from
+    the start: a kept descriptor reads fresh figures with one pread (the kernel writes them
+    anew at every read from offset 0), where an open, a read and a close cost twice the CPU
+    (README "The process walk"). A descriptor of /proc/PID/... stays bound to its process:
+    once that process has ended, reading it fails (ESRCH) instead of reading a newer
+    process that got the same pid, and the file is opened again by its path. Files not
+    read since the last `sweep()` are closed. At most a quarter of the open-files limit is
+    kept, as it is (it is never raised); beyond that, files are opened, read and closed.
+    Not thread-safe: the table's lock holds it."""
+
+    def __init__(self) -> None:
+        # path -> [descriptor, the round it was last read in], updated in place.
+        self._kept: dict[str, list[int]] = {}
+        self._round = 0
+        self.cap = self.allowed()
+
+    @staticmethod
+    def allowed() -> int:
+        """A quarter of the soft limit of open files."""
+        try:
+            import resource
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):
+            return 0
+        return 65536 if soft == resource.RLIM_INFINITY else max(0, min(65536, soft // 4))
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __contains__(self, path: str) -> bool:
+        """Whether the file of that path is kept open."""
+        return path in self._kept
+
+    def read(self, path: str, size: int = 4096, limit: int = 2**20) -> tuple[bytes, bool]:
+        """(the file's content, whether it was opened now rather than kept from an earlier
+        read: for /proc/PID/..., a process this reader had not seen under that path)."""
+        kept = self._kept.get(path)
+        if kept is not None:
+            try:
+                data = read_from_start(kept[0], size, limit)
+            except OSError:  # ESRCH: the process has ended (a new one may have its pid)
+                del self._kept[path]
+                os.close(kept[0])
+            else:
+                kept[1] = self._round
+                return data, False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = read_from_start(fd, size, limit)
+        except BaseException:
+            os.close(fd)
+            raise
+        if len(self._kept) < self.cap:
+            self._kept[path] = [fd, self._round]
+        else:
+            os.close(fd)
+        return data, True
+
+    def sweep(self) -> None:
+        """Close the files not read since the last sweep."""
+        current = self._round
+        for path in [path for path, kept in self._kept.items() if kept[1] != current]:
+            os.close(self._kept.pop(path)[0])
+        self._round = current + 1
+        self.cap = self.allowed()
+
+    def close(self) -> None:
+        for fd, _ in self._kept.values():
+            os.close(fd)
+        self._kept.clear()
+
+
+def _parent(folder: str) -> tuple[int, bool]:
+    """(parent pid, whether it is a kernel thread) from /proc/PID/stat."""
+    stat = read_small_file(folder + "stat", 1024)
+    fields = stat[stat.rindex(b")") + 2:].split(b" ", 7)  # state ppid pgrp session tty_nr tpgid flags ...
+    return int(fields[1]), bool(int(fields[6]) & PF_KTHREAD)
+
+
+class ProcfsReader:
+    """Linux: every process of /proc. Each walk reads each process's `comm` and `statm`;
+    `stat` (its parent, whether it is a kernel thread), which costs the kernel more to
+    write than both, when the process is new to the reader, and again when its parent has
+    ended or its parent's pid now names a newer process (a process's parent changes only
+    when the parent ends: the child goes to a reaper). The command line where a claim needs
+    it, or where the kernel cut the name at 15 bytes (the program's file name is then the
+    name, as psutil gives it), or for a container shim."""
+
+    platform = "linux"
+
+    def __init__(self, root: str = PROC) -> None:
+        self.root = root
+        self.files = KeptFiles()
+        # pid -> (parent pid, kernel thread), updated in place.
+        self._parents: dict[int, tuple[int, bool]] = {}
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def kept(self) -> int:
+        """How many descriptors the reader keeps open."""
+        return len(self.files)
+
+    def close(self) -> None:
+        self.files.close()
+
+    def read(self, wants_cmdline: bool) -> list[Proc]:
+        read, known, page = self.files.read, self._parents, self.page
+        with os.scandir(self.root) as entries:
+            pids = [entry.name for entry in entries if entry.name.isdigit()]
+        found: list[Proc] = []
+        new: set[int] = set()      # processes this reader had not seen (or not under this pid)
+        ended: set[int] = set()    # zombies: ended, their children already given to a reaper
+        for pid in pids:
+            folder = f"{self.root}/{pid}/"
+            number = int(pid)
+            try:
+                comm, fresh = read(folder + "comm", 64)
+                statm, fresh_statm = read(folder + "statm", 256)
+                if fresh_statm and not fresh:  # it ended between the two reads: this is its successor
+                    comm, fresh = read(folder + "comm", 64)[0], True
+                size, resident, shared = (int(field) for field in statm.split(b" ", 3)[:3])
+                about = None if fresh else known.get(number)
+                if about is None:
+                    about = known[number] = _parent(folder)
+                    new.add(number)
+            except (OSError, ValueError, IndexError):
+                continue  # ended since it was listed, or not a process folder
+            ppid, kernel_thread = about
+            if kernel_thread:
+                resident = shared = 0  # a kernel thread: no memory of its own
+            elif size == 0:
+                ended.add(number)
+            name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
+            found.append(Proc(number, ppid, name, max(0, resident - shared) * page, None, resident * page))
+        if len(known) != len(found):  # some have ended: forget them
+            known = self._parents = {proc.pid: known[proc.pid] for proc in found}
+        # Processes whose parent has ended since it was read went to a reaper: read their parent again.
+        for proc in found:
+            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in known):
+                try:
+                    about = _parent(f"{self.root}/{proc.pid}/")
+                except (OSError, ValueError, IndexError):
+                    continue
+                proc.ppid = about[0]
+                known[proc.pid] = about
+        for proc in found if wants_cmdline else [proc for proc in found if len(proc.name) >= COMM_LENGTH
+                                                 or proc.name.startswith(SHIM_PREFIX)]:
+            try:
+                raw = read(f"{self.root}/{proc.pid}/cmdline", 4096, CMDLINE_LIMIT)[0]
+            except OSError:
+                continue
+            if raw:
+                proc.cmdline = cmdline_text(raw)
+                if len(proc.name) >= COMM_LENGTH:
+                    # Like psutil: the program's file name when it starts as the cut name does.
+                    full = program_name(raw)
+                    if full.startswith(proc.name):
+                        proc.name = full
+        self.files.sweep()
+        return found
+
+
+# --- macOS: psutil and libproc ----------------------------------------------------------------
+
+RUSAGE_INFO_V2 = 2  # bsd/sys/resource.h: the flavor of proc_pid_rusage()
+
+
+class RusageInfoV2(ctypes.Structure):
+    """struct rusage_info_v2 of XNU's bsd/sys/resource.h (apple-oss-distributions/xnu):
+    a 16-byte UUID, then 18 uint64_t fields; ri_phys_footprint is the 9th field (offset 72),
+    ri_resident_size the 8th (offset 64); 160 bytes in all."""
+
+    _fields_ = [("ri_uuid", ctypes.c_uint8 * 16)] + [(name, ctypes.c_uint64) for name in (
+        "ri_user_time", "ri_system_time", "ri_pkg_idle_wkups", "ri_interrupt_wkups", "ri_pageins",
+        "ri_wired_size", "ri_resident_size", "ri_phys_footprint", "ri_proc_start_abstime",
+        "ri_proc_exit_abstime", "ri_child_user_time", "ri_child_system_time", "ri_child_pkg_idle_wkups",
+        "ri_child_interrupt_wkups", "ri_child_pageins", "ri_child_elapsed_abstime", "ri_diskio_bytesread",
+        "ri_diskio_byteswritten")]
+
+
+# int proc_pid_rusage(int pid, int flavor, rusage_info_t *buffer) (libproc.h): the buffer is
+# the structure itself; 0, or -1 with errno (EPERM: another user's process; ESRCH: ended).
+RusageFunction = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(RusageInfoV2),
+                                  use_errno=True)
+LIBPROC = "/usr/lib/libproc.dylib"  # in the dyld shared cache: dlopen finds it by this path
+
+
+def load_proc_pid_rusage() -> Callable | None:
+    """libproc's proc_pid_rusage (libproc.dylib, else libSystem, which every process on macOS
+    has loaded), or None where there is none (not a Mac)."""
+    for path in (LIBPROC, None):
+        try:
+            return RusageFunction(("proc_pid_rusage", ctypes.CDLL(path, use_errno=True)))
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def footprint_reader(function: Callable) -> Callable[[int], tuple[int, int] | None]:
+    """pid -> (resident bytes, physical footprint bytes) through proc_pid_rusage, None where
+    it may not be read (EPERM); ProcessLookupError when the process has ended."""
+    def read(pid: int) -> tuple[int, int] | None:
+        info = RusageInfoV2()
+        if function(pid, RUSAGE_INFO_V2, ctypes.pointer(info)) != 0:
+            if ctypes.get_errno() == errno.ESRCH:
+                raise ProcessLookupError(pid)
+            return None
+        return info.ri_resident_size, info.ri_phys_footprint
+
+    return read
+
+
+class MacReader:
+    """macOS: psutil lists the processes (name, parent, command line where needed); each
+    process's memory is its physical footprint (libproc), else its resident set (psutil's
+    memory_info(), the only psutil memory call made: memory_full_info() can hang on other
+    users' processes), else 0 (not ours to read; the process is still counted)."""
+
+    platform = "darwin"
+
+    def __init__(self, footprint: Callable[[int], tuple[int, int] | None] | None = None) -> None:
+        if footprint is None:
+            function = load_proc_pid_rusage()
+            footprint = footprint_reader(function) if function is not None else None
+            if footprint is None:
+                log.warning("libproc's proc_pid_rusage is not available here: process memory is the resident set")
+        self.footprint = footprint
+        self.told = False  # the figures used were logged (at the first walk)
+
+    def close(self) -> None:
+        pass
+
+    def read(self, wants_cmdline: bool) -> list[Proc]:
+        attrs = ["name", "ppid", "cmdline"] if wants_cmdline else ["name", "ppid"]
+        footprint = self.footprint
+        found = []
+        for process in psutil.process_iter(attrs, ad_value=None):
+            info = process.info
+            name, ppid = info.get("name") or "", info.get("ppid") or 0
+            try:
+                figures = footprint(process.pid) if footprint is not None else None
+                if figures is not None:
+                    resident, memory, figure = figures[0], figures[1], FOOTPRINT
+                else:
+                    resident = memory = process.memory_info().rss
+                    figure = RESIDENT
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                resident, memory, figure = 0, 0, RESIDENT  # counted, but its memory is not ours to read
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                continue
+            arguments = info.get("cmdline") if wants_cmdline else None
+            if arguments is None and name.startswith(SHIM_PREFIX):
+                try:
+                    arguments = process.cmdline()
+                except psutil.Error:
+                    arguments = None
+            found.append(Proc(process.pid, ppid, name, memory, " ".join(arguments) if arguments else None,
+                              resident, figure))
+        if not self.told:
+            self.told = True
+            footprints = sum(1 for proc in found if proc.figure == FOOTPRINT)
+            log.info("process memory: physical footprint (proc_pid_rusage) for %d processes, resident set for %d "
+                     "(where the footprint cannot be read: other users' processes)", footprints, len(found) - footprints)
+        return found
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+class Reader(Protocol):
+    """What the table reads from: ProcfsReader, MacReader, or anything else that lists the
+    processes as Proc records (a recording, in a later release)."""
+
+    platform: str  # "linux" or "darwin": whose rules the table's readers apply
+
+    def read(self, wants_cmdline: bool) -> list[Proc]: ...
+
+    def close(self) -> None: ...
+
+
+class ProcessTable:
+    """One walk of the reader's processes per scrape, shared by the collectors that ask."""
+
+    def __init__(self, reader: Reader, source: str | None = None) -> None:
+        self.reader = reader
+        self.source = source
+        self._lock = threading.Lock()
+        self._deadline: Deadline | None = None
+        self._scan: Scan | None = None
+
+    def scan(self, deadline: Deadline, wants_cmdline: bool) -> Scan:
+        with self._lock:
+            last = self._scan
+            if self._deadline is not deadline or last is None or (wants_cmdline and not last.cmdlines):
+                try:
+                    processes = self.reader.read(wants_cmdline)
+                except (OSError, ValueError, psutil.Error) as exc:
+                    raise CollectorError(f"cannot list processes: {exc}") from None
+                last = self._scan = Scan(processes, self.reader.platform, wants_cmdline)
+                self._deadline = deadline
+            return last
+
+    def close(self) -> None:
+        with self._lock:
+            self.reader.close()
+
+
+def chosen_source(environ=os.environ, platform: str = sys.platform) -> str:
+    """The reader's source: AITOOLS_PROCESS_SOURCE, else procfs where /proc is (Linux), else macos."""
+    chosen = environ.get(SOURCE_ENV) or ("procfs" if platform.startswith("linux") and os.path.isdir(f"{PROC}/self")
+                                         else "macos")
+    if chosen not in SOURCES:
+        raise ValueError(f"{SOURCE_ENV} must be one of {', '.join(SOURCES)}, not {chosen!r}")
+    return chosen
+
+
+def make_reader(source: str) -> Reader:
+    return ProcfsReader() if source == "procfs" else MacReader()
+
+
+_table: ProcessTable | None = None
+_table_lock = threading.Lock()
+
+
+def process_table() -> ProcessTable:
+    """The process's one table, over the reader the source names (made again when the
+    environment names another: the tests switch it)."""
+    global _table
+    try:
+        source = chosen_source()
+    except ValueError as exc:
+        raise CollectorError(str(exc)) from None
+    with _table_lock:
+        if _table is None or _table.source != source:
+            if _table is not None:
+                _table.close()
+            _table = ProcessTable(make_reader(source), source)
+        return _table
