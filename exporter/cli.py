@@ -114,10 +114,10 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
     from exporter.selfmetrics import raise_open_files_limit, tune_malloc
 
     tune_malloc()  # first: it may start the process again
-    raise_open_files_limit()
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
                          web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)
     _setup_logging(settings.get("log_level"))
+    raise_open_files_limit()  # after the logging: a refusal is logged
     settings["config_file"] = _config_file(settings.get("config_file"))
     config = _load(settings["config_file"])
     from exporter.app import build_registry
