@@ -261,3 +261,37 @@ def service_status():
     for line in lines:
         click.echo(line)
     sys.exit(0 if healthy else 3)
+
+
+@main.command("notify")
+@_common_options
+@click.option("--test", "test", is_flag=True, help="Send one test notification and say whether it could be shown.")
+@click.pass_context
+def notify(ctx: click.Context, test: bool, config_file=None, listen_address=None, web_config_file=None, log_level=None):
+    """Send one desktop notification through the receiver's path (`--test`); exit 0 only when it could be shown."""
+    if not test:
+        raise click.UsageError("give --test: aitools-exporter notify --test")
+    from exporter.notify import Notifier
+    from exporter.receiver import compose_notification, parse_payload
+
+    settings = _settings(ctx, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")  # the result is said once, below
+    # A webhook payload as Alertmanager sends it, read and worded by the receiver's own code.
+    payload = parse_payload(json.dumps({
+        "version": "4", "status": "firing", "groupKey": "aitools-notify-test",
+        "groupLabels": {"alertname": "AitoolsNotificationTest"}, "commonLabels": {"severity": "info"},
+        "commonAnnotations": {"summary": "aitools notifications reach this desktop"},
+        "alerts": [{"status": "firing", "labels": {"alertname": "AitoolsNotificationTest", "severity": "info"},
+                    "annotations": {"summary": "aitools notifications reach this desktop",
+                                    "description": "Sent by `aitools-exporter notify --test`."}}],
+    }).encode())
+    notifier = Notifier()
+    note = compose_notification(payload, [])
+    argv = notifier.command(note)
+    result, reason = notifier.send(note)
+    if result == "ok":
+        click.echo(f"shown: \"{note.title}\" posted by {argv[0] if argv else 'the notifier'}; nothing on this "
+                   "machine says it is hidden. Did not see it? README, \"Notifications\".")
+        sys.exit(0)
+    click.echo(f"not shown ({result}): {reason}", err=True)
+    sys.exit(1)
