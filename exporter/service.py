@@ -404,6 +404,25 @@ def status() -> tuple[list[str], bool]:
     return lines, healthy
 
 
+def service_states() -> list[tuple[str, bool, str]]:
+    """(service, running, what launchd or systemd says) for `serve` and `receive` (doctor)."""
+    platform = _platform()
+    states = []
+    for service in services():
+        state = _status_launchd(service) if platform == "darwin" else _status_systemd(service)
+        running = state.endswith((", running", ", active")) or ", running (" in state
+        states.append((service.command, running, state))
+    return states
+
+
+def installed_receive_address() -> str | None:
+    """The address the installed receiver service listens on, if it was given one."""
+    try:
+        return _installed_receive_address(_platform())
+    except ServiceError:
+        return None
+
+
 def _installed_receive_address(platform: str) -> str | None:
     """The --web.listen-address the installed receiver service was given, if any."""
     receiver = services()[1]
