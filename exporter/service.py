@@ -3,7 +3,9 @@
 macOS: two LaunchAgents in ~/Library/LaunchAgents (RunAtLoad, KeepAlive, logs in
 ~/Library/Logs/aitools/), loaded with `launchctl bootstrap gui/<uid> <plist>`.
 Linux: two systemd user units in ~/.config/systemd/user, enabled with
-`systemctl --user enable --now`.
+`systemctl --user enable --now`, logging to ~/.local/state/aitools/.
+Installing again is safe: the old job is unloaded and waited for, launchd's transient
+refusal retried (BOOTSTRAP_ATTEMPTS); `status` shows each service's state, log and last error.
 
 Both read the default configuration file, ~/.config/aitools/exporter.yml, which install
 creates with the defaults (and a receiver token beside it) when it is absent and never

@@ -326,3 +326,34 @@ def test_stopped_service_and_broken_config(chain, tmp_path):
         assert checks["service serve"]["passed"] is False and checks["service serve"]["detail"].endswith(", inactive")
     finally:
         chain.recorders.answer("systemctl", "active\n")
+
+
+def test_sources_found_not_running_or_failing_with_the_token_file(tmp_path):
+    """Each source: found (LM Studio with the token of lmstudio.token_file), not running
+    (Ollama: nothing listens), or failing with its fix (the token file holds a refused token)."""
+    from exporter.doctor import Doctor
+    from tests.parts.llm_standins import LMStudioStandin
+
+    token_file = tmp_path / "lmstudio.token"
+    token_file.write_text("sk-lm-right\n")
+    with LMStudioStandin() as lmstudio:
+        lmstudio.required_token = "sk-lm-right"
+        lmstudio.load("qwen/qwen3-4b-2507", size_bytes=2_500_000_000)
+        config = tmp_path / "exporter.yml"
+        config.write_text(f"docker: {{enabled: false}}\nollama: {{url: 'http://127.0.0.1:{free_port()}'}}\n"
+                          f"lmstudio: {{url: '{lmstudio.url}', token_file: '{token_file}'}}\ntimeout: 2s\n")
+        doctor = Doctor(str(config), "127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9", "127.0.0.1:9")
+        doctor.config_loads()
+        tokens = {check.name: check for check in doctor.token_files()}
+        found = {check.name: check for check in doctor.sources()}
+        token_file.write_text("sk-lm-rotated-elsewhere\n")
+        refused = {check.name: check for check in doctor.sources()}
+    assert tokens["token lmstudio.token_file"].passed and tokens["token lmstudio.token_file"].detail == \
+        f"{token_file} holds a token"
+    assert list(found) == ["source ollama", "source lmstudio", "source node"]
+    assert found["source lmstudio"].passed and found["source lmstudio"].detail == "found"
+    assert found["source ollama"].passed and found["source ollama"].detail.startswith("not running (ollama at ")
+    assert refused["source lmstudio"].passed is False
+    assert f"LM Studio refused the token in lmstudio.token_file {token_file}" in refused["source lmstudio"].detail
+    assert refused["source lmstudio"].fix.startswith("lms server status")
+    assert "sk-lm-rotated-elsewhere" not in refused["source lmstudio"].detail
