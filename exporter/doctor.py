@@ -313,7 +313,12 @@ class Doctor:
     def notifications(self) -> list[Check]:
         from exporter.notify import Notification, Notifier
 
+        from exporter.service import LAUNCHD_PATH
+
+        # As the receiver service sees it: on macOS launchd gives it LAUNCHD_PATH, not this shell's.
         notifier = Notifier()
+        if notifier.platform == "darwin":
+            notifier = Notifier(env={**os.environ, "PATH": LAUNCHD_PATH})
         if notifier.command(Notification("", "", "")) is None:
             reason = ("no desktop session here" if not notifier.has_desktop()
                       else "notify-send is not installed")

@@ -157,3 +157,32 @@ def test_the_receiver_counts_a_hidden_notification_as_error(tmp_path, home, reco
                       "alerts": [{"status": "firing", "labels": {"alertname": "AitoolsX"}, "annotations": {}}]})
     assert receiver.registry.get_sample_value("aitools_receiver_notifications_total", {"result": "error"}) == 1
     assert receiver.registry.get_sample_value("aitools_receiver_notifications_total", {"result": "ok"}) == 0
+
+
+def test_every_notification_is_logged_also_when_shown(tmp_path, recorders, caplog):
+    import logging
+
+    from exporter.notify import Notification
+
+    notifier = Notifier("linux", {"PATH": only(tmp_path, recorders, "notify-send"), "DISPLAY": ":0",
+                                  "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"})
+    with caplog.at_level(logging.INFO, logger="exporter.notify"):
+        assert notifier.send(Notification("Firing: AitoolsX", "over budget", "uses 5.3GB\nFix: `ollama stop x`")) \
+            == ("ok", "")
+    assert [r.getMessage() for r in caplog.records] == [
+        "notification: Firing: AitoolsX | over budget | uses 5.3GB | Fix: `ollama stop x`"]
+    assert len(recorders.calls("notify-send")) == 1
+
+
+def test_doctor_on_macos_reads_what_the_receiver_service_would_use(home, monkeypatch):
+    """launchd gives the service LAUNCHD_PATH (no terminal-notifier on this machine's): osascript,
+    that is Script Editor's switch, is the one doctor reads."""
+    from exporter.doctor import Doctor
+
+    write_ncprefs(home, "com.apple.ScriptEditor2", FLAGS_OFF)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AITOOLS_PLATFORM", "darwin")
+    (check,) = Doctor(None, "127.0.0.1:9", "http://127.0.0.1:9", "http://127.0.0.1:9", "127.0.0.1:9").notifications()
+    assert check.passed is False
+    assert check.detail.startswith("notifications are off for Script Editor (com.apple.ScriptEditor2)")
+    assert check.fix == "open 'x-apple.systempreferences:com.apple.Notifications-Settings.extension'"
