@@ -17,7 +17,6 @@ terminal-notifier and osascript do even when nothing is shown (julienXX/terminal
 from __future__ import annotations
 
 import json
-import os
 import plistlib
 import subprocess
 import sys
