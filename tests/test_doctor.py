@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,9 +141,11 @@ class Chain:
 
 @pytest.fixture(scope="module")
 def chain():
-    made = Chain(temp_workdir("aitools-doctor-"))
+    folder = temp_workdir("aitools-doctor-")
+    made = Chain(folder)
     yield made
     made.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def all_pass(checks: dict) -> bool:
