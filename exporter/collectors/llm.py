@@ -314,6 +314,7 @@ class LMStudioCollector(LLMServerCollector):
     def __init__(self, config: Config):
         super().__init__(config, config.lmstudio_url)
         self._v0_until = 0.0  # monotonic time until which /api/v1/models is known to answer 404
+        self._sent_token: str | None = None
 
     def token(self) -> str | None:
         """LM Studio's API token: lmstudio.token_file, read at each use (a rotated token works at
@@ -344,11 +345,12 @@ class LMStudioCollector(LLMServerCollector):
         return f"lmstudio.token_file {path}" if path else "LM_API_TOKEN"
 
     def secrets(self) -> list[str]:
+        # The token sent (the file may have been rotated since) and the one there now.
         try:
-            token = self.token()
+            current = self.token()
         except Unreadable:
-            return []
-        return [token] if token else []
+            current = None
+        return [token for token in {self._sent_token, current} if token]
 
     def read_models(self, deadline: Deadline) -> ModelReading:
         if time.monotonic() >= self._v0_until:
@@ -391,6 +393,7 @@ class LMStudioCollector(LLMServerCollector):
                              "non-ASCII character", answered=False)
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._sent_token = token
         try:
             return super().get_json(path, deadline, headers)
         except Unreadable as exc:
