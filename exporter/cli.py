@@ -111,12 +111,13 @@ def main(ctx: click.Context, config_file, listen_address, web_config_file, log_l
 def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None,
           max_requests=None):
     """Serve /metrics, / and /healthz (the default command)."""
-    from exporter.selfmetrics import tune_malloc
+    from exporter.selfmetrics import raise_open_files_limit, tune_malloc
 
     tune_malloc()  # first: it may start the process again
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
                          web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)
     _setup_logging(settings.get("log_level"))
+    raise_open_files_limit()  # after the logging: a refusal is logged
     settings["config_file"] = _config_file(settings.get("config_file"))
     config = _load(settings["config_file"])
     from exporter.app import build_registry
@@ -260,3 +261,66 @@ def service_status():
     for line in lines:
         click.echo(line)
     sys.exit(0 if healthy else 3)
+
+
+@main.command("notify")
+@_common_options
+@click.option("--test", "test", is_flag=True, help="Send one test notification and say whether it could be shown.")
+@click.pass_context
+def notify(ctx: click.Context, test: bool, config_file=None, listen_address=None, web_config_file=None, log_level=None):
+    """Send one desktop notification through the receiver's path (`--test`); exit 0 only when it could be shown."""
+    if not test:
+        raise click.UsageError("give --test: aitools-exporter notify --test")
+    from exporter.notify import Notifier
+    from exporter.receiver import compose_notification, parse_payload
+
+    settings = _settings(ctx, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")  # the result is said once, below
+    # A webhook payload as Alertmanager sends it, read and worded by the receiver's own code.
+    payload = parse_payload(json.dumps({
+        "version": "4", "status": "firing", "groupKey": "aitools-notify-test",
+        "groupLabels": {"alertname": "AitoolsNotificationTest"}, "commonLabels": {"severity": "info"},
+        "commonAnnotations": {"summary": "aitools notifications reach this desktop"},
+        "alerts": [{"status": "firing", "labels": {"alertname": "AitoolsNotificationTest", "severity": "info"},
+                    "annotations": {"summary": "aitools notifications reach this desktop",
+                                    "description": "Sent by `aitools-exporter notify --test`."}}],
+    }).encode())
+    notifier = Notifier()
+    note = compose_notification(payload, [])
+    argv = notifier.command(note)
+    result, reason = notifier.send(note)
+    if result == "ok":
+        click.echo(f"shown: \"{note.title}\" posted by {argv[0] if argv else 'the notifier'}; nothing on this "
+                   "machine says it is hidden. Did not see it? README, \"Notifications\".")
+        sys.exit(0)
+    click.echo(f"not shown ({result}): {reason}", err=True)
+    sys.exit(1)
+
+
+@main.command("doctor")
+@_common_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of lines.")
+@click.option("--prometheus.url", "prometheus_url", envvar="AITOOLS_PROMETHEUS_URL", default=None,
+              help="Prometheus to ask (default http://127.0.0.1:9090, the monitoring stack's).")
+@click.option("--alertmanager.url", "alertmanager_url", envvar="AITOOLS_ALERTMANAGER_URL", default=None,
+              help="Alertmanager to ask (default http://127.0.0.1:9093, the monitoring stack's).")
+@click.option("--receiver.address", "receiver_address", envvar="AITOOLS_RECEIVER_ADDRESS", default=None,
+              help="The receiver's address (default: the installed service's, else 127.0.0.1:8731).")
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool, prometheus_url=None, alertmanager_url=None, receiver_address=None,
+           config_file=None, listen_address=None, web_config_file=None, log_level=None):
+    """Check the whole chain (config, exporter, sources, Prometheus, rules, Alertmanager, receiver token,
+    notifications, services): each line pass or FAIL with the command that fixes it; exit 0 only when all pass."""
+    from exporter.doctor import DEFAULT_ALERTMANAGER_URL, DEFAULT_PROMETHEUS_URL, Doctor, render, render_json
+    from exporter.receiver import DEFAULT_RECEIVER_ADDRESS
+    from exporter.service import installed_receive_address
+
+    settings = _settings(ctx, config_file=config_file, listen_address=listen_address, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")
+    checks = Doctor(config_file=_config_file(settings.get("config_file")),
+                    exporter_address=settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS,
+                    prometheus_url=prometheus_url or DEFAULT_PROMETHEUS_URL,
+                    alertmanager_url=alertmanager_url or DEFAULT_ALERTMANAGER_URL,
+                    receiver_address=receiver_address or installed_receive_address() or DEFAULT_RECEIVER_ADDRESS).run()
+    click.echo(render_json(checks) if as_json else render(checks))
+    sys.exit(0 if all(check.passed for check in checks) else 1)

@@ -186,6 +186,7 @@ class Config:
     docker_host: str | None = None
     ollama_url: str | None = DEFAULT_OLLAMA_URL
     lmstudio_url: str | None = DEFAULT_LMSTUDIO_URL
+    lmstudio_token_file: str | None = None  # read at each use (a rotated token works); else LM_API_TOKEN
     process_groups: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
     system_source: str = "auto"
     timeout: float = DEFAULT_TIMEOUT_SECONDS
@@ -414,9 +415,15 @@ def parse_config(text: str, path: str | None = None) -> Config:
 
     for server in ("ollama", "lmstudio"):
         if server in top:
-            section = reader.mapping(top[server], server, ("url",))
+            section = reader.mapping(top[server], server, ("url", "token_file") if server == "lmstudio" else ("url",))
             if "url" in section:
                 values[f"{server}_url"] = reader.url(section["url"], f"{server}.url")
+            token_file = section.get("token_file")
+            if token_file is not None:
+                if not isinstance(token_file, str) or not token_file.strip():
+                    raise reader.error("lmstudio.token_file",
+                                       f"must be the path of a file holding LM Studio's API token, not {token_file!r}")
+                values["lmstudio_token_file"] = str(Path(token_file).expanduser())
             # A section left empty (`ollama:` alone) keeps the default URL.
 
     values["process_groups"] = _process_groups(reader, top.get("process_groups"))

@@ -7,14 +7,20 @@ on every system.
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
+import subprocess
 import sys
 
 import psutil
 from prometheus_client import gc_collector, platform_collector
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from exporter.notify import current_platform
+
+log = logging.getLogger(__name__)
 
 
 class OwnProcessCollector(Collector):
@@ -44,6 +50,25 @@ def register_own_metrics(registry: CollectorRegistry) -> None:
     registry.register(OwnProcessCollector())
     platform_collector.PlatformCollector(registry=registry)
     gc_collector.GCCollector(registry=registry)
+
+
+def raise_open_files_limit() -> None:
+    """The soft limit of open files up to what the platform allows, as Go programs such as
+    node_exporter do at start: the hard limit, and on macOS no more than
+    `sysctl -n kern.maxfilesperproc` (setrlimit refuses more there, whatever the hard limit
+    says). A failure is logged and the process goes on with the limit it has."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        if current_platform() == "darwin":
+            done = subprocess.run(["sysctl", "-n", "kern.maxfilesperproc"], capture_output=True, text=True,
+                                  timeout=5, stdin=subprocess.DEVNULL)
+            target = min(target, int(done.stdout.strip()))
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        log.warning("could not raise the open-files limit (kept %s): %s",
+                    resource.getrlimit(resource.RLIMIT_NOFILE)[0], exc)
 
 
 # glibc's allocator, for a process that runs for months: two arenas instead of up to

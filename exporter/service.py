@@ -3,7 +3,9 @@
 macOS: two LaunchAgents in ~/Library/LaunchAgents (RunAtLoad, KeepAlive, logs in
 ~/Library/Logs/aitools/), loaded with `launchctl bootstrap gui/<uid> <plist>`.
 Linux: two systemd user units in ~/.config/systemd/user, enabled with
-`systemctl --user enable --now`.
+`systemctl --user enable --now`, logging to ~/.local/state/aitools/.
+Installing again is safe: the old job is unloaded and waited for, launchd's transient
+refusal retried (BOOTSTRAP_ATTEMPTS); `status` shows each service's state, log and last error.
 
 Both read the default configuration file, ~/.config/aitools/exporter.yml, which install
 creates with the defaults (and a receiver token beside it) when it is absent and never
@@ -19,6 +21,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,15 @@ from exporter.notify import current_platform
 LABEL_PREFIX = "dev.aitools"
 UNIT_PREFIX = "aitools"
 COMMAND_TIMEOUT_SECONDS = 30.0
+# launchd answers `Bootstrap failed: 5: Input/output error` while a booted-out job of the same
+# label is still going away (or still loaded): tomcounsell/ai#2013, pirj/noclamshell#30,
+# haimgel/display-switch#85. install waits for the old job to be gone, then retries the
+# bootstrap with a doubling pause: at most BOOTSTRAP_ATTEMPTS tries, about 15 s in all.
+BOOTSTRAP_ATTEMPTS = 5
+FIRST_PAUSE_SECONDS = 1.0
+RELEASE_WAIT_SECONDS = 10.0
+TRANSIENT_LAUNCHD_ERRORS = ("5: Input/output error", "37: Operation already in progress")
+LAST_ERROR_READ_BYTES = 64 * 1024  # the tail of a log file read for `service status`
 # launchd starts agents with a bare PATH; Homebrew's folders let the receiver find terminal-notifier.
 LAUNCHD_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -151,11 +163,30 @@ def launch_agents_dir() -> Path:
 
 
 def logs_dir() -> Path:
-    return home() / "Library" / "Logs" / "aitools"
+    """Where both services write their log: ~/Library/Logs/aitools on macOS,
+    $XDG_STATE_HOME/aitools (~/.local/state/aitools) on Linux."""
+    if current_platform() == "darwin":
+        return home() / "Library" / "Logs" / "aitools"
+    return Path(os.environ.get("XDG_STATE_HOME") or str(home() / ".local" / "state")) / "aitools"
+
+
+def last_error(log_file: Path) -> str | None:
+    """The last error the service wrote to its log (a level=ERROR line, or the one-line
+    `aitools-exporter: ...` a command exits with), read from the log's last 64 KiB."""
+    try:
+        with open(log_file, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - LAST_ERROR_READ_BYTES))
+            lines = log.read(LAST_ERROR_READ_BYTES).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "level=ERROR" in line or line.startswith(("aitools-exporter: ", "Traceback")):
+            return line.strip()[:300]
+    return None
 
 
 def plist_for(service: Service, config: Path, receive_address: str | None) -> dict:
-    name = "exporter" if service.command == "serve" else "receiver"
+    log_file = str(logs_dir() / _log_name(service))
     return {
         "Label": service.label,
         "ProgramArguments": program_arguments(service, config, receive_address),
@@ -164,13 +195,51 @@ def plist_for(service: Service, config: Path, receive_address: str | None) -> di
         "ThrottleInterval": 10,
         "EnvironmentVariables": {"PATH": LAUNCHD_PATH},
         "WorkingDirectory": str(home()),
-        "StandardOutPath": str(logs_dir() / f"{name}.log"),
-        "StandardErrorPath": str(logs_dir() / f"{name}.log"),
+        "StandardOutPath": log_file,
+        "StandardErrorPath": log_file,
     }
 
 
 def _gui_domain() -> str:
     return f"gui/{os.getuid()}"
+
+
+def _loaded(service: Service) -> bool:
+    return _run(["launchctl", "print", f"{_gui_domain()}/{service.label}"], check=False).returncode == 0
+
+
+def _bootout_and_wait(service: Service) -> None:
+    """Unload the job of an earlier install and wait (at most RELEASE_WAIT_SECONDS) until
+    launchd no longer knows it: bootstrap refuses a label that is loaded or going away."""
+    _run(["launchctl", "bootout", f"{_gui_domain()}/{service.label}"], check=False)
+    deadline = time.monotonic() + RELEASE_WAIT_SECONDS
+    while _loaded(service) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _bootstrap(service: Service, path: Path) -> int:
+    """`launchctl bootstrap`, retried on launchd's transient errors with a doubling pause;
+    the number of tries it took, or ServiceError saying what failed and what to do."""
+    argv = ["launchctl", "bootstrap", _gui_domain(), str(path)]
+    pause = FIRST_PAUSE_SECONDS
+    for attempt in range(1, BOOTSTRAP_ATTEMPTS + 1):
+        done = _run(argv, check=False)
+        if done.returncode == 0:
+            return attempt
+        answer = (done.stderr or done.stdout).strip()
+        if not any(error in answer for error in TRANSIENT_LAUNCHD_ERRORS) or attempt == BOOTSTRAP_ATTEMPTS:
+            break
+        time.sleep(pause)
+        pause *= 2
+    raise ServiceError(
+        f"{' '.join(argv)} exited {done.returncode} (try {attempt} of {BOOTSTRAP_ATTEMPTS}): {answer[:300]}\n"
+        f"launchd did not take {service.label}; the plist is written. Run `aitools-exporter service install` "
+        f"again in a minute, and if it fails again see `launchctl print {_gui_domain()}/{service.label}` "
+        f"and the log {logs_dir() / _log_name(service)}")
+
+
+def _log_name(service: Service) -> str:
+    return ("exporter" if service.command == "serve" else "receiver") + ".log"
 
 
 def _install_launchd(receive_address: str | None) -> list[str]:
@@ -181,10 +250,10 @@ def _install_launchd(receive_address: str | None) -> list[str]:
         path = launch_agents_dir() / f"{service.label}.plist"
         with open(path, "wb") as plist:
             plistlib.dump(plist_for(service, default_config_path(), receive_address), plist)
-        # A service loaded before (an earlier install) is unloaded first: bootstrap refuses a loaded label.
-        _run(["launchctl", "bootout", f"{_gui_domain()}/{service.label}"], check=False)
-        _run(["launchctl", "bootstrap", _gui_domain(), str(path)])
-        said.append(f"installed and started {service.label} ({path}; log {logs_dir()})")
+        _bootout_and_wait(service)
+        tries = _bootstrap(service, path)
+        again = f" after {tries} tries (launchd was still releasing the old job)" if tries > 1 else ""
+        said.append(f"installed and started {service.label}{again} ({path}; log {logs_dir() / _log_name(service)})")
     return said
 
 
@@ -208,9 +277,11 @@ def _status_launchd(service: Service) -> str:
     done = _run(["launchctl", "print", f"{_gui_domain()}/{service.label}"], check=False)
     if done.returncode != 0:
         return f"installed ({path}), not loaded"
-    state = next((line.split("=", 1)[1].strip() for line in done.stdout.splitlines()
-                  if line.strip().startswith("state =")), "loaded")
-    return f"installed ({path}), {state}"
+    fields = {key.strip(): value.strip() for key, _, value in
+              (line.partition("=") for line in done.stdout.splitlines()) if _}
+    state = fields.get("state", "loaded")
+    exit_code = fields.get("last exit code", "0")
+    return f"installed ({path}), {state}" + (f" (last exit code {exit_code})" if exit_code not in ("0", "(never exited)") else "")
 
 
 # --------------------------------------------------------------------------- Linux
@@ -235,6 +306,9 @@ def unit_for(service: Service, config: Path, receive_address: str | None) -> str
         "[Service]\n"
         "Type=simple\n"
         f"ExecStart={exec_start}\n"
+        # The same log file as on macOS, so that `service status` reads its last error on both.
+        f"StandardOutput=append:{str(logs_dir() / _log_name(service)).replace('%', '%%')}\n"
+        "StandardError=inherit\n"
         "Restart=always\n"
         "RestartSec=10\n"
         "\n"
@@ -246,6 +320,7 @@ def unit_for(service: Service, config: Path, receive_address: str | None) -> str
 def _install_systemd(receive_address: str | None) -> list[str]:
     said = []
     units_dir().mkdir(parents=True, exist_ok=True)
+    logs_dir().mkdir(parents=True, exist_ok=True)
     for service in services(receive_address):
         path = units_dir() / service.unit
         path.write_text(unit_for(service, default_config_path(), receive_address))
@@ -253,9 +328,10 @@ def _install_systemd(receive_address: str | None) -> list[str]:
     _run(["systemctl", "--user", "daemon-reload"])
     names = [service.unit for service in services()]
     _run(["systemctl", "--user", "enable", "--now", *names])
-    # A reinstall changes the units of running services: restart them on the new ones.
+    # A reinstall changes the units of running services: restart them on the new ones. systemctl
+    # waits for the restart job to finish (stop of the old process included) before it returns.
     _run(["systemctl", "--user", "restart", *names])
-    said.append(f"enabled and started {', '.join(names)} (logs: journalctl --user -u 'aitools-*')")
+    said.append(f"enabled and started {', '.join(names)} (logs: {logs_dir()})")
     return said
 
 
@@ -323,7 +399,30 @@ def status() -> tuple[list[str], bool]:
         healthy = healthy and answering
         lines.append(f"{service.command:8} {service.label if platform == 'darwin' else service.unit}: {state}; "
                      f"{service.health_url} {'answers' if answering else 'does not answer'}")
+        log_file = logs_dir() / _log_name(service)
+        error = last_error(log_file)
+        lines.append(f"{'':8} log {log_file}" + ("" if log_file.exists() else " (not written yet)")
+                     + f"; last error: {error or 'none'}")
     return lines, healthy
+
+
+def service_states() -> list[tuple[str, bool, str]]:
+    """(service, running, what launchd or systemd says) for `serve` and `receive` (doctor)."""
+    platform = _platform()
+    states = []
+    for service in services():
+        state = _status_launchd(service) if platform == "darwin" else _status_systemd(service)
+        running = state.endswith((", running", ", active")) or ", running (" in state
+        states.append((service.command, running, state))
+    return states
+
+
+def installed_receive_address() -> str | None:
+    """The address the installed receiver service listens on, if it was given one."""
+    try:
+        return _installed_receive_address(_platform())
+    except ServiceError:
+        return None
 
 
 def _installed_receive_address(platform: str) -> str | None:

@@ -18,6 +18,9 @@ command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/lib/netdata/plugins.d/apps.plugin ] || need+=(netdata-core)
 # The Docker socket proxy of compose.monitoring.yml (compose/docker-proxy/nginx.conf).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx-light)
+# A new user's install (README, quick start): pipx with Debian's own Python (tests/test_install.py).
+command -v pipx >/dev/null || need+=(pipx)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     apt-get update -qq

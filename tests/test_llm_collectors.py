@@ -412,7 +412,8 @@ def test_lmstudio_requiring_a_token_that_is_not_set(lmstudio_standin):
 
     assert result.up == 1
     assert result.error == (f"lmstudio at {lmstudio_standin.url}: answered HTTP 401 for /api/v1/models: Unauthorized: "
-                            "a valid API token is required (LM Studio requires an API token: set LM_API_TOKEN)")
+                            "a valid API token is required (LM Studio requires an API token: set lmstudio.token_file "
+                            "(or LM_API_TOKEN))")
 
 
 def test_lmstudio_refusing_the_token_never_shows_it(lmstudio_standin, monkeypatch, caplog):

@@ -534,7 +534,7 @@ def test_the_mac_reader_never_asks_psutil_for_more_than_memory_info(monkeypatch)
 
 def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
     """process_* on /metrics, as client_python names them: resident memory, CPU, open and
-    maximum files (the limit as it was given: never raised), threads; each against the
+    maximum files (the exporter's own limit, which serve raises within the platform's), threads; each against the
     kernel's figures for the exporter's pid."""
     import resource
 
@@ -554,7 +554,8 @@ def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
         assert 0 < page["process_cpu_seconds_total"] <= sum(process.cpu_times()[:2]) + 0.05
         assert abs(page["process_open_fds"] - fds) <= 8
         assert fds > 100  # the walk's kept files: name and memory of each process
-        assert page["process_max_fds"] == process.rlimit(psutil.RLIMIT_NOFILE)[0] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert page["process_max_fds"] == process.rlimit(psutil.RLIMIT_NOFILE)[0]
+        assert page["process_max_fds"] >= resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         assert page["process_threads"] == process.num_threads()
         assert abs(page["process_start_time_seconds"] - process.create_time()) < 1
         assert page["process_virtual_memory_bytes"] == pytest.approx(process.memory_info().vms, rel=0.2)

@@ -172,3 +172,42 @@ def test_a_password_in_a_node_target_url_is_not_logged(node_steady, tmp_path):
     assert "collector node failed: target api (http://metrics:<secret>@127.0.0.1:" in log
     for output in (text, log, snapshot.stdout):
         assert URL_PASSWORD not in output
+
+
+def test_lmstudio_token_file_is_read_at_each_scrape_and_never_shown(lmstudio, tmp_path):
+    """lmstudio.token_file: the services' way to LM Studio's token. A rotated token works at
+    the next scrape without a restart; a refused one and an unreadable file are reported
+    naming the file, never its content; the file wins over LM_API_TOKEN."""
+    token_file = tmp_path / "lmstudio.token"
+    token_file.write_text("sk-lm-old-0000\n")
+    lmstudio.required_token = TOKEN
+    config = (f'docker: {{enabled: false}}\nollama: {{url: null}}\n'
+              f'lmstudio: {{url: "{lmstudio.url}", token_file: "{token_file}"}}\ntimeout: 2s\n')
+    with ExporterProcess(config, args=("--log.level", "debug"), env={"LM_API_TOKEN": "sk-lm-from-the-env"}) as exporter:
+        refused = exporter.scrape().text
+        token_file.write_text(TOKEN + "\n")  # rotated: the next scrape sends the new one
+        accepted = exporter.scrape().text
+        token_file.unlink()
+        missing = exporter.scrape().text
+        log = exporter.log()
+    sent = [headers.get("Authorization") for _, headers in lmstudio.requests]
+    assert sent[0] == "Bearer sk-lm-old-0000" and f"Bearer {TOKEN}" in sent
+    assert "Bearer sk-lm-from-the-env" not in sent
+    assert 'aitools_collector_success{collector="lmstudio"} 0.0' in refused
+    assert 'aitools_collector_success{collector="lmstudio"} 1.0' in accepted
+    assert 'aitools_llm_model_loaded_bytes{model="qwen/qwen3-4b-2507",server="lmstudio"} 2.5e+09' in accepted
+    assert 'aitools_collector_success{collector="lmstudio"} 0.0' in missing
+    assert f"LM Studio refused the token in lmstudio.token_file {token_file}" in log
+    assert f"cannot read lmstudio.token_file {token_file}: No such file or directory" in log
+    assert TOKEN not in log and "sk-lm-old-0000" not in log
+
+
+def test_lmstudio_token_file_must_be_a_path(tmp_path):
+    from exporter.config import ConfigError, load_config
+
+    path = tmp_path / "config.yml"
+    path.write_text("lmstudio:\n  token_file: 42\n")
+    with pytest.raises(ConfigError, match="lmstudio.token_file"):
+        load_config(path)
+    path.write_text("lmstudio:\n  token_file: ~/.config/aitools/lmstudio.token\n")
+    assert load_config(path).lmstudio_token_file == os.path.expanduser("~/.config/aitools/lmstudio.token")

@@ -7,6 +7,7 @@ the real `systemd-analyze verify --user` and the `systemctl --user` calls record
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import shutil
@@ -18,7 +19,9 @@ import pytest
 
 from exporter.config import load_config
 from tests.conftest import missing_realpart
-from tests.parts.recorders import Recorders
+import time
+
+from tests.parts.recorders import Recorders, stand_in_launchctl
 
 
 @pytest.fixture
@@ -31,7 +34,9 @@ def home(tmp_path) -> Path:
 
 @pytest.fixture
 def recorders(tmp_path) -> Recorders:
-    return Recorders(tmp_path / "bin", ("launchctl", "systemctl"))
+    made = Recorders(tmp_path / "bin", ("launchctl", "systemctl"))
+    stand_in_launchctl(made)  # launchctl as launchd answers: state kept between calls
+    return made
 
 
 def cli(home: Path, recorders: Recorders, platform: str, *args: str) -> subprocess.CompletedProcess:
@@ -59,10 +64,14 @@ def test_macos_install_writes_launch_agents_and_bootstraps_them(home, recorders)
         program = plist["ProgramArguments"][0]
         assert Path(program).is_file() and os.access(program, os.X_OK)
     assert (home / "Library" / "Logs" / "aitools").is_dir()
+    # Nothing was loaded: each bootout fails ("No such process"), launchd is asked once whether
+    # the job is still there, then the bootstrap succeeds at once.
     assert recorders.calls("launchctl") == [
         ["bootout", f"gui/{uid}/dev.aitools.exporter"],
+        ["print", f"gui/{uid}/dev.aitools.exporter"],
         ["bootstrap", f"gui/{uid}", str(agents / "dev.aitools.exporter.plist")],
         ["bootout", f"gui/{uid}/dev.aitools.receiver"],
+        ["print", f"gui/{uid}/dev.aitools.receiver"],
         ["bootstrap", f"gui/{uid}", str(agents / "dev.aitools.receiver.plist")],
     ]
     # The default configuration: created with the defaults, valid, with the token beside it.
@@ -82,15 +91,22 @@ def test_macos_install_writes_launch_agents_and_bootstraps_them(home, recorders)
 
 def test_macos_status_and_uninstall(home, recorders):
     assert cli(home, recorders, "darwin", "service", "install").returncode == 0
-    recorders.answer("launchctl", "gui/0/dev.aitools.exporter = {\n\tactive count = 1\n\tstate = running\n}\n")
+    logs = home / "Library" / "Logs" / "aitools"
+    # What launchd's job wrote: the receiver could not listen (another one holds the port).
+    (logs / "receiver.log").write_text(
+        "2026-12-04 18:00:00,000 level=INFO exporter: starting\n"
+        "aitools-exporter: cannot listen on 127.0.0.1:8731: [Errno 48] Address already in use\n")
     status = cli(home, recorders, "darwin", "service", "status")
     assert status.returncode in (0, 3), status.stderr
     lines = status.stdout.splitlines()
     agents = home / "Library" / "LaunchAgents"
     assert lines[0].startswith(f"serve    dev.aitools.exporter: installed ({agents / 'dev.aitools.exporter.plist'}), running; "
                                "http://127.0.0.1:8730/healthz ")
-    assert lines[1].startswith(f"receive  dev.aitools.receiver: installed ({agents / 'dev.aitools.receiver.plist'}), "
+    assert lines[1] == f"         log {logs / 'exporter.log'} (not written yet); last error: none"
+    assert lines[2].startswith(f"receive  dev.aitools.receiver: installed ({agents / 'dev.aitools.receiver.plist'}), "
                                "running; http://127.0.0.1:8731/healthz ")
+    assert lines[3] == (f"         log {logs / 'receiver.log'}; last error: aitools-exporter: cannot listen on "
+                        "127.0.0.1:8731: [Errno 48] Address already in use")
     assert ["print", f"gui/{os.getuid()}/dev.aitools.receiver"] in recorders.calls("launchctl")
 
     done = cli(home, recorders, "darwin", "service", "uninstall")
@@ -103,11 +119,44 @@ def test_macos_status_and_uninstall(home, recorders):
     assert "dev.aitools.exporter: not installed" in status.stdout and status.returncode in (0, 3)
 
 
-def test_a_failing_launchctl_is_reported(home, recorders):
-    recorders.fail("launchctl", 5)
+def test_reinstalling_waits_for_launchd_and_retries_its_transient_error(home, recorders):
+    """The README says to reinstall after a config change: launchd then answers error 5 for a
+    while after the bootout (the stand-in: the next 2 bootstraps of each label)."""
+    assert cli(home, recorders, "darwin", "service", "install").returncode == 0
+    stand_in_launchctl(recorders, going_away=2)
+    started = time.monotonic()
+    again = cli(home, recorders, "darwin", "service", "install")
+    took = time.monotonic() - started
+    assert again.returncode == 0, again.stderr
+    assert "installed and started dev.aitools.exporter after 3 tries (launchd was still releasing the old job)" \
+        in again.stdout
+    bootstraps = [call for call in recorders.calls("launchctl") if call[0] == "bootstrap"]
+    assert len(bootstraps) == 2 + 3 + 3  # the first install's two, then three tries of each
+    assert 2 * (1 + 2) <= took < 60  # the pauses: 1 s, then 2 s, per label
+    state = json.loads((recorders.folder / "launchd.json").read_text())
+    assert sorted(state["loaded"]) == ["dev.aitools.exporter", "dev.aitools.receiver"]  # both running
+
+
+def test_launchd_still_refusing_after_the_last_try_is_reported(home, recorders):
+    assert cli(home, recorders, "darwin", "service", "install").returncode == 0
+    stand_in_launchctl(recorders, going_away=100)
     done = cli(home, recorders, "darwin", "service", "install")
     assert done.returncode == 1
-    assert f"launchctl bootstrap gui/{os.getuid()}" in done.stderr and "exited 5" in done.stderr
+    uid = os.getuid()
+    assert (f"launchctl bootstrap gui/{uid} {home}/Library/LaunchAgents/dev.aitools.exporter.plist exited 5 "
+            "(try 5 of 5): Bootstrap failed: 5: Input/output error") in done.stderr
+    assert f"see `launchctl print gui/{uid}/dev.aitools.exporter`" in done.stderr
+
+
+def test_a_failing_launchctl_is_reported_at_once(home, recorders):
+    Recorders(recorders.folder, ("launchctl",))  # the plain recorder again: it answers what it is told
+    recorders.fail("launchctl", 125)  # not launchd's transient error: no retry
+    recorders.answer("launchctl", "Bootstrap failed: 125: Domain does not support specified action\n")
+    started = time.monotonic()
+    done = cli(home, recorders, "darwin", "service", "install")
+    assert done.returncode == 1 and time.monotonic() - started < 30
+    assert f"launchctl bootstrap gui/{os.getuid()}" in done.stderr and "exited 125 (try 1 of 5)" in done.stderr
+    assert "Domain does not support specified action" in done.stderr
 
 
 def test_linux_install_writes_user_units_that_systemd_verifies(home, recorders, tmp_path):

@@ -44,6 +44,7 @@ LMSTUDIO_V0_MODELS = "/api/v0/models"
 # While LM Studio does not know /api/v1/models (before 0.4), read /api/v0/models and ask
 # /api/v1 again after this long, or at once after /api/v0 fails: it may have been updated.
 LMSTUDIO_V1_REPROBE_SECONDS = 300.0
+MAX_TOKEN_FILE_BYTES = 4096
 
 
 class Unreadable(Exception):
@@ -313,15 +314,43 @@ class LMStudioCollector(LLMServerCollector):
     def __init__(self, config: Config):
         super().__init__(config, config.lmstudio_url)
         self._v0_until = 0.0  # monotonic time until which /api/v1/models is known to answer 404
+        self._sent_token: str | None = None
 
-    @staticmethod
-    def token() -> str | None:
-        # A token read from a file often ends in a newline; it is not part of the token.
-        return os.environ.get("LM_API_TOKEN", "").strip() or None
+    def token(self) -> str | None:
+        """LM Studio's API token: lmstudio.token_file, read at each use (a rotated token works at
+        the next scrape), else LM_API_TOKEN. Its content is never logged; a file that cannot be
+        read raises Unreadable naming the file only."""
+        path = self.config.lmstudio_token_file
+        if path is None:
+            # A token read from a file often ends in a newline; it is not part of the token.
+            return os.environ.get("LM_API_TOKEN", "").strip() or None
+        try:
+            # O_NONBLOCK: a FIFO put there by mistake cannot hold the scrape; a regular file ignores it.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                data = os.read(fd, MAX_TOKEN_FILE_BYTES + 1)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise Unreadable(f"cannot read lmstudio.token_file {path}: {exc.strerror or type(exc).__name__}",
+                             answered=False) from None
+        token = data.decode("utf-8", "replace").strip()
+        if not token or len(data) > MAX_TOKEN_FILE_BYTES:
+            raise Unreadable(f"lmstudio.token_file {path} holds no token (or one over {MAX_TOKEN_FILE_BYTES} bytes)",
+                             answered=False)
+        return token
+
+    def token_source(self) -> str:
+        path = self.config.lmstudio_token_file
+        return f"lmstudio.token_file {path}" if path else "LM_API_TOKEN"
 
     def secrets(self) -> list[str]:
-        token = self.token()
-        return [token] if token else []
+        # The token sent (the file may have been rotated since) and the one there now.
+        try:
+            current = self.token()
+        except Unreadable:
+            current = None
+        return [token for token in {self._sent_token, current} if token]
 
     def read_models(self, deadline: Deadline) -> ModelReading:
         if time.monotonic() >= self._v0_until:
@@ -360,15 +389,16 @@ class LMStudioCollector(LLMServerCollector):
         if token and not _BEARER_TOKEN_CHARACTERS.fullmatch(token):
             # The HTTP library would refuse the header with the token in its error message
             # (and in its debug log): say what is wrong without ever handing it over.
-            raise Unreadable("LM_API_TOKEN cannot be sent: it holds a space, a control character or a "
+            raise Unreadable(f"{self.token_source()} cannot be sent: it holds a space, a control character or a "
                              "non-ASCII character", answered=False)
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._sent_token = token
         try:
             return super().get_json(path, deadline, headers)
         except Unreadable as exc:
             if exc.status not in (401, 403):
                 raise
-            hint = ("LM Studio refused the token in LM_API_TOKEN" if token
-                    else "LM Studio requires an API token: set LM_API_TOKEN")
+            hint = (f"LM Studio refused the token in {self.token_source()}" if token
+                    else "LM Studio requires an API token: set lmstudio.token_file (or LM_API_TOKEN)")
             raise Unreadable(f"{exc.reason} ({hint})", answered=True, status=exc.status) from None

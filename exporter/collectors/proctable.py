@@ -114,7 +114,8 @@ class KeptFiles:
     once that process has ended, reading it fails (ESRCH) instead of reading a newer
     process that got the same pid, and the file is opened again by its path. Files not
     read since the last `sweep()` are closed. At most a quarter of the open-files limit is
-    kept, as it is (it is never raised); beyond that, files are opened, read and closed.
+    kept (serve raises the soft limit at start within what the platform allows); beyond that,
+    files are opened, read and closed.
     Not thread-safe: the table's lock holds it."""
 
     def __init__(self) -> None:
