@@ -41,6 +41,7 @@ import psutil
 
 from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, gauge, read_small_file,
                                       run_bounded)
+from exporter.collectors.mapped import LLM_APPS, MappedModels, mapped_models
 from exporter.collectors.process import program_name
 from exporter.config import DEFAULT_APPS, App, Config
 from exporter.patterns import CMDLINE_LIMIT
@@ -70,8 +71,8 @@ KERNEL_MEMINFO_FIELDS = ("SUnreclaim", "PageTables", "SecPageTables", "KernelSta
 # tool's own), `other` and the unclaimed programs. Apps of the user's own configuration
 # count in both.
 BUDGET_APPS: dict[str, tuple[str, ...]] = {
-    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python"),
-    "production_total": ("docker", "node", "ollama", "lmstudio", "python"),
+    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "llamacpp", "python"),
+    "production_total": ("docker", "node", "ollama", "lmstudio", "llamacpp", "python"),
 }
 NEVER_COUNTED = (SYSTEM, MONITORING, OTHER)
 
@@ -489,6 +490,12 @@ class AppsCollector(SourceCollector):
         self._assigned: tuple[tuple, dict[int, Assignment]] | None = None  # the last inputs and their apps
 
     def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
+        """(memory, processes) by app, the processes and their apps; an LLM app's memory
+        holds its mapped model files (exporter/collectors/mapped.py)."""
+        return self.read_with_models(deadline)[:4]
+
+    def read_with_models(self, deadline: Deadline | None = None):
+        """read() and, last, the mapped model files counted in it (MappedModels)."""
         deadline = self.deadline(deadline)
         apps = self.config.apps
         wants_cmdline = any(app.cmdline is not None for app in apps)
@@ -518,10 +525,23 @@ class AppsCollector(SourceCollector):
             assignments = assign(processes, apps, os.getpid(), self._bundle)
             self._assigned = (inputs, assignments)
         memory, count = breakdown(processes, assignments, apps, kernel)
-        return memory, count, processes, assignments
+        # --- hook (issue 25): a loaded model's mapped weights count with its server's app.
+        models = self._mapped_models(processes, assignments, deadline)
+        for app, size in models.by_app.items():
+            memory[app] = memory.get(app, 0) + size
+        # --- end of hook
+        return memory, count, processes, assignments, models
+
+    def _mapped_models(self, processes: list[Proc], assignments: dict[int, Assignment],
+                       deadline: Deadline) -> MappedModels:
+        """Linux: the model files the LLM apps' processes map; macOS: none (the footprint
+        leaves clean file pages out; the README says what covers them)."""
+        if not self.platform.startswith("linux") or not os.path.isdir(f"{PROC}/self"):
+            return MappedModels({}, {})
+        return mapped_models(processes, lambda pid: assignments[pid].app, deadline)
 
     def collect(self, deadline: Deadline | None = None):
-        memory, count, processes, assignments = self.read(deadline)
+        memory, count, processes, assignments, models = self.read_with_models(deadline)
         memory_family = gauge("aitools_app_memory_bytes",
                               "Memory of the application's processes, each process in exactly one app.", ["app"])
         count_family = gauge("aitools_app_processes", "How many processes the application has now.", ["app"])
@@ -538,8 +558,15 @@ class AppsCollector(SourceCollector):
                    "1 when the containers run inside a VM counted in the docker app (Docker Desktop): the "
                    "rules then move the bundle's containers from docker to monitoring.")
         vm.add_metric([], 1.0 if in_vm else 0.0)
+        mapped = gauge("aitools_app_mapped_model_bytes",
+                       "The part of an LLM app's memory that is model files its processes map (Linux: "
+                       "resident file pages, page cache to the kernel), each file counted once.", ["app"])
+        for app in memory:
+            if app in LLM_APPS:
+                mapped.add_metric([app], float(models.by_app.get(app, 0)))
         yield memory_family
         yield count_family
+        yield mapped
         yield info
         yield vm
 
