@@ -9,7 +9,8 @@ buffers, mapped weights) is checked without downloading a model.
 - `llama_server_binary()`: the binary, or None when it is not built;
 - `write_gguf(path, ...)`: a llama-architecture model of the given shape;
 - `LlamaServer(binary, model, ...)`: a started server on a free loopback port, its log kept;
-- `parse_log(text)`: the figures llama.cpp logs about its memory.
+- `parse_log(text)`: the figures llama.cpp logs about its memory;
+- `FEW_HUNDRED_MB`, a Shape of about 390 MB, and `process_status(pid)`: /proc/PID/status in bytes.
 """
 
 from __future__ import annotations
@@ -59,6 +60,23 @@ class Shape:
     @property
     def n_vocab(self) -> int:
         return 3 + 256 + self.extra_tokens
+
+
+# A model of about 390 MB (F32; the vocabulary's embedding and output matrices are most of
+# it): large enough that its mapped pages stand out from the runtime's own memory.
+FEW_HUNDRED_MB = Shape(n_embd=768, n_head=4, n_head_kv=2, extra_tokens=48000)
+
+
+def process_status(pid: int) -> dict[str, int]:
+    """A process's own memory figures from /proc/PID/status, in bytes: VmRSS, RssAnon, RssFile, ..."""
+    figures = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                figures[key] = int(parts[0]) * 1024
+    return figures
 
 
 def write_gguf(path: str | Path, shape: Shape = Shape(), name: str = "aitools-test", seed: int = 0) -> Path:
