@@ -60,7 +60,7 @@ def test_zero_configuration_serves_on_the_default_address():
         families = parse(response.text)
         assert CONTRACT_ALWAYS <= set(families)
         success = {s.labels["collector"]: s.value for s in families["aitools_collector_success"].samples}
-        assert set(success) == {"node", "docker", "ollama", "lmstudio", "process", "system", "apps"}
+        assert set(success) == {"node", "docker", "ollama", "lmstudio", "llamacpp", "process", "system", "apps"}
         assert success["system"] == 1 and success["process"] == 1 and success["node"] == 1
         budgets = {s.labels["budget"]: s.value for s in families["aitools_budget_bytes"].samples}
         assert budgets["docker"] == 5e9 and budgets["development_total"] == 2e10

@@ -102,3 +102,38 @@ def test_the_tree_shows_the_model_under_its_server_and_no_node_below_its_childre
     # The table a person reads.
     table = render_table(config, snapshot_of(config, samples, scraper.last_errors()))
     assert "llama.cpp" in table and server.model.name in table
+
+
+
+def meminfo(key: str) -> int:
+    with open("/proc/meminfo") as handle:
+        return next(int(line.split()[1]) * 1024 for line in handle if line.startswith(key + ":"))
+
+
+def test_a_second_server_on_the_same_model_adds_its_own_memory_not_the_model_again(server):
+    """The sum check with models mapped: the used memory leaves a mapped model out (page
+    cache), the apps count it once; so the apps less their mapped files follow the used
+    memory, and a second server on the same file adds its anonymous memory only."""
+    from tests.test_apps_collector import app_memory, samples, used_memory
+
+    def reading():
+        before = used_memory()
+        result = samples(AppsCollector(config_for(server)))
+        used = (before + used_memory()) / 2
+        mapped = sum(value for (name, _), value in result.items() if name == "aitools_app_mapped_model_bytes")
+        return sum(app_memory(result).values()), mapped, used
+
+    total, mapped, used = reading()
+    # Each page once: never more than the kernel's own count of mapped file pages.
+    assert 350 * MiB <= mapped <= meminfo("Mapped")
+    with LlamaServer(server.binary, server.model, ctx=CTX, parallel=SLOTS) as second:
+        total2, mapped2, used2 = reading()
+        anonymous = process_status(second.process.pid)["RssAnon"]
+    print(f"one server: apps {total / MiB:.1f} MiB of which mapped {mapped / MiB:.1f}, used {used / MiB:.1f}; "
+          f"two: apps {total2 / MiB:.1f} of which mapped {mapped2 / MiB:.1f}, used {used2 / MiB:.1f}; "
+          f"the second's RssAnon {anonymous / MiB:.1f} MiB")
+    assert mapped2 == pytest.approx(mapped, abs=8 * MiB)  # the same file: once
+    # The apps less their mapped files changed as the used memory did (by the second server's
+    # anonymous memory, and whatever the others on this shared machine started or ended meanwhile:
+    # up to 50 MiB seen here). The model counted twice would be 373 MiB off.
+    assert abs((total2 - mapped2) - (total - mapped) - (used2 - used)) <= 128 * MiB
