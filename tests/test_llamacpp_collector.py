@@ -157,3 +157,34 @@ def test_config_url_default_and_null():
     assert parse_config("llamacpp: {url: 'http://127.0.0.1:8081'}\n").llamacpp_url == "http://127.0.0.1:8081"
     from exporter.app import build_sources
     assert "llamacpp" not in [source.name for source in build_sources(parse_config("llamacpp: {url: null}\n"))]
+
+
+def test_a_loaded_llamacpp_model_is_in_the_fit_plans():
+    """An Ollama model within its budget but not within the machine's room: unloading
+    Ollama's own model is not enough, llama.cpp's loaded model makes the room."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from exporter.budgets import Samples
+    from exporter.fits import model_fits
+
+    def family(name, labels, rows):
+        found = GaugeMetricFamily(name, name, labels=labels)
+        for values, value in rows.items():
+            found.add_metric(list(values), value)
+        return found
+
+    GB = 10**9
+    samples = Samples([
+        family("aitools_llm_server_up", ["server"], {("ollama",): 1, ("llamacpp",): 1}),
+        family("aitools_budget_bytes", ["budget"], {("ollama",): 8 * GB}),
+        family("aitools_llm_model_loaded_bytes", ["server", "model"],
+               {("ollama", "llama3.2:3b"): 2 * GB, ("llamacpp", "qwen2.5-coder-7b-q4_k_m.gguf"): 4.7 * GB}),
+        family("aitools_llm_model_installed_bytes", ["server", "model"], {("ollama", "mistral:7b"): 4.1 * GB}),
+        family("aitools_system_memory_total_bytes", [], {(): 16 * GB}),
+        family("aitools_system_memory_available_bytes", [], {(): 1.6 * GB + 1.0 * GB}),
+    ])
+    [fit] = model_fits(samples)
+    # 1.0 GB of room; Ollama's own 2 GB model first (3.0 GB), then llama.cpp's (7.7 GB).
+    assert (fit.model, fit.fits) == ("mistral:7b", False)
+    assert fit.unload_first == ["llama3.2:3b", "qwen2.5-coder-7b-q4_k_m.gguf (llamacpp)"]
+    assert fit.verdict == "needs llama3.2:3b, qwen2.5-coder-7b-q4_k_m.gguf (llamacpp) unloaded first"
