@@ -111,29 +111,23 @@ def meminfo(key: str) -> int:
 
 
 def test_a_second_server_on_the_same_model_adds_its_own_memory_not_the_model_again(server):
-    """The sum check with models mapped: the used memory leaves a mapped model out (page
-    cache), the apps count it once; so the apps less their mapped files follow the used
-    memory, and a second server on the same file adds its anonymous memory only."""
-    from tests.test_apps_collector import app_memory, samples, used_memory
+    """Two servers on one model file: the file's pages are in memory once (page cache), so
+    they count once; the second server adds its own anonymous memory. And the mapped model
+    files are never more than the kernel's own count of mapped file pages: what the sum
+    check of tests/test_apps_collector.py takes out of the apps before it compares them
+    with the used memory, which leaves page cache out."""
+    def ours(pids):
+        memory, count, processes, assignments, models = AppsCollector(config_for(server)).read_with_models()
+        anonymous = sum(proc.memory for proc in processes if proc.pid in pids)
+        return anonymous, models.files[str(server.model)][1], models.by_app["llamacpp"]
 
-    def reading():
-        before = used_memory()
-        result = samples(AppsCollector(config_for(server)))
-        used = (before + used_memory()) / 2
-        mapped = sum(value for (name, _), value in result.items() if name == "aitools_app_mapped_model_bytes")
-        return sum(app_memory(result).values()), mapped, used
-
-    total, mapped, used = reading()
-    # Each page once: never more than the kernel's own count of mapped file pages.
+    anonymous, model, mapped = ours({server.process.pid})
     assert 350 * MiB <= mapped <= meminfo("Mapped")
     with LlamaServer(server.binary, server.model, ctx=CTX, parallel=SLOTS) as second:
-        total2, mapped2, used2 = reading()
-        anonymous = process_status(second.process.pid)["RssAnon"]
-    print(f"one server: apps {total / MiB:.1f} MiB of which mapped {mapped / MiB:.1f}, used {used / MiB:.1f}; "
-          f"two: apps {total2 / MiB:.1f} of which mapped {mapped2 / MiB:.1f}, used {used2 / MiB:.1f}; "
-          f"the second's RssAnon {anonymous / MiB:.1f} MiB")
-    assert mapped2 == pytest.approx(mapped, abs=8 * MiB)  # the same file: once
-    # The apps less their mapped files changed as the used memory did (by the second server's
-    # anonymous memory, and whatever the others on this shared machine started or ended meanwhile:
-    # up to 50 MiB seen here). The model counted twice would be 373 MiB off.
-    assert abs((total2 - mapped2) - (total - mapped) - (used2 - used)) <= 128 * MiB
+        anonymous2, model2, mapped2 = ours({server.process.pid, second.process.pid})
+        added = process_status(second.process.pid)["RssAnon"]
+    print(f"one server: anonymous {anonymous / MiB:.1f} MiB + model {model / MiB:.1f}; two: anonymous "
+          f"{anonymous2 / MiB:.1f} + model {model2 / MiB:.1f}; the second's RssAnon {added / MiB:.1f} MiB")
+    assert model2 == pytest.approx(model, abs=8 * MiB)  # the same file: once, not twice
+    assert anonymous2 - anonymous == pytest.approx(added, abs=8 * MiB)
+    assert mapped2 <= meminfo("Mapped")

@@ -13,12 +13,11 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from exporter.collectors.apps import AppsCollector
 from exporter.collectors.base import Deadline
-from exporter.collectors.mapped import MappedFile, is_model_file, mapped_models, parse_smaps
+from exporter.collectors.mapped import MappedFile, MappedModelReader, is_model_file, parse_smaps
 from exporter.config import Config
 from tests.parts.app_processes import readable
 
@@ -150,15 +149,50 @@ def test_garbage_smaps_costs_nothing():
     assert files[("08:01", 12)].resident == 0
 
 
+class Seen:
+    """A process as the apps collector sees it: pid, name, whole resident set, anonymous part."""
+
+    def __init__(self, pid: int, name: str = "llama-server", shared: int | None = None):
+        status = {line.split(":")[0]: int(line.split()[1]) * 1024
+                  for line in open(f"/proc/{pid}/status") if line.split()[-1:] == ["kB"]}
+        self.pid, self.name = pid, name
+        self.memory = status["RssAnon"]
+        self.rss = self.memory + (status["RssFile"] + status["RssShmem"] if shared is None else shared)
+
+
 def test_the_read_stops_at_the_deadline(app_processes, tmp_path):
     model = tmp_path / "weights.gguf"
     with open(model, "wb") as handle:
         handle.write(os.urandom(8 * MiB))
     server = start_mapper(app_processes, "llama-server", model, anon=1)
-    proc = type("P", (), {"pid": server.pid, "rss": psutil.Process(server.pid).memory_info().rss})()
     expired = Deadline(0.0)
     time.sleep(0.01)
-    found = mapped_models([proc], lambda pid: "llamacpp", expired)
+    found = MappedModelReader().read([Seen(server.pid)], lambda pid: "llamacpp", expired)
     assert found.by_app == {} and found.unread == 1
-    found = mapped_models([proc], lambda pid: "llamacpp", Deadline(5))
+    found = MappedModelReader().read([Seen(server.pid)], lambda pid: "llamacpp", Deadline(5))
     assert found.files[str(model)][0] == "llamacpp" and found.unread == 0
+
+
+def test_smaps_is_read_again_only_when_the_shared_pages_move(app_processes, tmp_path, monkeypatch):
+    model = tmp_path / "weights.gguf"
+    with open(model, "wb") as handle:
+        handle.write(os.urandom(48 * MiB))
+    server = start_mapper(app_processes, "llama-server", model, anon=1)
+    reader = MappedModelReader()
+    first = reader.read([Seen(server.pid)], lambda pid: "llamacpp", Deadline(5))
+    assert reader.smaps_reads == 1 and first.files[str(model)][1] >= 46 * MiB
+    # The same shared pages: the same reading, without the kernel's walk.
+    again = reader.read([Seen(server.pid)], lambda pid: "llamacpp", Deadline(5))
+    assert reader.smaps_reads == 1 and again.files == first.files
+    # Its shared pages moved by more than a MiB (pages evicted or read in): read again.
+    seen = Seen(server.pid)
+    seen.rss -= 8 * MiB
+    reader.read([seen], lambda pid: "llamacpp", Deadline(5))
+    assert reader.smaps_reads == 2
+    # Too old, or another program under the same pid: read again.
+    monkeypatch.setattr(MappedModelReader, "REREAD_SECONDS", 0.0)
+    reader.read([seen], lambda pid: "llamacpp", Deadline(5))
+    assert reader.smaps_reads == 3
+    monkeypatch.setattr(MappedModelReader, "REREAD_SECONDS", 60.0)
+    reader.read([Seen(server.pid, name="ollama")], lambda pid: "ollama", Deadline(5))
+    assert reader.smaps_reads == 4

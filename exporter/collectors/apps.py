@@ -41,7 +41,7 @@ import psutil
 
 from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, gauge, read_small_file,
                                       run_bounded)
-from exporter.collectors.mapped import LLM_APPS, MappedModels, mapped_models
+from exporter.collectors.mapped import LLM_APPS, MappedModelReader, MappedModels
 from exporter.collectors.process import program_name
 from exporter.config import DEFAULT_APPS, App, Config
 from exporter.patterns import CMDLINE_LIMIT
@@ -488,6 +488,7 @@ class AppsCollector(SourceCollector):
         self._shims: frozenset[str] | None = None  # the shims' command lines of the last answer
         self._bundle: frozenset[str] = frozenset()
         self._assigned: tuple[tuple, dict[int, Assignment]] | None = None  # the last inputs and their apps
+        self._models = MappedModelReader()  # hook (issue 25): the LLM apps' mapped model files
 
     def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
         """(memory, processes) by app, the processes and their apps; an LLM app's memory
@@ -538,7 +539,7 @@ class AppsCollector(SourceCollector):
         leaves clean file pages out; the README says what covers them)."""
         if not self.platform.startswith("linux") or not os.path.isdir(f"{PROC}/self"):
             return MappedModels({}, {})
-        return mapped_models(processes, lambda pid: assignments[pid].app, deadline)
+        return self._models.read(processes, lambda pid: assignments[pid].app, deadline)
 
     def collect(self, deadline: Deadline | None = None):
         memory, count, processes, assignments, models = self.read_with_models(deadline)
