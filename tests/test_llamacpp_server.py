@@ -21,7 +21,8 @@ from exporter.collectors.llamacpp import LlamaCppCollector
 from exporter.config import Config
 from exporter.snapshot import render_table, snapshot_of
 from tests.conftest import missing_realpart
-from tests.parts.llama_cpp import FEW_HUNDRED_MB, LlamaServer, llama_server_binary, process_status, write_gguf
+from tests.parts.llama_cpp import (FEW_HUNDRED_MB, LlamaRouter, LlamaServer, llama_server_binary, process_status,
+                                   write_gguf)
 
 pytestmark = pytest.mark.realpart("llama.cpp")
 
@@ -131,3 +132,26 @@ def test_a_second_server_on_the_same_model_adds_its_own_memory_not_the_model_aga
     assert model2 == pytest.approx(model, abs=8 * MiB)  # the same file: once, not twice
     assert anonymous2 - anonymous == pytest.approx(added, abs=8 * MiB)
     assert mapped2 <= meminfo("Mapped")
+
+
+def test_a_router_counts_the_model_it_loaded_and_its_childs_mapped_weights(server, tmp_path):
+    """llama-server started without a model (router mode) loads one on demand in a child
+    llama-server: the collector lists it from the router's /models, its weights count in
+    the llamacpp app."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "tiny.gguf").symlink_to(server.model)
+    with LlamaRouter(server.binary, folder) as router:
+        families = {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
+                    for f in LlamaCppCollector(config_for(router)).collect()}
+        assert families["aitools_llm_model_loaded_bytes"] == {}  # listed, not loaded
+        entry = router.load("tiny")
+        families = {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
+                    for f in LlamaCppCollector(config_for(router)).collect()}
+        assert families["aitools_llm_model_loaded_bytes"] == {
+            (("model", "tiny"), ("server", "llamacpp")): float(entry["meta"]["size"])}
+        memory, count, processes, assignments, models = AppsCollector(config_for(router)).read_with_models()
+        children = [proc for proc in processes if proc.ppid == router.process.pid]
+        assert children and {assignments[proc.pid].app for proc in children} == {"llamacpp"}
+        # The model file is the one the module's server maps too: counted once, the larger share.
+        assert models.files[str(server.model)][1] >= 350 * MiB

@@ -9,6 +9,7 @@ buffers, mapped weights) is checked without downloading a model.
 - `llama_server_binary()`: the binary, or None when it is not built;
 - `write_gguf(path, ...)`: a llama-architecture model of the given shape;
 - `LlamaServer(binary, model, ...)`: a started server on a free loopback port, its log kept;
+- `LlamaRouter(binary, folder)`: the same in router mode (--models-dir), `load(name)` a model;
 - `parse_log(text)`: the figures llama.cpp logs about its memory;
 - `FEW_HUNDRED_MB`, a Shape of about 390 MB, and `process_status(pid)`: /proc/PID/status in bytes.
 """
@@ -207,6 +208,30 @@ class LlamaServer:
         self.stop()
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
+
+
+@dataclass
+class LlamaRouter(LlamaServer):
+    """llama-server in router mode: started without a model, it serves the GGUF files of the
+    folder `model` (--models-dir), each loaded on demand in a child llama-server of its own."""
+
+    def argv(self) -> list[str]:
+        return [self.binary, "--models-dir", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+                "-t", "1", "--no-webui", *self.extra]
+
+    def load(self, name: str, timeout: float = 120.0) -> dict:
+        """POST /models/load and wait until the router lists the model as loaded; its entry."""
+        request = urllib.request.Request(self.url + "/models/load", data=json.dumps({"model": name}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.get_json("/models")["data"]:
+                if entry["id"] == name and entry.get("status", {}).get("value") == "loaded":
+                    return entry
+            time.sleep(0.2)
+        raise RuntimeError(f"the router did not load {name} within {timeout:g}s:\n{self.log()[-3000:]}")
 
 
 _KV = re.compile(r"llama_kv_cache(?:_unified)?: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\), "
