@@ -18,7 +18,8 @@ Each scrape walks the whole process table once and gives each process one app:
 A process's memory: on Linux its resident set less its shared pages (/proc/PID/statm
 resident - shared: anonymous memory, netdata apps.plugin's "real memory without shared"),
 read from /proc directly or, with the psutil source, from psutil's memory_info() (rss -
-shared). On macOS psutil's phys_footprint (memory_extras(), psutil 8) where it is
+shared). An LLM app (llamacpp, ollama, lmstudio) also holds the model files its processes
+map, each file once (exporter/collectors/mapped.py; Linux). On macOS psutil's phys_footprint (memory_extras(), psutil 8) where it is
 provided, else its rss; never memory_full_info(), which can hang on other users'
 processes. `system` also holds the kernel's own memory: unreclaimable slab, page tables
 and kernel stacks on Linux; wired pages (plus the compressor's pages when the processes'
