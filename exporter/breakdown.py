@@ -32,12 +32,13 @@ from exporter.config import Config
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
 # other app (the user's own) becomes a top-level node of its own name, before Other.
-KNOWN_APPS = ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python", "system", "other", "monitoring")
+KNOWN_APPS = ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "llamacpp", "python", "system", "other",
+              "monitoring")
 # The monitoring bundle's containers (compose project MONITORING_PROJECT) are shown as
 # Monitoring, not under Docker, as the docker budget leaves them out.
 NO_PROJECT = "(no compose project)"
 _SAME = object()
-SERVER_TITLES = {"ollama": "Ollama", "lmstudio": "LM Studio"}
+SERVER_TITLES = {"ollama": "Ollama", "lmstudio": "LM Studio", "llamacpp": "llama.cpp"}
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Node:
     counted_bytes: float | None = None  # what counts against the budget (not always `bytes`); None: not read
     children: list["Node"] = field(default_factory=list)
     note: str | None = None
+    # What `bytes` is, in words, where it is not obvious: the note names it when the node
+    # shows its parts' sum instead (never_below_children).
+    figure: str | None = None
 
     @property
     def share(self) -> float | None:
@@ -58,13 +62,40 @@ class Node:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "bytes": self.bytes, "budget": self.budget, "budget_bytes": self.budget_bytes,
-                "counted_bytes": self.counted_bytes, "share": self.share, "note": self.note,
+                "counted_bytes": self.counted_bytes, "share": self.share, "note": self.note, "figure": self.figure,
                 "children": [child.as_dict() for child in self.children]}
 
     def walk(self, depth: int = 0):
         yield depth, self
         for child in self.children:
             yield from child.walk(depth + 1)
+
+
+def human_bytes(value: float | None) -> str:
+    """Decimal units, as the budgets are written (200MB = 200 * 10^6 bytes)."""
+    if value is None:
+        return "-"
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value:.0f} B"
+
+
+def never_below_children(node: Node) -> Node:
+    """No node shows less than its children together: where its own figure (the apps'
+    processes, the used memory) is smaller than its parts' sum (a model's size as its
+    server reports it, the apps with their mapped model files), the node shows the sum and
+    its note says which figure it shows and why. Children first, so the sums are final."""
+    for child in node.children:
+        never_below_children(child)
+    parts = _sum(child.bytes for child in node.children)
+    if parts is None or (node.bytes is not None and node.bytes >= parts):
+        return node
+    own = "no figure of its own" if node.bytes is None else f"{node.figure or 'its own figure'} is {human_bytes(node.bytes)}"
+    why = f"shows its parts' sum; {own}"
+    node.note = f"{why} ({node.note})" if node.note else why
+    node.bytes = parts
+    return node
 
 
 def _sum(values) -> float | None:
@@ -160,7 +191,8 @@ class _Breakdown:
     # --- llm
     def llm(self) -> Node:
         servers = []
-        for server, url in (("ollama", self.config.ollama_url), ("lmstudio", self.config.lmstudio_url)):
+        for server, url in (("ollama", self.config.ollama_url), ("lmstudio", self.config.lmstudio_url),
+                            ("llamacpp", self.config.llamacpp_url)):
             if url is None:
                 continue
             models = [Node(labels["model"], size) for labels, size in
@@ -171,7 +203,16 @@ class _Breakdown:
             figure = self.app(server) if server in self.apps else loaded
             node = Node(SERVER_TITLES[server], figure, children=models,
                         note=None if read else "not read (see the collectors that failed)")
-            servers.append(self.budget(node, server, self.counted_against(server, loaded)))
+            if server in self.apps:
+                node.figure = "its processes' memory"
+                if loaded is not None and loaded > (figure or 0):
+                    # The server's own size of its models: pages not yet read in, or held by the GPU.
+                    node.note = (f"the models' size as {SERVER_TITLES[server]} reports it; its processes hold "
+                                 f"{human_bytes(figure)} now (weights not yet read in from the file, or wired by the GPU)")
+                    node.bytes = loaded
+            if server in self.config.budgets:
+                self.budget(node, server, self.counted_against(server, loaded))
+            servers.append(node)
         figure = _sum(child.bytes for child in servers)
         return Node("LLM services", figure, children=servers)
 
@@ -192,10 +233,11 @@ class _Breakdown:
         total = self.samples.value("aitools_system_memory_total_bytes")
         available = self.samples.value("aitools_system_memory_available_bytes")
         used = total - available if total is not None and available is not None else None
-        root = Node("Workstation (used memory)", used, children=top)
+        root = Node("Workstation (used memory)", used, children=top,
+                    figure="the used memory (physical less available; mapped model files are page cache to the kernel)")
         total = self.config.total_budget_name
         self.budget(root, total, self.counted_against(total, None))
-        return root, self.monitoring(monitoring_containers)
+        return never_below_children(root), never_below_children(self.monitoring(monitoring_containers))
 
 
 def build_tree(config: Config, samples: Samples) -> tuple[Node, Node]:

@@ -273,6 +273,9 @@ def readings(config: Config, samples: Samples) -> list[Reading]:
             rows.append(Reading("llm", f"{server} model {labels['model']}", used))
         rows.append(Reading("llm", f"{server} loaded models", usage_now(usage[server], samples)[""],
                             server, budgets[server]))
+    if config.llamacpp_url is not None:  # llama.cpp's server: no budget of its own; the totals count its app
+        for labels, used in samples.all("aitools_llm_model_loaded_bytes", server="llamacpp"):
+            rows.append(Reading("llm", f"llamacpp model {labels['model']}", used))
 
     swift = usage_now(usage["swift_build"], samples)[""]
     for labels, used in samples.all("aitools_process_group_rss_bytes"):

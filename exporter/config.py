@@ -32,6 +32,9 @@ DEFAULT_BUDGETS: dict[str, int] = {
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 DEFAULT_LMSTUDIO_URL = "http://127.0.0.1:1234"
+# llama-server's own default port; a program there that does not answer as llama.cpp is
+# "not running" (exporter/collectors/llamacpp.py).
+DEFAULT_LLAMACPP_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_SECONDS = 3.0
 MAX_TIMEOUT_SECONDS = 60.0
 
@@ -137,6 +140,8 @@ DEFAULT_APPS: tuple[App, ...] = (
     # The exporter itself and the bundle's containers (label dev.aitools.app=monitoring)
     # are claimed by the collector before any rule; these names add nothing by default.
     App("monitoring"),
+    # llama.cpp's server, and Docker Model Runner's on macOS (before docker: com.docker.* is docker's).
+    App("llamacpp", names=("llama-server", "com.docker.llama-server")),
     App("docker", names=(
         # macOS: Docker Desktop and its VM.
         "com.apple.Virtualization.VirtualMachine", "com.docker.*", "qemu-system-*", "Docker Desktop*",
@@ -187,6 +192,7 @@ class Config:
     ollama_url: str | None = DEFAULT_OLLAMA_URL
     lmstudio_url: str | None = DEFAULT_LMSTUDIO_URL
     lmstudio_token_file: str | None = None  # read at each use (a rotated token works); else LM_API_TOKEN
+    llamacpp_url: str | None = DEFAULT_LLAMACPP_URL
     process_groups: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
     system_source: str = "auto"
     timeout: float = DEFAULT_TIMEOUT_SECONDS
@@ -384,7 +390,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
     reader = _Reader(lines, path)
     top = reader.mapping(document, "", (
         "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout",
-        "receiver", "actions", "apps"))
+        "receiver", "actions", "apps", "llamacpp"))
 
     values: dict[str, Any] = {}
     if "profile" in top:
@@ -413,7 +419,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
             raise reader.error("docker.host", f"{host!r} is not a usable Docker host: {problem}")
         values["docker_host"] = host
 
-    for server in ("ollama", "lmstudio"):
+    for server in ("ollama", "lmstudio", "llamacpp"):
         if server in top:
             section = reader.mapping(top[server], server, ("url", "token_file") if server == "lmstudio" else ("url",))
             if "url" in section:

@@ -33,8 +33,9 @@ class ModelFit:
     fits: bool
     server_room_bytes: float   # the server's budget less what it has loaded
     memory_room_bytes: float   # available memory less the reserve
-    # When it does not fit now: the loaded models of the same server to unload first
-    # (largest first) for it to fit; empty when even unloading them all is not enough.
+    # When it does not fit now: the loaded models to unload first for it to fit: the same
+    # server's (largest first), then, where the machine's room is still short, other servers'
+    # (named "model (server)", e.g. a llama.cpp server's); empty when even that is not enough.
     unload_first: list[str] = field(default_factory=list)
 
     @property
@@ -71,6 +72,8 @@ def model_fits(samples: Samples) -> list[ModelFit]:
         if budget is None:
             continue
         loaded = {labels["model"]: size for labels, size in samples.all("aitools_llm_model_loaded_bytes", server=server)}
+        elsewhere = [(f"{labels['model']} ({labels['server']})", size)
+                     for labels, size in samples.all("aitools_llm_model_loaded_bytes") if labels.get("server") != server]
         server_room = budget - sum(loaded.values())
         for labels, size in sorted(samples.all("aitools_llm_model_installed_bytes", server=server),
                                    key=lambda found: found[0]["model"]):
@@ -79,19 +82,28 @@ def model_fits(samples: Samples) -> list[ModelFit]:
                 continue
             fit = ModelFit(server, model, size, size <= min(server_room, machine_room), server_room, machine_room)
             if not fit.fits:
-                fit.unload_first = _to_unload(size, loaded, server_room, machine_room)
+                fit.unload_first = _to_unload(size, loaded, server_room, machine_room, elsewhere)
             fits.append(fit)
     return fits
 
 
-def _to_unload(size: float, loaded: dict[str, float], server_room: float, machine_room: float) -> list[str]:
+def _to_unload(size: float, loaded: dict[str, float], server_room: float, machine_room: float,
+               elsewhere: list[tuple[str, float]] = ()) -> list[str]:
     """The loaded models to unload, largest first, until `size` fits; [] when it never does.
-    Unloading a model gives its bytes back to both the server's room and the machine's."""
+    Unloading a model of the same server gives its bytes back to both the server's room and
+    the machine's; one of another server (`elsewhere`), to the machine's only."""
     chosen: list[str] = []
     for model, freed in sorted(loaded.items(), key=lambda item: (-item[1], item[0])):
         chosen.append(model)
         server_room += freed
         machine_room += freed
         if size <= min(server_room, machine_room):
+            return chosen
+    if size > server_room:
+        return []
+    for model, freed in sorted(elsewhere, key=lambda item: (-item[1], item[0])):
+        chosen.append(model)
+        machine_room += freed
+        if size <= machine_room:
             return chosen
     return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from exporter.app import build_registry
-from exporter.breakdown import Node, build_tree
+from exporter.breakdown import Node, build_tree, human_bytes
 from exporter.budgets import Reading, Samples, readings
 from exporter.config import Config
 from exporter.fits import MEMORY_RESERVE_FRACTION, ModelFit, model_fits
@@ -31,16 +31,6 @@ def take_snapshot(config: Config) -> Snapshot:
     registry, scraper = build_registry(config)
     samples = Samples(registry.collect())
     return snapshot_of(config, samples, scraper.last_errors())
-
-
-def human_bytes(value: float | None) -> str:
-    """Decimal units, as the budgets are written (200MB = 200 * 10^6 bytes)."""
-    if value is None:
-        return "-"
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value:.0f} B"
 
 
 def _status(reading: Reading) -> str:

@@ -20,7 +20,7 @@ from exporter.app import build_registry
 from exporter.breakdown import Node, build_tree
 from exporter.budgets import Samples
 from exporter.config import Config
-from exporter.snapshot import render_json, render_table, snapshot_of
+from exporter.snapshot import human_bytes, render_json, render_table, snapshot_of
 from tests.test_cli_and_server import run_cli
 
 GB = 10**9
@@ -98,7 +98,14 @@ def test_tree_figures_are_the_collected_samples(docker_engine, swift_frontend, o
     wired = samples.value("aitools_system_memory_pages", state="wired") * samples.value("aitools_system_page_size_bytes")
     assert find(tree, "System/OS").bytes == wired
     used = samples.value("aitools_system_memory_total_bytes") - samples.value("aitools_system_memory_available_bytes")
-    assert tree.bytes == used and tree.budget == "development_total"
+    # The stand-ins' 10.5 GB of models are more than this machine uses: the root never shows
+    # less than its parts, and says which figure it shows and what the used memory is.
+    parts = sum(child.bytes for child in tree.children if child.bytes is not None)
+    assert tree.bytes == max(used, parts) and tree.budget == "development_total"
+    if parts > used:
+        assert tree.note.startswith("shows its parts' sum; the used memory") and human_bytes(used) in tree.note
+    assert all(node.bytes >= sum(c.bytes for c in node.children if c.bytes is not None)
+               for _, node in tree.walk() if node.children)
     for name in ("IDE", "Python ML", "Other"):  # only the apps collector measures these
         assert find(tree, name).bytes is None
 
@@ -213,3 +220,42 @@ def test_names_from_outside_cannot_drive_the_terminal(ollama_standin, lmstudio_s
     assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\nsecond-line:7b" in table
     assert "also\\x1b[31mred:7b  1.0 GB: fits now" in table
     assert not any(line.startswith("second-line") for line in table.splitlines())
+
+
+def gauge_family(name: str, labels: list[str], rows: dict[tuple, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, name, labels=labels)
+    for values, value in rows.items():
+        family.add_metric(list(values), value)
+    return family
+
+
+def test_no_node_shows_less_than_its_children_and_says_which_figure_it_shows():
+    """llama.cpp's server reports 428 MB for its model while its processes hold 120 MB (its
+    weights not read in yet); the apps with a mapped model are more than the used memory
+    (the model's file pages are page cache to the kernel)."""
+    config = Config(ollama_url=None, lmstudio_url=None, docker_enabled=False)
+    samples = Samples([
+        gauge_family("aitools_app_memory_bytes", ["app"], {("llamacpp",): 120e6, ("system",): 900e6,
+                                                           ("other",): 300e6, ("monitoring",): 50e6}),
+        gauge_family("aitools_llm_model_loaded_bytes", ["server", "model"], {("llamacpp", "tiny.gguf"): 428e6}),
+        gauge_family("aitools_llm_server_up", ["server"], {("llamacpp",): 1}),
+        gauge_family("aitools_collector_success", ["collector"], {("llamacpp",): 1, ("apps",): 1}),
+        gauge_family("aitools_system_memory_total_bytes", [], {(): 8e9}),
+        gauge_family("aitools_system_memory_available_bytes", [], {(): 8e9 - 1.2e9}),
+    ])
+    tree, _ = build_tree(config, samples)
+    server = find(tree, "LLM services", "llama.cpp")
+    assert [(c.name, c.bytes) for c in server.children] == [("tiny.gguf", 428e6)]
+    assert server.bytes == 428e6 and server.figure == "its processes' memory"
+    assert server.note.startswith("the models' size as llama.cpp reports it; its processes hold 120.0 MB")
+    assert find(tree, "LLM services").bytes == 428e6
+    # 428 + 900 + 300 MB of parts against 1.2 GB used: the root shows the parts and says why.
+    assert tree.bytes == pytest.approx(1628e6)
+    assert tree.note == ("shows its parts' sum; the used memory (physical less available; mapped model files are "
+                         "page cache to the kernel) is 1.2 GB")
+    for _, node in tree.walk():
+        assert node.bytes is None or node.bytes >= sum(c.bytes for c in node.children if c.bytes is not None)
+    # Where the processes hold more than the server says (weights and cache resident), they are shown.
+    samples.by_name["aitools_app_memory_bytes"] = [({"app": "llamacpp"}, 500e6)]
+    server = find(build_tree(config, samples)[0], "LLM services", "llama.cpp")
+    assert server.bytes == 500e6 and server.note is None

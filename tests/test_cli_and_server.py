@@ -22,11 +22,12 @@ CONTRACT_ALWAYS = {
     "aitools_collector_duration_seconds", "aitools_build_info", "aitools_docker_up", "aitools_llm_server_up",
 }
 
-# Nothing listens on these in the tests: Docker, Ollama and LM Studio are absent.
+# Nothing listens on these in the tests: Docker, Ollama, LM Studio and llama.cpp are absent.
 ABSENT_BACKENDS = textwrap.dedent("""\
     docker: {host: "unix:///nonexistent/docker.sock"}
     ollama: {url: "http://127.0.0.1:9"}
     lmstudio: {url: "http://127.0.0.1:9"}
+    llamacpp: {url: "http://127.0.0.1:9"}
     """)
 
 
@@ -60,7 +61,7 @@ def test_zero_configuration_serves_on_the_default_address():
         families = parse(response.text)
         assert CONTRACT_ALWAYS <= set(families)
         success = {s.labels["collector"]: s.value for s in families["aitools_collector_success"].samples}
-        assert set(success) == {"node", "docker", "ollama", "lmstudio", "process", "system", "apps"}
+        assert set(success) == {"node", "docker", "ollama", "lmstudio", "llamacpp", "process", "system", "apps"}
         assert success["system"] == 1 and success["process"] == 1 and success["node"] == 1
         budgets = {s.labels["budget"]: s.value for s in families["aitools_budget_bytes"].samples}
         assert budgets["docker"] == 5e9 and budgets["development_total"] == 2e10
@@ -87,7 +88,7 @@ def test_landing_page_health_404_openmetrics_and_gzip():
         families = parse(exporter.scrape().text)
         assert families["aitools_docker_up"].samples[0].value == 0
         up = {s.labels["server"]: s.value for s in families["aitools_llm_server_up"].samples}
-        assert up == {"ollama": 0, "lmstudio": 0}
+        assert up == {"ollama": 0, "lmstudio": 0, "llamacpp": 0}
         success = {s.labels["collector"]: s.value for s in families["aitools_collector_success"].samples}
         assert success["docker"] == 0 and success["ollama"] == 0 and success["system"] == 1
         assert [s.labels["version"] for s in families["aitools_build_info"].samples] == [__version__]

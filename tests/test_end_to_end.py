@@ -134,6 +134,7 @@ def stack(docker_engine):
                 "docker": {"host": docker_engine.host},
                 "ollama": {"url": ollama.url},
                 "lmstudio": {"url": lmstudio.url},
+                "llamacpp": {"url": None},  # llama.cpp's server has its own real-part test (test_llamacpp_server)
                 "timeout": "800ms",
             }
             exporter = ExporterProcess(yaml.safe_dump(config))

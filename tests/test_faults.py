@@ -242,6 +242,7 @@ node:
 docker: {{host: "{parts.engine.host}"}}
 ollama: {{url: "{parts.ollama.url}"}}
 lmstudio: {{url: "{parts.lmstudio.url}"}}
+llamacpp: {{url: null}}
 system: {{source: vm_stat}}
 {extra}"""
 

@@ -69,6 +69,7 @@ node:
 docker: {{host: "{sources['docker'].host}"}}
 ollama: {{url: "{sources['ollama'].url}"}}
 lmstudio: {{url: "{sources['lmstudio'].url}"}}
+llamacpp: {{url: null}}
 """
 
 

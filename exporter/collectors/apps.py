@@ -24,6 +24,8 @@ figure Activity Monitor shows), its resident set only where the footprint cannot
 stacks on Linux; wired pages (plus the compressor's pages when no process's figure is a
 footprint, which holds a process's compressed pages) on macOS, from the scrape's one
 `vm_stat`.
+An LLM app (llamacpp, ollama, lmstudio) also holds the model files its processes map, each
+file once (exporter/collectors/mapped.py; Linux).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
+from exporter.collectors.mapped import LLM_APPS, MappedModelReader, MappedModels
 from exporter.collectors.proctable import FOOTPRINT, SHIM_PREFIX, Proc, process_table, wants_cmdlines
 from exporter.collectors.system import read_vm_stat
 from exporter.config import DEFAULT_APPS, App, Config
@@ -58,8 +61,8 @@ KERNEL_MEMINFO_FIELDS = ("SUnreclaim", "PageTables", "SecPageTables", "KernelSta
 # tool's own), `other` and the unclaimed programs. Apps of the user's own configuration
 # count in both.
 BUDGET_APPS: dict[str, tuple[str, ...]] = {
-    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python"),
-    "production_total": ("docker", "node", "ollama", "lmstudio", "python"),
+    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "llamacpp", "python"),
+    "production_total": ("docker", "node", "ollama", "lmstudio", "llamacpp", "python"),
 }
 NEVER_COUNTED = (SYSTEM, MONITORING, OTHER)
 
@@ -237,6 +240,7 @@ class AppsReading(NamedTuple):
     processes: list[Proc]
     assignments: dict[int, Assignment]
     figures: dict[str, int]      # what each process's memory is (proctable's figures) -> processes
+    models: MappedModels         # the mapped model files counted in the LLM apps' memory
 
 
 class AppsCollector(SourceCollector):
@@ -248,6 +252,7 @@ class AppsCollector(SourceCollector):
         self._shims: frozenset[str] | None = None  # the shims' command lines of the last answer
         self._bundle: frozenset[str] = frozenset()
         self._assigned: tuple[tuple, dict[int, Assignment]] | None = None  # the last inputs and their apps
+        self._models = MappedModelReader()  # the LLM apps' mapped model files (issue 25)
 
     def read(self, deadline: Deadline | None = None) -> AppsReading:
         deadline = self.deadline(deadline)
@@ -276,10 +281,22 @@ class AppsCollector(SourceCollector):
             assignments = assign(processes, apps, os.getpid(), self._bundle)
             self._assigned = (inputs, assignments)
         memory, count = breakdown(processes, assignments, apps, kernel)
-        return AppsReading(memory, count, processes, assignments, figures)
+        # A loaded model's mapped weights count with its server's app (issue 25).
+        models = self._mapped_models(processes, assignments, scan.platform, deadline)
+        for app, size in models.by_app.items():
+            memory[app] = memory.get(app, 0) + size
+        return AppsReading(memory, count, processes, assignments, figures, models)
+
+    def _mapped_models(self, processes: list[Proc], assignments: dict[int, Assignment], platform: str,
+                       deadline: Deadline) -> MappedModels:
+        """Linux: the model files the LLM apps' processes map; macOS: none (the footprint
+        leaves clean file pages out; the README says what covers them)."""
+        if platform != "linux":
+            return MappedModels({}, {})
+        return self._models.read(processes, lambda pid: assignments[pid].app, deadline)
 
     def collect(self, deadline: Deadline | None = None):
-        memory, count, processes, assignments, figures = self.read(deadline)
+        memory, count, processes, assignments, figures, models = self.read(deadline)
         memory_family = gauge("aitools_app_memory_bytes",
                               "Memory of the application's processes, each process in exactly one app.", ["app"])
         count_family = gauge("aitools_app_processes", "How many processes the application has now.", ["app"])
@@ -301,8 +318,15 @@ class AppsCollector(SourceCollector):
                        "(macOS), resident (macOS, where the footprint cannot be read).", ["figure"])
         for name, number in sorted(figures.items()):
             figure.add_metric([name], float(number))
+        mapped = gauge("aitools_app_mapped_model_bytes",
+                       "The part of an LLM app's memory that is model files its processes map (Linux: "
+                       "resident file pages, page cache to the kernel), each file counted once.", ["app"])
+        for app in memory:
+            if app in LLM_APPS:
+                mapped.add_metric([app], float(models.by_app.get(app, 0)))
         yield memory_family
         yield count_family
+        yield mapped
         yield info
         yield vm
         yield figure

@@ -155,6 +155,11 @@ class LLMServerCollector(SourceCollector):
         yield loaded
         yield vram
         yield installed
+        yield from self.more_families(reading)
+
+    def more_families(self, reading: ModelReading):
+        """A server's own figures beside the models (llama.cpp: context, slots); none by default."""
+        return []
 
     def get_json(self, path: str, deadline: Deadline, headers: dict[str, str] | None = None) -> Any:
         """GET base_url + path within the deadline and return the parsed JSON of a 2xx answer."""

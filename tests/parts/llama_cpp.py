@@ -9,7 +9,9 @@ buffers, mapped weights) is checked without downloading a model.
 - `llama_server_binary()`: the binary, or None when it is not built;
 - `write_gguf(path, ...)`: a llama-architecture model of the given shape;
 - `LlamaServer(binary, model, ...)`: a started server on a free loopback port, its log kept;
-- `parse_log(text)`: the figures llama.cpp logs about its memory.
+- `LlamaRouter(binary, folder)`: the same in router mode (--models-dir), `load(name)` a model;
+- `parse_log(text)`: the figures llama.cpp logs about its memory;
+- `FEW_HUNDRED_MB`, a Shape of about 390 MB, and `process_status(pid)`: /proc/PID/status in bytes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,23 @@ class Shape:
     @property
     def n_vocab(self) -> int:
         return 3 + 256 + self.extra_tokens
+
+
+# A model of about 390 MB (F32; the vocabulary's embedding and output matrices are most of
+# it): large enough that its mapped pages stand out from the runtime's own memory.
+FEW_HUNDRED_MB = Shape(n_embd=768, n_head=4, n_head_kv=2, extra_tokens=48000)
+
+
+def process_status(pid: int) -> dict[str, int]:
+    """A process's own memory figures from /proc/PID/status, in bytes: VmRSS, RssAnon, RssFile, ..."""
+    figures = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                figures[key] = int(parts[0]) * 1024
+    return figures
 
 
 def write_gguf(path: str | Path, shape: Shape = Shape(), name: str = "aitools-test", seed: int = 0) -> Path:
@@ -189,6 +208,30 @@ class LlamaServer:
         self.stop()
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
+
+
+@dataclass
+class LlamaRouter(LlamaServer):
+    """llama-server in router mode: started without a model, it serves the GGUF files of the
+    folder `model` (--models-dir), each loaded on demand in a child llama-server of its own."""
+
+    def argv(self) -> list[str]:
+        return [self.binary, "--models-dir", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+                "-t", "1", "--no-webui", *self.extra]
+
+    def load(self, name: str, timeout: float = 120.0) -> dict:
+        """POST /models/load and wait until the router lists the model as loaded; its entry."""
+        request = urllib.request.Request(self.url + "/models/load", data=json.dumps({"model": name}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.get_json("/models")["data"]:
+                if entry["id"] == name and entry.get("status", {}).get("value") == "loaded":
+                    return entry
+            time.sleep(0.2)
+        raise RuntimeError(f"the router did not load {name} within {timeout:g}s:\n{self.log()[-3000:]}")
 
 
 _KV = re.compile(r"llama_kv_cache(?:_unified)?: size =\s*([\d.]+) MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\), "
