@@ -54,10 +54,6 @@ def _setup_logging(level: str | None) -> None:
     name = (level or "info").upper()
     logging.basicConfig(level=logging.WARNING if name == "WARN" else getattr(logging, name),
                         format="%(asctime)s level=%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if name != "DEBUG":
-        # httpx logs every request at INFO: a line per backend at every scrape, for months.
-        for library in ("httpx", "httpcore", "urllib3", "docker", "websocket"):
-            logging.getLogger(library).setLevel(logging.WARNING)
 
 
 def _config_file(given: str | None) -> str | None:

@@ -27,6 +27,8 @@ from exporter.notify import current_platform
 LABEL_PREFIX = "dev.aitools"
 UNIT_PREFIX = "aitools"
 COMMAND_TIMEOUT_SECONDS = 30.0
+HEALTH_SECONDS = 2.0          # `service status` waits this long for each /healthz
+HEALTH_ANSWER_BYTES = 4096
 # launchd starts agents with a bare PATH; Homebrew's folders let the receiver find terminal-notifier.
 LAUNCHD_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -309,17 +311,20 @@ def uninstall() -> list[str]:
 
 
 def status() -> tuple[list[str], bool]:
-    import httpx
+    from exporter.collectors.base import CollectorError, Deadline
+    from exporter.collectors.httpclient import Client
 
     platform = _platform()
     lines, healthy = [], True
     for service in services(_installed_receive_address(platform)):
         state = _status_launchd(service) if platform == "darwin" else _status_systemd(service)
+        client = Client()
         try:
-            answer = httpx.get(service.health_url, timeout=2.0, trust_env=False)
-            answering = answer.status_code == 200
-        except httpx.HTTPError:
+            answering = client.get(service.health_url, Deadline(HEALTH_SECONDS), HEALTH_ANSWER_BYTES).status == 200
+        except CollectorError:
             answering = False
+        finally:
+            client.close()
         healthy = healthy and answering
         lines.append(f"{service.command:8} {service.label if platform == 'darwin' else service.unit}: {state}; "
                      f"{service.health_url} {'answers' if answering else 'does not answer'}")
