@@ -119,7 +119,7 @@ def compose_notification(payload: dict, decisions: list[Decision]) -> Notificati
 
 
 class Receiver:
-    """Counters, the notifier, the actions and the worker thread; the HTTP side is ReceiverServer."""
+    """Counters, the notifier, the actions and the worker thread; the HTTP side is ReceiverHandler on the exporter's server."""
 
     def __init__(self, config: Config, audit_path: Path | None, notifier: Notifier | None = None):
         self.config = config

@@ -1,4 +1,6 @@
-"""The HTTP server: /metrics, a landing page at / and /healthz."""
+"""The one HTTP server: the exporter's /metrics, landing page at / and /healthz
+(ExporterHandler), and the receiver's webhook pages (exporter/receiver.py), each a Handler
+on the same bounded ExporterServer."""
 
 from __future__ import annotations
 
@@ -246,6 +248,10 @@ class ExporterServer:
     are capped too (the oldest goes first), below the process's open-file limit, and when
     accept() finds no descriptor left the front closes the oldest waiting connection or
     pauses accepting briefly instead of spinning.
+
+    `handler` is the site served (ExporterHandler, or the receiver's), `app` what it serves
+    beside `registry`; `max_connections` lowers the cap of waiting connections;
+    `header_timeout` may be set before serving.
     """
 
     address_family = socket.AF_INET

@@ -150,6 +150,40 @@ def test_a_stale_kept_connection_is_replaced_once(servers):
     assert [r[1] for r in server.requests] == ["/a", "/b"] and server.connections == 2
 
 
+def test_the_retry_is_once(servers):
+    """A kept connection found closed is replaced once; when the new one fails too, the
+    call fails (kind 'closed') instead of trying again."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(sock)
+            if len(accepted) == 1:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += sock.recv(4096)
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            sock.close()  # the first after its answer, the others without one
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    client = Client()
+    try:
+        assert client.get(url, Deadline(5), 100).body == b"ok"
+        time.sleep(0.2)
+        with pytest.raises(HTTPError) as failed:
+            client.get(url, Deadline(5), 100)
+        assert failed.value.kind == "closed" and not failed.value.answered
+        time.sleep(0.2)
+        assert len(accepted) == 2 and client.idle_connections() == []
+    finally:
+        listener.close()
+
+
 def test_the_body_cap_is_per_call(servers):
     server = servers(body=b"x" * 5000)
     client = Client()

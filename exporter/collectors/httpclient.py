@@ -324,6 +324,8 @@ class Client:
             response.close()  # read to its end: the connection may carry the next request
             if response.will_close:
                 connection.close()
+            # Let go of this deadline before another call may take the connection.
+            connection.serve(None)
             self._checkin(origin, connection)
             return Answer(response.status, response.reason, response.headers, content)
         except BaseException as exc:
@@ -333,8 +335,6 @@ class Client:
             if isinstance(exc, Exception):
                 raise _failure(exc, answered, deadline) from None
             raise
-        finally:
-            connection.serve(None)
 
     def close(self) -> None:
         with self._lock:
@@ -351,18 +351,23 @@ class Client:
     def _exchange(self, connection: _Connection, reused: bool, origin, method: str, target: str,
                   headers: dict[str, str], body: bytes | None,
                   deadline: Deadline) -> tuple[_Connection, http.client.HTTPResponse]:
-        for attempt in (1, 2):
-            connection.serve(deadline)
-            try:
-                connection.request(method, target, body=body, headers=headers)
-                return connection, connection.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                if not reused or attempt == 2:
-                    raise
-                # The server closed the kept-alive connection meanwhile: once more on a new one.
-                connection.close()
-                connection = self._new(origin)
-        raise AssertionError("unreachable")
+        connection.serve(deadline)
+        try:
+            connection.request(method, target, body=body, headers=headers)
+            return connection, connection.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+        # The server closed the kept-alive connection meanwhile: once more, on a new one.
+        connection.close()
+        fresh = self._new(origin)
+        fresh.serve(deadline)
+        try:
+            fresh.request(method, target, body=body, headers=headers)
+            return fresh, fresh.getresponse()
+        except BaseException:
+            fresh.close()
+            raise
 
     def _new(self, origin: tuple[str, str, int]) -> _Connection:
         return _Connection(origin, self.tls, self.unix_socket)
