@@ -113,9 +113,9 @@ class TimedSocket:
     `deadline` (set by whoever uses it now). Public so that the Node inspector's WebSocket
     runs on the same footing as the HTTP connections."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, deadline: Deadline | None = None):
         self.sock = sock
-        self.deadline: Deadline | None = None
+        self.deadline = deadline
         # http.client closes a "Connection: close" connection and leaves its body to the reader
         # made by makefile(): the socket is closed when both have let go of it.
         self._readers = 0
@@ -174,33 +174,26 @@ class _Reader(io.RawIOBase):
             self._owner.release_reader()
 
 
-def connect(host: str, port: int, deadline: Deadline, tls: ssl.SSLContext | None = None) -> TimedSocket:
-    """A TCP connection (TLS when `tls` is given) made within the deadline."""
-    raw = socket.create_connection((host, port), timeout=deadline.remaining())
+def connect(address: tuple[str, int] | str, deadline: Deadline, tls: ssl.SSLContext | None = None) -> TimedSocket:
+    """A connection made within the deadline: TCP to (host, port), with TLS when `tls` is
+    given, or the unix socket at a path."""
+    raw = None
     try:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
+        if isinstance(address, str):
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             raw.settimeout(deadline.remaining())
-            raw = tls.wrap_socket(raw, server_hostname=host)
+            raw.connect(address)
+        else:
+            raw = socket.create_connection(address, timeout=deadline.remaining())
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                raw.settimeout(deadline.remaining())
+                raw = tls.wrap_socket(raw, server_hostname=address[0])
     except BaseException:
-        raw.close()
+        if raw is not None:
+            raw.close()
         raise
-    timed = TimedSocket(raw)
-    timed.deadline = deadline
-    return timed
-
-
-def connect_unix(path: str, deadline: Deadline) -> TimedSocket:
-    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        raw.settimeout(deadline.remaining())
-        raw.connect(path)
-    except BaseException:
-        raw.close()
-        raise
-    timed = TimedSocket(raw)
-    timed.deadline = deadline
-    return timed
+    return TimedSocket(raw, deadline)
 
 
 class _Connection(http.client.HTTPConnection):
@@ -211,10 +204,7 @@ class _Connection(http.client.HTTPConnection):
         self.deadline: Deadline | None = None
 
     def connect(self) -> None:
-        if self.unix_socket is not None:
-            self.sock = connect_unix(self.unix_socket, self.deadline)
-        else:
-            self.sock = connect(self.host, self.port, self.deadline, self.tls)
+        self.sock = connect(self.unix_socket or (self.host, self.port), self.deadline, self.tls)
 
     def serve(self, deadline: Deadline | None) -> None:
         self.deadline = deadline

@@ -291,7 +291,7 @@ class InspectorSession:
         # writes there whatever it was bound to (0.0.0.0, a container's name).
         path = _debugger_path(listing)
         host, _, port = self.address.rpartition(":")
-        self.sock = connect(host.strip("[]"), int(port), deadline)
+        self.sock = connect((host.strip("[]"), int(port)), deadline)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {self.address}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
