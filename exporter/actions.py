@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.budgets import Samples, readings
+from exporter.collectors.base import Deadline
+from exporter.collectors.httpclient import Client
 from exporter.config import Config, NodeTarget
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ HEAP_SNAPSHOT_INTERVAL_SECONDS = 3600  # one heap snapshot per target in this ti
 PREDICTION_CONFIRM_RATIO = 0.8         # a predicted exhaustion is confirmed from 80 % of the budget on
 MAX_PIDFILE_BYTES = 64
 AUDIT_TAIL_BYTES = 256 * 1024          # read back at start for the cool-downs
+STOP_SECONDS = 10                      # `docker stop`'s own grace before the kill
+MAX_ANSWER_BYTES = 2**20               # an unload request's answer, at most
 
 ACTION_FOR_ALERT = {
     "AitoolsLLMOverBudget": "unload_idle_model",
@@ -214,22 +218,21 @@ class Actions:
         target = ",".join(c.name for c in to_stop)
         if self.config.actions_dry_run:
             return Decision(alertname, action, target, "dry_run", why, command)
-        client = self._docker_client()
-        try:
-            for container in to_stop:
-                client.stop(container.name, timeout=10)
-        finally:
-            client.close()
-        return Decision(alertname, action, target, "done", why, command)
-
-    def _docker_client(self):
-        import docker
+        from exporter.collectors.docker_api import Engine
 
         collector = self.sources.get("docker")
         host = getattr(collector, "host", None) or self.config.docker_host
         if host is None:
             raise StateError("the Docker host is not known")
-        return docker.APIClient(base_url=host, version="auto", timeout=max(30, self.config.timeout))
+        # Each container gets STOP_SECONDS to end before it is killed, and the engine the rest.
+        deadline = Deadline(STOP_SECONDS * len(to_stop) + max(30.0, self.config.timeout))
+        engine = Engine(host, deadline)
+        try:
+            for container in to_stop:
+                engine.stop(container.name, deadline, timeout=STOP_SECONDS)
+        finally:
+            engine.close()
+        return Decision(alertname, action, target, "done", why, command)
 
     # -- unload_idle_model
 
@@ -267,7 +270,6 @@ class Actions:
 
     def _least_recently_used(self, servers: list[str], model: str | None) -> tuple[str, str, str, str]:
         """(server, model, instance, why) of the model to unload."""
-        from exporter.collectors.base import Deadline
         from exporter.collectors.llm import LMSTUDIO_V1_MODELS, Unreadable, is_unknown_endpoint
 
         for server in servers:
@@ -302,8 +304,6 @@ class Actions:
         raise StateError(f"no idle model is loaded in {where} now")
 
     def _post_unload(self, server: str, name: str, instance: str) -> None:
-        import httpx
-
         collector = self.sources[server]
         if server == "ollama":
             url, body, headers = collector.base_url + "/api/generate", {"model": name, "keep_alive": 0}, {}
@@ -311,10 +311,13 @@ class Actions:
             url, body = collector.base_url + "/api/v1/models/unload", {"instance_id": instance}
             token = collector.token()
             headers = {"Authorization": f"Bearer {token}"} if token else {}
-        with httpx.Client(trust_env=False, follow_redirects=False, timeout=max(10.0, self.config.timeout)) as client:
-            response = client.post(url, json=body, headers=headers)
-        if not 200 <= response.status_code < 300:
-            raise RuntimeError(f"{server} answered HTTP {response.status_code} to the unload request")
+        client = Client()
+        try:
+            answer = client.post_json(url, body, Deadline(max(10.0, self.config.timeout)), MAX_ANSWER_BYTES, headers)
+        finally:
+            client.close()
+        if not answer.ok:
+            raise RuntimeError(f"{server} answered HTTP {answer.status} to the unload request")
 
     # -- node_heap_snapshot
 

@@ -54,10 +54,6 @@ def _setup_logging(level: str | None) -> None:
     name = (level or "info").upper()
     logging.basicConfig(level=logging.WARNING if name == "WARN" else getattr(logging, name),
                         format="%(asctime)s level=%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if name != "DEBUG":
-        # httpx logs every request at INFO: a line per backend at every scrape, for months.
-        for library in ("httpx", "httpcore", "urllib3", "docker", "websocket"):
-            logging.getLogger(library).setLevel(logging.WARNING)
 
 
 def _config_file(given: str | None) -> str | None:
@@ -201,18 +197,29 @@ def receive(ctx: click.Context, audit_file=None, config_file=None, listen_addres
     # The receiver has its own port: the exporter's --web.listen-address given before `receive`
     # does not apply here, only one given after it.
     address = listen_address or DEFAULT_RECEIVER_ADDRESS
+    web_config = None
+    if web_config_file or ctx.obj.get("web_config_file"):  # TLS, as for serve
+        from exporter.webconfig import WebConfigError, load_web_config
+
+        try:
+            web_config = load_web_config(web_config_file or ctx.obj["web_config_file"])
+            if web_config.users:
+                raise WebConfigError("basic_auth_users are for serve: the receiver checks the bearer token of "
+                                     "receiver.token_file")
+        except WebConfigError as exc:
+            click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
+            sys.exit(2)
     try:
-        server = start_receiver(address, receiver)
+        server = start_receiver(address, receiver, web_config)
     except (OSError, ValueError) as exc:
         click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
         sys.exit(1)
     host, port = server.server_address[:2]
-    if web_config_file or ctx.obj.get("web_config_file"):
-        log.warning("--web.config.file is for serve: the receiver serves plain HTTP and checks its bearer token")
     if receiver.token is None:
         log.warning("no receiver.token_file: any local process may post alerts (fixes stay off without a token)")
-    log.info("aitools-exporter %s receiving Alertmanager webhooks on http://%s:%d/ (config %s; actions %s%s; "
-             "audit log %s)", __version__, f"[{host}]" if ":" in host else host, port, path or "built-in defaults",
+    log.info("aitools-exporter %s receiving Alertmanager webhooks on %s://%s:%d/ (config %s; actions %s%s; "
+             "audit log %s)", __version__, "https" if web_config and web_config.ssl_context else "http",
+             f"[{host}]" if ":" in host else host, port, path or "built-in defaults",
              ", ".join(config.actions_enabled) or "none",
              " (dry run)" if config.actions_enabled and config.actions_dry_run else "", audit)
     _serve_until_stopped(server)

@@ -14,7 +14,6 @@ HTTP request goes through `request()` with a deadline of its own; a check never 
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ import yaml
 
 from exporter.collectors.base import CollectorError, Deadline
 from exporter.config import Config, ConfigError, load_config
-from exporter.fetch import ConnectionPool
+from exporter.collectors.httpclient import Client
 
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 DEFAULT_ALERTMANAGER_URL = "http://127.0.0.1:9093"
@@ -59,28 +58,15 @@ class Answer:
 
 
 def request(url: str, method: str = "GET", headers: dict[str, str] | None = None, body: bytes | None = None) -> Answer:
-    """One request within HTTP_SECONDS; never raises. GET through the project's ConnectionPool;
-    the POST of the receiver's token check through http.client (the pool only GETs)."""
-    deadline = Deadline(HTTP_SECONDS)
-    if method == "GET":
-        pool = ConnectionPool()
-        try:
-            answer = pool.get(url, deadline, MAX_ANSWER_BYTES, headers)
-            return Answer(answer.status, answer.body)
-        except (CollectorError, TimeoutError) as exc:
-            return Answer(0, b"", str(exc) or type(exc).__name__)
-        finally:
-            pool.close()
-    parts = urlsplit(url)
-    connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=HTTP_SECONDS)
+    """One request within HTTP_SECONDS through the project's HTTP client; never raises."""
+    client = Client()
     try:
-        connection.request(method, parts.path or "/", body=body, headers=headers or {})
-        response = connection.getresponse()
-        return Answer(response.status, response.read(MAX_ANSWER_BYTES))
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+        answer = client.request(method, url, Deadline(HTTP_SECONDS), MAX_ANSWER_BYTES, headers, body)
+        return Answer(answer.status, answer.body)
+    except (CollectorError, TimeoutError) as exc:
         return Answer(0, b"", str(exc) or type(exc).__name__)
     finally:
-        connection.close()
+        client.close()
 
 
 def _json(answer: Answer) -> dict | None:

@@ -5,13 +5,15 @@ counters, /healthz "ok". Each notification (one alert group) becomes one desktop
 notification (exporter/notify.py) and, where the config enables it, the alert's fix
 (exporter/actions.py).
 
-Bounded: a request body over MAX_BODY_BYTES is refused (413) from its Content-Length
-without being read, a body must arrive within REQUEST_SECONDS and a connection ends after
-CONNECTION_SECONDS (slow headers included), at most MAX_CONNECTIONS connections are served
-at once (others are closed at once), and the work after a
-request is queued (at most QUEUE_SIZE notifications waiting; more are answered 503, so
-Alertmanager retries them) and done by one worker thread, so a burst of alerts never
-runs fixes in parallel.
+It runs on the exporter's own HTTP server (exporter/server.py), with its limits: heads
+capped and required within the server's header timeout, read by one thread without
+blocking; at most MAX_CONNECTIONS connections waiting (the oldest goes first) and
+MAX_REQUESTS requests served at once (more are answered 503); TLS from --web.config.file.
+Here: a request body over MAX_BODY_BYTES is refused (413) from its Content-Length without
+being read, a body must arrive within REQUEST_SECONDS, the bearer token is compared in
+constant time, and the work after a request is queued (at most QUEUE_SIZE notifications
+waiting; more are answered 503, so Alertmanager retries them) and done by one worker
+thread, so a burst of alerts never runs fixes in parallel.
 """
 
 from __future__ import annotations
@@ -20,29 +22,27 @@ import hmac
 import json
 import logging
 import queue
-import socket
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.actions import RESULTS, Actions, Decision
 from exporter.config import ACTIONS, Config
 from exporter.notify import Notification, Notifier
+from exporter.server import ExporterServer, Handler, start_server
+from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_RECEIVER_ADDRESS = "127.0.0.1:8731"
 MAX_BODY_BYTES = 1 * 2**20
-MAX_CONNECTIONS = 16
-REQUEST_SECONDS = 10.0
-CONNECTION_SECONDS = 30.0  # a connection is closed after this long, whatever it does (slow headers too)
+MAX_CONNECTIONS = 16   # connections waiting at once (the oldest goes first)
+MAX_REQUESTS = 4       # requests served at once (and the server's few more for /metrics and /healthz)
+REQUEST_SECONDS = 10.0  # a body must arrive within this
 QUEUE_SIZE = 32
 MAX_ALERTS = 1000
 MAX_TOKEN_BYTES = 4096
@@ -119,7 +119,7 @@ def compose_notification(payload: dict, decisions: list[Decision]) -> Notificati
 
 
 class Receiver:
-    """Counters, the notifier, the actions and the worker thread; the HTTP side is ReceiverServer."""
+    """Counters, the notifier, the actions and the worker thread; the HTTP side is ReceiverHandler on the exporter's server."""
 
     def __init__(self, config: Config, audit_path: Path | None, notifier: Notifier | None = None):
         self.config = config
@@ -199,29 +199,30 @@ def read_token(path: str | None) -> bytes | None:
     return token
 
 
-class ReceiverHandler(BaseHTTPRequestHandler):
-    server: "ReceiverServer"
+class ReceiverHandler(Handler):
+    """The receiver's pages on the exporter's HTTP server (exporter/server.py): POST (any path)
+    an Alertmanager webhook with the bearer token; GET /metrics, /healthz."""
+
     server_version = f"aitools-receiver/{__version__}"
-    protocol_version = "HTTP/1.1"
-    timeout = REQUEST_SECONDS  # each read of a stalled client
-    # Headers and body go out in two writes: without this the body waits for the client's
-    # delayed ACK, some 40 ms per request.
-    disable_nagle_algorithm = True
+
+    @property
+    def receiver(self) -> Receiver:
+        return self.server.app
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._send(200, encoder(self.server.receiver.registry), content_type)
+            self.send_metrics(self.receiver.registry)
         elif path == "/healthz":
-            self._send(200, b"ok\n")
+            self.send_page(200, b"ok\n")
         else:
-            self._send(404, b"not found: POST Alertmanager webhooks to /, metrics at /metrics\n")
+            self.send_page(404, b"not found: POST Alertmanager webhooks to /, metrics at /metrics\n")
+
+    do_HEAD = do_GET
 
     def do_POST(self) -> None:
-        receiver = self.server.receiver
-        if not receiver.authorized(self.headers.get("Authorization")):
-            self.close_connection = True
+        if not self.receiver.authorized(self.headers.get("Authorization")):
+            self.close_connection = True  # the body is never read
             self._answer(401, "unauthorized: send the token of receiver.token_file as a bearer token\n",
                          {"WWW-Authenticate": 'Bearer realm="aitools-receiver"'})
             return
@@ -234,8 +235,15 @@ class ReceiverHandler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is never read
             self._answer(413, f"payload over {MAX_BODY_BYTES // 2**20} MiB refused\n")
             return
-        body = self._read_body(int(length))
-        if body is None:
+        try:
+            body = self.read_body(int(length), REQUEST_SECONDS)
+        except OSError:  # TimeoutError, ConnectionError: not in time, or the client left
+            self.close_connection = True
+            log.warning("a webhook body from %s did not arrive in %gs", self.client_address[0], REQUEST_SECONDS)
+            try:
+                self._answer(408, "the body did not arrive in time\n")
+            except OSError:
+                pass
             return
         try:
             payload = parse_payload(body)
@@ -243,110 +251,23 @@ class ReceiverHandler(BaseHTTPRequestHandler):
             log.warning("refused a webhook from %s: %s", self.client_address[0], exc)
             self._answer(400, f"bad payload: {exc}\n")
             return
-        if not receiver.submit(payload):
+        if not self.receiver.submit(payload):
             log.warning("too many notifications waiting; asked Alertmanager to retry")
             self._answer(503, "busy: retry later\n")
             return
         self._answer(200, "ok\n")
 
-    def _read_body(self, length: int) -> bytes | None:
-        deadline = time.monotonic() + REQUEST_SECONDS
-        chunks, left = [], length
-        try:
-            while left:
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-                chunk = self.rfile.read1(min(left, 65536))
-                if not chunk:
-                    raise ConnectionError
-                chunks.append(chunk)
-                left -= len(chunk)
-        except (TimeoutError, socket.timeout, ConnectionError, OSError):
-            self.close_connection = True
-            log.warning("a webhook body from %s did not arrive in %gs", self.client_address[0], REQUEST_SECONDS)
-            try:
-                self._answer(408, "the body did not arrive in time\n")
-            except OSError:
-                pass
-            return None
-        return b"".join(chunks)
-
     def _answer(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-        self.server.receiver.requests.labels(str(status)).inc()
-        self._send(status, text.encode(), headers=headers)
-
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-        if self.close_connection:
-            # The answer goes out before the close: a client still sending an unread body
-            # then gets it before the reset that closing on unread data causes.
-            try:
-                self.connection.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def log_message(self, format: str, *args) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        self.receiver.requests.labels(str(status)).inc()
+        self.send_page(status, text.encode(), headers=headers)
 
 
-class ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], receiver: Receiver):
-        self.receiver = receiver
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, ReceiverHandler)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("more than %d connections at once: closed one from %s", MAX_CONNECTIONS, client_address[0])
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        def cut() -> None:
-            try:
-                request.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        timer = threading.Timer(CONNECTION_SECONDS, cut)
-        timer.daemon = True
-        timer.start()
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            timer.cancel()
-            self._slots.release()
-
-    def handle_error(self, request, client_address) -> None:
-        log.debug("request from %s failed", client_address, exc_info=True)
-
-
-class ReceiverServerIPv6(ReceiverServer):
-    address_family = socket.AF_INET6
-
-
-def start_receiver(address: str, receiver: Receiver) -> ReceiverServer:
-    from exporter.server import parse_listen_address
-
-    host, port = parse_listen_address(address)
-    server_class = ReceiverServerIPv6 if ":" in host else ReceiverServer
-    server = server_class((host, port), receiver)
-    threading.Thread(target=server.serve_forever, name="receiver-http", daemon=True).start()
-    return server
+def start_receiver(address: str, receiver: Receiver, web_config: WebConfig | None = None) -> ExporterServer:
+    """The receiver on the exporter's hardened HTTP server: TLS from the web config (its
+    basic_auth_users are for serve: the receiver checks its bearer token), at most
+    MAX_CONNECTIONS connections waiting and MAX_REQUESTS requests served at once."""
+    if web_config is not None and web_config.users:
+        raise ValueError("basic_auth_users of --web.config.file are for serve: the receiver checks the bearer "
+                         "token of receiver.token_file")
+    return start_server(address, None, web_config, MAX_REQUESTS, ReceiverHandler, receiver, MAX_CONNECTIONS,
+                        name="receiver-http")

@@ -1,4 +1,6 @@
-"""The HTTP server: /metrics, a landing page at / and /healthz."""
+"""The one HTTP server: the exporter's /metrics, landing page at / and /healthz
+(ExporterHandler), and the receiver's webhook pages (exporter/receiver.py), each a Handler
+on the same bounded ExporterServer."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import logging
 import queue
 import selectors
 import socket
-import socketserver
 import ssl
 import threading
 import time
@@ -73,68 +74,21 @@ def metrics_encoder(accept: str):
     return encoder, content_type
 
 
-class ExporterHandler(BaseHTTPRequestHandler):
+class Handler(BaseHTTPRequestHandler):
+    """What every page of the server shares: one request per call (its head read by the
+    front), answers with a Content-Length and the web config's headers, a body read within
+    a time limit. A site (the exporter's pages below, the receiver's in exporter/receiver.py)
+    adds its do_GET / do_POST."""
+
     server: "ExporterServer"
-    server_version = f"aitools-exporter/{__version__}"
     protocol_version = "HTTP/1.1"
     # Headers and body go out in two writes; with Nagle's algorithm the body then waits
     # for the client's delayed ACK of the headers: some 40 ms on every kept-alive scrape.
     disable_nagle_algorithm = True
 
-    def do_GET(self) -> None:
-        if not self.server.web_config.authorized(self.headers.get("Authorization")):
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="aitools-exporter", charset="UTF-8"')
-            self._finish_headers(b"unauthorized\n", "text/plain; charset=utf-8")
-            return
-        path = urlsplit(self.path).path
-        if path == "/metrics":
-            self._send_metrics()
-        elif path == "/":
-            from exporter.landing import page  # the breakdown page (exporter/landing.py)
-            try:
-                body = page(self.server.registry)
-            except Exception:  # never worse than the plain page of links
-                log.exception("building the landing page failed")
-                body = LANDING_PAGE.format(version=html.escape(__version__)).encode()
-            self._send(200, body, "text/html; charset=utf-8")
-        elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain; charset=utf-8")
-        else:
-            self._send(404, b"not found: see / for what this exporter serves\n", "text/plain; charset=utf-8")
-
-    def _send_metrics(self) -> None:
-        encoder, content_type = metrics_encoder(self.headers.get("Accept", ""))
-        try:
-            body = encoder(self.server.registry)
-        except Exception:  # the collectors guard themselves; this is the last line
-            log.exception("building the metrics page failed")
-            self._send(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8")
-            return
-        encoding = None
-        if accepts_gzip(self.headers.get("Accept-Encoding", "")):
-            body, encoding = gzip.compress(body, compresslevel=1), "gzip"
-        self._send(200, body, content_type, encoding)
-
-    def _send(self, status: int, body: bytes, content_type: str, encoding: str | None = None) -> None:
-        self.send_response(status)
-        if encoding:
-            self.send_header("Content-Encoding", encoding)
-        self._finish_headers(body, content_type)
-
-    def _finish_headers(self, body: bytes, content_type: str) -> None:
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in self.server.web_config.headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    do_HEAD = do_GET
-
-    def __init__(self, request, client_address, server, head: bytes):
+    def __init__(self, request, client_address, server, head: bytes, pending: bytearray):
         self.head = head  # the request line and headers, read by the server's front
+        self.pending = pending  # what the front read after the head: the start of a body
         super().__init__(request, client_address, server)
 
     def setup(self) -> None:
@@ -142,7 +96,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.rfile = io.BytesIO(self.head)
-        self.wfile = socketserver._SocketWriter(self.connection)
+        self.wfile = _SocketWriter(self.connection)
 
     def handle(self) -> None:
         # One request: between requests a kept-alive connection waits in the front, not here.
@@ -154,6 +108,107 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    def read_body(self, length: int, seconds: float) -> bytes:
+        """The request's body of `length` bytes (its Content-Length: the caller has capped it),
+        all of it within `seconds`; TimeoutError, ConnectionError (the client left) or OSError.
+        Bytes after it stay for the connection's next request."""
+        deadline = time.monotonic() + seconds
+        buffer = self.pending
+        while len(buffer) < length:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            self.connection.settimeout(left)
+            chunk = self.connection.recv(min(65536, length - len(buffer)))
+            if not chunk:
+                raise ConnectionError("the client closed the connection")
+            buffer += chunk
+        body = bytes(buffer[:length])
+        del buffer[:length]
+        return body
+
+    def send_page(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                  encoding: str | None = None, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if encoding:
+            self.send_header("Content-Encoding", encoding)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in self.server.web_config.headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        if self.close_connection:
+            # The answer goes out before the close: a client still sending a body we did not
+            # read then gets it before the reset that closing on unread data causes.
+            try:
+                self.connection.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def send_metrics(self, registry: CollectorRegistry) -> None:
+        encoder, content_type = metrics_encoder(self.headers.get("Accept", ""))
+        try:
+            body = encoder(registry)
+        except Exception:  # the collectors guard themselves; this is the last line
+            log.exception("building the metrics page failed")
+            self.send_page(500, b"internal error while collecting metrics\n")
+            return
+        encoding = None
+        if accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            body, encoding = gzip.compress(body, compresslevel=1), "gzip"
+        self.send_page(200, body, content_type, encoding)
+
+
+class ExporterHandler(Handler):
+    """The exporter's pages: /metrics, the landing page at / and /healthz, behind basic auth
+    when the web config has users."""
+
+    server_version = f"aitools-exporter/{__version__}"
+
+    def do_GET(self) -> None:
+        if not self.server.web_config.authorized(self.headers.get("Authorization")):
+            self.send_page(401, b"unauthorized\n",
+                           headers={"WWW-Authenticate": 'Basic realm="aitools-exporter", charset="UTF-8"'})
+            return
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            self.send_metrics(self.server.registry)
+        elif path == "/":
+            from exporter.landing import page  # the breakdown page (exporter/landing.py)
+            try:
+                body = page(self.server.registry)
+            except Exception:  # never worse than the plain page of links
+                log.exception("building the landing page failed")
+                body = LANDING_PAGE.format(version=html.escape(__version__)).encode()
+            self.send_page(200, body, "text/html; charset=utf-8")
+        elif path == "/healthz":
+            self.send_page(200, b"ok\n")
+        else:
+            self.send_page(404, b"not found: see / for what this exporter serves\n")
+
+    do_HEAD = do_GET
+
+
+class _SocketWriter(io.RawIOBase):
+    """What the handler writes, sent at once and whole (sendall, within the socket's timeout)."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -193,16 +248,24 @@ class ExporterServer:
     are capped too (the oldest goes first), below the process's open-file limit, and when
     accept() finds no descriptor left the front closes the oldest waiting connection or
     pauses accepting briefly instead of spinning.
+
+    `handler` is the site served (ExporterHandler, or the receiver's), `app` what it serves
+    beside `registry`; `max_connections` lowers the cap of waiting connections;
+    `header_timeout` may be set before serving.
     """
 
     address_family = socket.AF_INET
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, web_config: WebConfig | None = None,
-                 max_requests: int = DEFAULT_MAX_REQUESTS):
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry | None, web_config: WebConfig | None = None,
+                 max_requests: int = DEFAULT_MAX_REQUESTS, handler: type[Handler] = ExporterHandler, app=None,
+                 max_connections: int | None = None):
         self.registry = registry
+        self.handler = handler
+        self.app = app  # what the handler serves beside the registry (the receiver's Receiver)
         self.web_config = web_config or WebConfig()
         self.max_requests = max(1, max_requests)
-        self.max_connections = _connection_cap()
+        self.max_connections = min(max_connections or MAX_CONNECTIONS, _connection_cap())
+        self.header_timeout = HEADER_TIMEOUT_SECONDS
         self.socket = socket.socket(self.address_family, socket.SOCK_STREAM)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -279,7 +342,7 @@ class ExporterServer:
             context = self.web_config.ssl_context
             if context is not None:
                 sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-            connection = _Connection(sock, client, time.monotonic() + HEADER_TIMEOUT_SECONDS, context is not None)
+            connection = _Connection(sock, client, time.monotonic() + self.header_timeout, context is not None)
             self._wait_for(connection)
         return True
 
@@ -310,7 +373,7 @@ class ExporterServer:
                     self._drop(connection)
                     return
                 if not connection.buffer:
-                    connection.expires = time.monotonic() + HEADER_TIMEOUT_SECONDS  # a request begins
+                    connection.expires = time.monotonic() + self.header_timeout  # a request begins
                 connection.buffer += data
                 if b"\r\n\r\n" in connection.buffer or len(connection.buffer) > MAX_HEADER_BYTES:
                     break
@@ -393,7 +456,7 @@ class ExporterServer:
                 _close(connection.sock)
                 continue
             connection.sock.setblocking(False)
-            connection.expires = time.monotonic() + (HEADER_TIMEOUT_SECONDS if connection.buffer else IDLE_TIMEOUT_SECONDS)
+            connection.expires = time.monotonic() + (self.header_timeout if connection.buffer else IDLE_TIMEOUT_SECONDS)
             if len(self._waiting) >= self.max_connections:
                 self._drop_oldest()
             self._wait_for(connection)
@@ -418,7 +481,7 @@ class ExporterServer:
             try:
                 connection.sock.setblocking(True)
                 connection.sock.settimeout(WRITE_TIMEOUT_SECONDS)
-                handler = ExporterHandler(connection.sock, connection.client, self, head)
+                handler = self.handler(connection.sock, connection.client, self, head, connection.buffer)
                 keep = not handler.close_connection
             except Exception:
                 self.handle_error(connection.sock, connection.client)
@@ -507,10 +570,12 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_server(address: str, registry: CollectorRegistry, web_config: WebConfig | None = None,
-                 max_requests: int = DEFAULT_MAX_REQUESTS) -> ExporterServer:
+def start_server(address: str, registry: CollectorRegistry | None, web_config: WebConfig | None = None,
+                 max_requests: int = DEFAULT_MAX_REQUESTS, handler: type[Handler] = ExporterHandler, app=None,
+                 max_connections: int | None = None, name: str = "http") -> ExporterServer:
+    """The server on `address` ('127.0.0.1:8730', '[::1]:8730', ':8730'), serving on a thread of its own."""
     host, port = parse_listen_address(address)
     server_class = ExporterServerIPv6 if ":" in host else ExporterServer
-    server = server_class((host, port), registry, web_config, max_requests)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    server = server_class((host, port), registry, web_config, max_requests, handler, app, max_connections)
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server

@@ -39,6 +39,8 @@ FIRST_PAUSE_SECONDS = 1.0
 RELEASE_WAIT_SECONDS = 10.0
 TRANSIENT_LAUNCHD_ERRORS = ("5: Input/output error", "37: Operation already in progress")
 LAST_ERROR_READ_BYTES = 64 * 1024  # the tail of a log file read for `service status`
+HEALTH_SECONDS = 2.0          # `service status` waits this long for each /healthz
+HEALTH_ANSWER_BYTES = 4096
 # launchd starts agents with a bare PATH; Homebrew's folders let the receiver find terminal-notifier.
 LAUNCHD_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
@@ -385,17 +387,20 @@ def uninstall() -> list[str]:
 
 
 def status() -> tuple[list[str], bool]:
-    import httpx
+    from exporter.collectors.base import CollectorError, Deadline
+    from exporter.collectors.httpclient import Client
 
     platform = _platform()
     lines, healthy = [], True
     for service in services(_installed_receive_address(platform)):
         state = _status_launchd(service) if platform == "darwin" else _status_systemd(service)
+        client = Client()
         try:
-            answer = httpx.get(service.health_url, timeout=2.0, trust_env=False)
-            answering = answer.status_code == 200
-        except httpx.HTTPError:
+            answering = client.get(service.health_url, Deadline(HEALTH_SECONDS), HEALTH_ANSWER_BYTES).status == 200
+        except CollectorError:
             answering = False
+        finally:
+            client.close()
         healthy = healthy and answering
         lines.append(f"{service.command:8} {service.label if platform == 'darwin' else service.unit}: {state}; "
                      f"{service.health_url} {'answers' if answering else 'does not answer'}")

@@ -389,7 +389,7 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         collector = AppsCollector(config)
         asked = []
         real_ask = collector._bundle_container_ids
-        collector._bundle_container_ids = lambda: asked.append(1) or real_ask()
+        collector._bundle_container_ids = lambda deadline: asked.append(1) or real_ask(deadline)
         collector.read()
         collector.read()
         assert len(asked) == 1

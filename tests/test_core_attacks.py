@@ -109,7 +109,9 @@ def test_trickling_node_target_leaks_no_thread_or_socket_and_sigterm_stops_at_on
     # The 0.5 s deadline, a hand-over and the page (the median; the slowest has room for a busy machine).
     assert statistics.median(took) < 0.5 + 0.3 and max(took) < 0.5 + 1.0, took
     assert threads[9:] == [threads[9]] * 31, threads  # it was 2 -> 48 in 40 scrapes
-    assert max(fds[9:]) <= fds[9] + 1, fds  # sockets: it was 4 -> 44
+    # Sockets, not all descriptors: the process walk keeps /proc files of processes that other
+    # programs on the machine start meanwhile.
+    assert max(fds[9:]) <= fds[9] + 1, fds  # it was 4 -> 44
     assert exit_seconds < 1.0
 
 

@@ -313,7 +313,9 @@ def test_only_the_read_only_endpoints_are_called_and_the_client_is_reused(stand_
         assert error is None
     one_scrape = ["/containers/json", f"/containers/{'a' * 64}/stats", f"/containers/{'b' * 64}/stats"]
     assert sorted(stand_in.requests) == sorted(["/version", "/info"] + 3 * one_scrape)
-    assert stand_in.connections == connections_of_first_scrape
+    # Kept across scrapes: one connection per call in flight at once (the two stats calls
+    # may or may not overlap), never one per request (11 requests here).
+    assert 1 <= connections_of_first_scrape <= stand_in.connections <= 2
 
 
 def test_many_containers_are_read_at_once(stand_in):

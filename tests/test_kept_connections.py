@@ -18,7 +18,7 @@ def node_values(collector) -> dict:
 
 
 def idle_connections(pool) -> list:
-    return [connection for connections in pool._idle.values() for connection in connections]
+    return pool.idle_connections()
 
 
 def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(node_steady):
@@ -27,7 +27,7 @@ def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(no
                                                    NodeTarget("debug", inspector=node_steady.inspector_address))))
     assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     session = collector._inspectors["debug"]
-    websocket, kept = session.sock, set(map(id, idle_connections(collector._pool)))
+    websocket, kept = session.sock, set(map(id, idle_connections(collector.http)))
     # One connection for each of the two url targets' requests that ran at the same time:
     # two when they overlapped, one when the first had finished before the second began.
     assert websocket is not None and 1 <= len(kept) <= 2
@@ -35,14 +35,14 @@ def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(no
     for _ in range(5):
         assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     assert session.sock is websocket  # the same WebSocket, five scrapes later
-    now = set(map(id, idle_connections(collector._pool)))
+    now = set(map(id, idle_connections(collector.http)))
     assert kept <= now and len(now) <= 2  # the same HTTP connections, none replaced, never more than two
 
     # Broken under it (the target restarted, a proxy dropped it): the next scrape opens new ones.
     import socket
-    session.sock._sock.shutdown(socket.SHUT_RDWR)
-    for connection in idle_connections(collector._pool):
-        connection.sock._sock.shutdown(socket.SHUT_RDWR)
+    session.sock.sock.shutdown(socket.SHUT_RDWR)
+    for connection in idle_connections(collector.http):
+        connection.sock.sock.shutdown(socket.SHUT_RDWR)
     assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     assert session.sock is not websocket
 
@@ -51,10 +51,10 @@ def test_llm_connection_is_kept_across_scrapes(ollama_standin):
     ollama_standin.load("llama3.1:8b", size=4_900_000_000)
     collector = OllamaCollector(Config(ollama_url=ollama_standin.url, timeout=2))
     list(collector.collect())
-    [connection] = idle_connections(collector._pool)
+    [connection] = idle_connections(collector.http)
     for _ in range(5):
         list(collector.collect())
-    assert idle_connections(collector._pool) == [connection]
+    assert idle_connections(collector.http) == [connection]
     # /api/ps and /api/tags at each of the 6 scrapes, all on the one kept connection
     assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"] * 6
 

@@ -229,7 +229,7 @@ def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch
         reader.close()
 
 
-def test_the_cap_is_a_quarter_of_the_open_files_limit_which_is_never_raised(monkeypatch):
+def test_the_cap_is_a_quarter_of_the_open_files_limit_and_kept_files_never_change_it(monkeypatch):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     files = KeptFiles()
     files.close()

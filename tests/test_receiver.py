@@ -12,11 +12,13 @@ import json
 import logging
 import re
 import socket
+import ssl
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from exporter.config import parse_config
 from exporter.notify import Notification, Notifier, applescript_string
@@ -335,26 +337,92 @@ def test_node_target_heapsnapshot_keys():
             parse_config(f"node: {{targets: [{{name: api, url: 'http://127.0.0.1:1/m', {bad}}}]}}\n")
 
 
-def test_connections_are_bounded_in_number_and_time(linux_desktop, monkeypatch):
-    """MAX_CONNECTIONS at once; one more is closed at once; a client that dribbles its headers
-    is cut off after CONNECTION_SECONDS; the receiver serves again afterwards."""
+def test_connections_are_bounded_in_number_and_time(linux_desktop):
+    """MAX_CONNECTIONS waiting at once: one more pushes the oldest out at once; a client that
+    dribbles its headers is cut off after the server's header timeout (answered 408); the
+    receiver serves again afterwards. Waiting connections hold no thread."""
+    import threading
+
     import exporter.receiver as receiver_module
 
-    monkeypatch.setattr(receiver_module, "CONNECTION_SECONDS", 2.0)
-    host, port = linux_desktop.server.server_address[:2]
+    server = linux_desktop.server
+    server.header_timeout = 2.0
+    host, port = server.server_address[:2]
+    threads = threading.active_count()
     held = []
     for _ in range(receiver_module.MAX_CONNECTIONS):
         sock = socket.create_connection((host, port), timeout=10)
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # headers never finished
         held.append(sock)
     time.sleep(0.5)
+    assert threading.active_count() == threads
     extra = socket.create_connection((host, port), timeout=10)
-    assert extra.recv(100) == b""  # closed at once: no slot free
-    extra.close()
+    extra.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
     started = time.monotonic()
-    assert held[0].recv(100) == b""  # cut off, not held for ever
-    assert time.monotonic() - started < 10
-    for sock in held:
+    assert held[0].recv(100) == b""  # the oldest closed at once: no room left
+    assert time.monotonic() - started < 1
+    assert held[1].recv(100).startswith(b"HTTP/1.1 408 ")  # cut off, not held for ever
+    assert time.monotonic() - started < 5
+    for sock in held + [extra]:
         sock.close()
     time.sleep(0.3)
     assert httpx.get(linux_desktop.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_two_webhooks_on_one_kept_connection(linux_desktop, recorders):
+    """Alertmanager keeps its connection: each POST's body is read whole, and the next
+    request on the connection starts right after it."""
+    with httpx.Client(timeout=15) as client:
+        for status in ("firing", "resolved"):
+            answer = client.post(linux_desktop.url + "/", json=payload([alert("AitoolsDuplicateService", status)]),
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+            assert answer.status_code == 200 and answer.text == "ok\n"
+    linux_desktop.settle()
+    assert len(recorders.calls("notify-send")) == 2
+    assert linux_desktop.metric("aitools_receiver_requests_total", code="200") == 2
+
+
+def test_a_body_that_does_not_arrive_in_time_is_answered_408(linux_desktop, monkeypatch):
+    import exporter.receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "REQUEST_SECONDS", 1.0)
+    host, port = linux_desktop.server.server_address[:2]
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n"
+                     .encode() + b'{"version": "4"')
+        started = time.monotonic()
+        assert httpx.get(linux_desktop.url + "/healthz", timeout=5).text == "ok\n"  # serving meanwhile
+        answer = sock.recv(4096)
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"the body did not arrive in time" in answer
+    assert 0.8 < took < 5  # the 1 s limit; room for a busy machine
+    assert linux_desktop.metric("aitools_receiver_requests_total", code="408") == 1
+
+
+def test_the_receiver_serves_tls_from_the_web_config(tmp_path, recorders):
+    """--web.config.file gives the receiver TLS as it gives serve; its basic_auth_users do not
+    apply (the receiver checks its bearer token) and are refused."""
+    from exporter.webconfig import load_web_config
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: server.pem\n  key_file: server.pem\n")
+    (tmp_path / "token").write_text(TOKEN)
+    receiver = Receiver(parse_config(QUIET + f"receiver: {{token_file: {tmp_path / 'token'}}}\n"),
+                        tmp_path / "audit.jsonl", notifier=Notifier("linux", {"PATH": str(recorders.folder)}))
+    server = start_receiver("127.0.0.1:0", receiver, load_web_config(tmp_path / "web.yml"))
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        with httpx.Client(verify=trusting, timeout=15) as client:
+            answer = client.post(url + "/", json=payload([DUPLICATE]), headers={"Authorization": f"Bearer {TOKEN}"})
+            assert answer.status_code == 200
+            assert client.post(url + "/", json=payload([DUPLICATE])).status_code == 401
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)  # no plain HTTP there
+    finally:
+        server.shutdown()
+    (tmp_path / "users.yml").write_text("basic_auth_users:\n  prometheus: '$2y$04$abcdefghijklmnopqrstuu'\n")
+    with pytest.raises(ValueError, match="basic_auth_users of --web.config.file are for serve"):
+        start_receiver("127.0.0.1:0", receiver, load_web_config(tmp_path / "users.yml"))

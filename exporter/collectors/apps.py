@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -270,7 +271,7 @@ class AppsCollector(SourceCollector):
         # changed: a running container's labels cannot change.
         shims = frozenset(proc.cmdline or "" for proc in processes if proc.name.startswith(SHIM_PREFIX))
         if shims != self._shims:
-            bundle = self._bundle_container_ids() if shims else frozenset()
+            bundle = self._bundle_container_ids(deadline) if shims else frozenset()
             self._shims, self._bundle = (shims, bundle) if bundle is not None else (None, frozenset())
         # The same processes (pid, parent, name, command line) as the scrape before, under the
         # same configuration and bundle: the same apps (most scrapes, on a steady machine).
@@ -331,32 +332,25 @@ class AppsCollector(SourceCollector):
         yield vm
         yield figure
 
-    def _bundle_container_ids(self) -> frozenset[str] | None:
+    def _bundle_container_ids(self, deadline: Deadline) -> frozenset[str] | None:
         """The ids of the running containers of the monitoring bundle, from the engine; none
         when Docker is disabled, None when the engine does not answer (their processes then
         count as docker this scrape, and it is asked again at the next)."""
         if not self.config.docker_enabled:
             return frozenset()
         from exporter.collectors.docker import resolve_docker_host
-        from exporter.collectors.docker_api import UnixSocketEngine
+        from exporter.collectors.docker_api import Engine
 
+        # At most a second of the scrape's time: the figures do not wait for the labels.
+        deadline = Deadline(min(self.config.timeout, 1.0), at=min(deadline.at, time.monotonic() + 1.0))
         try:
             if self._engine is None:
                 host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
-                timeout = min(self.config.timeout, 1.0)
-                if host.startswith("unix://"):
-                    self._engine = UnixSocketEngine(host[len("unix://"):], timeout=timeout)
-                else:  # tcp:// (the bundle's socket proxy on Linux), ssh://: the Docker SDK
-                    import docker
-
-                    self._engine = docker.APIClient(base_url=host, version="auto", timeout=timeout)
-            listed = self._engine.containers(filters={"label": [BUNDLE_LABEL], "status": ["running"]})
+                self._engine = Engine(host, deadline)
+            listed = self._engine.containers(deadline, filters={"label": [BUNDLE_LABEL], "status": ["running"]})
             return frozenset(item["Id"] for item in listed if isinstance(item, dict) and isinstance(item.get("Id"), str))
         except Exception:  # noqa: BLE001 - any engine trouble: the bundle is not told apart this scrape
             if self._engine is not None:
-                try:
-                    self._engine.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                self._engine.close()
                 self._engine = None
             return None

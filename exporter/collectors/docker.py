@@ -20,8 +20,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterator, Mapping
 from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,8 @@ from prometheus_client.metrics_core import Metric
 
 from exporter.collectors.base import (CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count,
                                       gauge, read_small_file)
-from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
-                                            UnixSocketEngine, version_lt)
+from exporter.collectors.docker_api import Engine, EngineAPIError, EngineNotFound, MalformedEngineAnswer, version_lt
+from exporter.collectors.httpclient import HTTPError, NotRunning
 from exporter.config import Config
 from exporter.workers import Workers
 
@@ -42,6 +41,8 @@ from exporter.workers import Workers
 # costs up to a second; asked all at once, they share a round. Hence one request per
 # container, all in parallel, up to this many.
 MAX_PARALLEL_STATS = 64
+# A stats call ends at the deadline itself; this is the hand-over of its outcome.
+HAND_OVER_SECONDS = 0.05
 HOST_MEMORY_TTL_SECONDS = 300.0
 ONE_SHOT_MIN_API_VERSION = "1.41"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
@@ -278,22 +279,22 @@ class DockerCollector(SourceCollector):
     def __init__(self, config: Config):
         super().__init__(config)
         self.host: str | None = None
-        self._client: EngineClient | None = None
+        self._client: Engine | None = None
         self._host_memory: int | None = None
         self._host_memory_read_at = 0.0
         self.cgroup_root: Path | None = CGROUP_ROOT if CGROUP_ROOT.is_dir() else None
-        # Runs every engine call, so that each one can be abandoned at the deadline.
+        # Asks for every container's stats at once (each call keeps to the deadline itself).
         self._pool = Workers(MAX_PARALLEL_STATS, "docker")
 
     def collect(self, deadline: Deadline | None = None) -> Iterator[Metric]:
         # The scrape orchestrator keeps families yielded before a CollectorError, so
         # aitools_docker_up is published on failure too.
-        deadline = self.deadline(deadline).at
+        deadline = self.deadline(deadline)
         up = gauge("aitools_docker_up", "1 when the Docker engine answered.")
         try:
             client = self._connected_client(deadline)
             listed = _running_containers(
-                self._call("GET /containers/json", deadline, client.containers, filters={"status": "running"}))
+                self._call("GET /containers/json", client.containers, deadline, filters={"status": "running"}))
         except (CollectorError, MalformedAnswer) as exc:
             self._drop_client()
             up.add_metric([], 0)
@@ -319,7 +320,7 @@ class DockerCollector(SourceCollector):
         yield usage
         yield limit
 
-    def _read_containers(self, client: EngineClient, listed: list[dict], deadline: float) -> list[ContainerMemory]:
+    def _read_containers(self, client: Engine, listed: list[dict], deadline: Deadline) -> list[ContainerMemory]:
         readings = []
         if self.cgroup_root is not None:
             through_api = []
@@ -334,16 +335,14 @@ class DockerCollector(SourceCollector):
             readings += self._read_containers_through_api(client, listed, deadline)
         return readings
 
-    def _read_containers_through_api(self, client: EngineClient, listed: list[dict],
-                                     deadline: float) -> list[ContainerMemory]:
+    def _read_containers_through_api(self, client: Engine, listed: list[dict],
+                                     deadline: Deadline) -> list[ContainerMemory]:
         host_memory = self._cached_host_memory(client, deadline)
         one_shot = None if version_lt(client.api_version, ONE_SHOT_MIN_API_VERSION) else True
-        if isinstance(client, UnixSocketEngine):
-            client.reserve(len(listed))  # all in flight at once: the engine answers them in one round
-        futures = [self._pool.submit(client.stats, summary["Id"], stream=False, one_shot=one_shot)
-                   for summary in listed]
-        _, not_done = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        if not_done:
+        # All in flight at once, each on its own connection: the engine answers them in one round.
+        futures = [self._pool.submit(client.stats, summary["Id"], deadline, one_shot=one_shot) for summary in listed]
+        _, not_done = wait(futures, timeout=deadline.left() + HAND_OVER_SECONDS)
+        if not_done or any(_timed_out(future.exception()) for future in futures):
             for future in not_done:
                 future.cancel()
             raise self._timeout_error("GET /containers/{id}/stats")
@@ -352,7 +351,7 @@ class DockerCollector(SourceCollector):
             try:
                 stats = future.result()
             except Exception as exc:
-                if _is_not_found(exc):
+                if isinstance(exc, EngineNotFound):
                     continue  # removed since it was listed
                 raise self._engine_error(exc, f"GET /containers/{summary['Id'][:12]}/stats") from None
             if not isinstance(stats, dict):
@@ -362,31 +361,17 @@ class DockerCollector(SourceCollector):
                 readings.append(reading)
         return readings
 
-    def _connected_client(self, deadline: float) -> EngineClient:
-        """The client of earlier scrapes (its pooled connections make a scrape fast), or a new one."""
+    def _connected_client(self, deadline: Deadline) -> Engine:
+        """The client of earlier scrapes (its kept connections make a scrape fast), or a new one."""
         if self._client is None:
             self.host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
-            self._client = self._call("GET /version", deadline, self._new_client, self.host)
+            self._client = self._call("GET /version", Engine, self.host, deadline)
             self._host_memory = None
         return self._client
 
-    def _new_client(self, host: str) -> EngineClient:
-        for scheme in ("unix://", "http+unix://"):
-            if host.startswith(scheme):
-                return UnixSocketEngine(host[len(scheme):], timeout=self.config.timeout)
-        # tcp:// (with the docker CLI's DOCKER_TLS_VERIFY and DOCKER_CERT_PATH), ssh://, npipe://:
-        # the Docker SDK, imported only for them.
-        import docker
-        import docker.utils
-
-        tls = docker.utils.kwargs_from_env().get("tls") if host.startswith("tcp://") else None
-        # version="auto" asks the engine (GET /version) instead of assuming the SDK's newest API.
-        return docker.APIClient(base_url=host, version="auto", timeout=self.config.timeout, tls=tls or False,
-                                max_pool_size=MAX_PARALLEL_STATS)
-
-    def _cached_host_memory(self, client: EngineClient, deadline: float) -> int:
+    def _cached_host_memory(self, client: Engine, deadline: Deadline) -> int:
         if self._host_memory is None or time.monotonic() - self._host_memory_read_at > HOST_MEMORY_TTL_SECONDS:
-            self._host_memory = _host_memory(self._call("GET /info", deadline, client.info))
+            self._host_memory = _host_memory(self._call("GET /info", client.info, deadline))
             self._host_memory_read_at = time.monotonic()
         return self._host_memory
 
@@ -395,14 +380,10 @@ class DockerCollector(SourceCollector):
             self._client.close()
         self._client = None
 
-    def _call(self, what: str, deadline: float, function, *args, **kwargs):
-        """function(*args, **kwargs) on the pool, given up at the deadline."""
-        future = self._pool.submit(function, *args, **kwargs)
+    def _call(self, what: str, function, *args, **kwargs):
+        """function(*args, **kwargs), its failure in this collector's words."""
         try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            future.cancel()
-            raise self._timeout_error(what) from None
+            return function(*args, **kwargs)
         except Exception as exc:
             raise self._engine_error(exc, what) from None
 
@@ -415,58 +396,28 @@ class DockerCollector(SourceCollector):
         return CollectorError(f"the Docker engine at {self.host} sent a malformed answer: {exc}")
 
     def _engine_error(self, exc: Exception, what: str) -> CollectorError:
-        """A one-line reason from the client's nested exceptions (the SDK's: DockerException
-        from requests' ConnectionError from urllib3's ProtocolError from the OSError)."""
-        causes = list(_causes(exc))
-        # The SDK's exceptions, when the SDK is in use (imported for hosts other than unix://).
-        sdk_errors, requests_errors = sys.modules.get("docker.errors"), sys.modules.get("requests.exceptions")
-        for cause in causes:
-            if isinstance(cause, EngineAPIError):
-                return CollectorError(f"the Docker engine at {self.host} answered {what} with HTTP "
-                                      f"{cause.status_code}: {_one_line(cause.explanation or cause.reason)}")
-            if sdk_errors is not None and isinstance(cause, sdk_errors.APIError):
-                explanation = cause.explanation or (cause.response.reason if cause.response is not None else "")
-                return CollectorError(f"the Docker engine at {self.host} answered {what} with HTTP "
-                                      f"{cause.status_code}: {_one_line(explanation)}")
-        for cause in causes:
-            # requests' JSONDecodeError is a json.JSONDecodeError too.
-            if isinstance(cause, (json.JSONDecodeError, MalformedEngineAnswer)):
-                return CollectorError(f"the Docker engine at {self.host} sent a malformed answer to {what}: "
-                                      f"{_one_line(str(cause))}")
-        for cause in causes:
-            if isinstance(cause, FileNotFoundError):
-                # Docker Desktop quit, the engine stopped: a normal state, not a failure.
-                return SourceNotRunning(f"cannot reach the Docker engine at {self.host}: no socket there "
-                                        "(is the engine running?)")
-            if isinstance(cause, ConnectionRefusedError):
-                return SourceNotRunning(f"cannot reach the Docker engine at {self.host}: connection refused")
-            if isinstance(cause, PermissionError):
-                return CollectorError(f"cannot reach the Docker engine at {self.host}: permission denied "
-                                      "(is this user allowed to use the Docker socket?)")
-            if isinstance(cause, TimeoutError) or (requests_errors is not None
-                                                   and isinstance(cause, requests_errors.Timeout)):
-                return self._timeout_error(what)
-        innermost = causes[-1]
-        return CollectorError(f"cannot reach the Docker engine at {self.host}: "
-                              f"{_one_line(str(innermost) or type(innermost).__name__)}")
+        """A one-line reason a person can act on."""
+        where = f"the Docker engine at {self.host}"
+        if isinstance(exc, EngineAPIError):
+            return CollectorError(f"{where} answered {what} with HTTP {exc.status_code}: "
+                                  f"{_one_line(exc.explanation or exc.reason)}")
+        if isinstance(exc, (json.JSONDecodeError, MalformedEngineAnswer)):
+            return CollectorError(f"{where} sent a malformed answer to {what}: {_one_line(str(exc))}")
+        if isinstance(exc, NotRunning):
+            # Docker Desktop quit, the engine stopped: a normal state, not a failure.
+            if exc.missing:
+                return SourceNotRunning(f"cannot reach {where}: no socket there (is the engine running?)")
+            return SourceNotRunning(f"cannot reach {where}: connection refused")
+        if _timed_out(exc):
+            return self._timeout_error(what)
+        if isinstance(exc, HTTPError) and isinstance(exc.error, PermissionError):
+            return CollectorError(f"cannot reach {where}: permission denied "
+                                  "(is this user allowed to use the Docker socket?)")
+        return CollectorError(f"cannot reach {where}: {_one_line(str(exc) or type(exc).__name__)}")
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    sdk_errors = sys.modules.get("docker.errors")
-    return isinstance(exc, EngineNotFound) or (sdk_errors is not None and isinstance(exc, sdk_errors.NotFound))
-
-
-def _causes(exc: BaseException) -> Iterable[BaseException]:
-    """exc and what it wraps, outermost first: causes, contexts and exception arguments."""
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+def _timed_out(exc: BaseException | None) -> bool:
+    return isinstance(exc, HTTPError) and exc.kind == "timeout"
 
 
 def _one_line(text: str) -> str:

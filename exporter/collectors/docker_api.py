@@ -1,28 +1,34 @@
-"""The few Docker Engine API calls the docker collector makes, over a unix socket.
+"""The few Docker Engine API calls the exporter makes, through the one HTTP client.
 
-The collector needs four read-only GETs. Over the unix socket that Docker Desktop,
-colima, rootless Docker and Linux engines listen on, this speaks them with the
-standard library's http.client: the Docker SDK would bring requests, urllib3 and
-charset_normalizer along (about 7 MB of the exporter's resident memory) and spend three
-times the CPU on each call. Other hosts (tcp://, ssh://, npipe://) still go through the
-SDK, imported only then.
+Four read-only GETs for the collectors (GET /version once, /info, /containers/json,
+/containers/{id}/stats) and one POST for the stop_duplicate_container action, each within
+the caller's deadline, over the engine's unix socket (Docker Desktop, colima, rootless
+Docker, Linux engines) or tcp:// (plain HTTP, or HTTPS with the Docker CLI's
+DOCKER_TLS_VERIFY and DOCKER_CERT_PATH: ca.pem, cert.pem, key.pem).
 
-`UnixSocketEngine` has the methods of `docker.APIClient` the collector uses, with the
-same arguments, and negotiates the API version as the SDK's `version="auto"` does.
+No Docker SDK: for these calls it would bring requests, urllib3 and charset_normalizer
+(about 7 MB of the exporter's resident memory, three times the CPU per call) and a second
+timeout style. Its one unique feature, ssh:// hosts, needed paramiko, which was never a
+dependency; such a host is refused with the way round it (forward the engine's socket).
 """
 
 from __future__ import annotations
 
-import collections
-import http.client
 import json
-import socket
-import threading
-from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+import os
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
-# Idle keep-alive connections kept for the next scrape, at most.
+from exporter.collectors.base import CollectorError, Deadline
+from exporter.collectors.httpclient import Client
+
+# Idle keep-alive connections kept for the next scrape, at most: every container's stats
+# are asked for at once, each on its own connection.
 MAX_IDLE_CONNECTIONS = 64
+MAX_ANSWER_BYTES = 16 * 2**20
 
 
 class EngineAPIError(Exception):
@@ -41,146 +47,124 @@ class MalformedEngineAnswer(ValueError):
     """The engine answered 2xx, but not with what the API documents."""
 
 
-class EngineClient(Protocol):
-    """What the collector uses of a client: `docker.APIClient`, or `UnixSocketEngine` below."""
-
-    api_version: str
-
-    def containers(self, filters: dict[str, Any] | None = None) -> Any: ...
-    def stats(self, container: str, stream: bool = ..., one_shot: bool | None = ...) -> Any: ...
-    def info(self) -> Any: ...
-    def close(self) -> None: ...
+class UnsupportedHost(CollectorError):
+    """A Docker host this client does not speak to (ssh://, npipe://)."""
 
 
 def version_lt(version: str, other: str) -> bool:
-    """'1.40' < '1.41', numerically (as docker.utils.version_lt)."""
+    """'1.40' < '1.41', numerically."""
     def parts(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split("."))
     return parts(version) < parts(other)
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)  # the Host header the docker CLI sends too
-        self.socket_path = socket_path
+def tls_from_env(env: Mapping[str, str], home: Path) -> ssl.SSLContext | None:
+    """The TLS the docker CLI would use for a tcp:// host: none unless DOCKER_TLS_VERIFY (not
+    empty) or DOCKER_CERT_PATH is set; then the client certificate of DOCKER_CERT_PATH
+    (default ~/.docker), and the server's verified against its ca.pem only with DOCKER_TLS_VERIFY."""
+    verify = bool(env.get("DOCKER_TLS_VERIFY"))
+    cert_path = env.get("DOCKER_CERT_PATH")
+    if not verify and not cert_path:
+        return None
+    folder = Path(cert_path) if cert_path else home / ".docker"
+    try:
+        if verify:
+            context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if (folder / "cert.pem").exists():
+            context.load_cert_chain(str(folder / "cert.pem"), str(folder / "key.pem"))
+    except (OSError, ssl.SSLError) as exc:
+        raise CollectorError(f"cannot use the Docker TLS files in {folder}: {exc}") from None
+    return context
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
+def endpoint(host: str, env: Mapping[str, str] = os.environ, home: Path | None = None) -> tuple[str, Client]:
+    """(base URL, client) for a Docker host: unix://PATH, tcp://HOST:PORT, http(s)://HOST:PORT."""
+    for scheme in ("unix://", "http+unix://"):
+        if host.startswith(scheme):
+            # The Host header the docker CLI sends too.
+            return "http://localhost", Client(headers={"Accept": "application/json"}, unix_socket=host[len(scheme):],
+                                              max_idle=MAX_IDLE_CONNECTIONS)
+    scheme, _, rest = host.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("tcp", "http", "https"):
+        tls = tls_from_env(env, home or Path.home()) if scheme == "tcp" else None
+        secure = scheme == "https" or tls is not None
+        parts = urlsplit(f"http://{rest}")
+        port = parts.port or (2376 if secure else 2375)
+        netloc = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        base = f"{'https' if secure else 'http'}://{netloc}:{port}{parts.path.rstrip('/')}"
+        return base, Client(headers={"Accept": "application/json"}, tls=tls, max_idle=MAX_IDLE_CONNECTIONS)
+    if scheme == "ssh":
+        raise UnsupportedHost(f"ssh:// Docker hosts are not supported: forward the engine's socket "
+                              f"(ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock {rest.split('/')[0]}) "
+                              "and set docker.host to unix:///tmp/docker.sock")
+    raise UnsupportedHost(f"{scheme}:// Docker hosts are not supported: use unix:// or tcp://")
+
+
+class Engine:
+    """A Docker engine: its API version asked once (GET /version, as the SDK's version="auto"),
+    then the calls below on connections kept across scrapes."""
+
+    def __init__(self, host: str, deadline: Deadline, env: Mapping[str, str] = os.environ):
+        self.host = host
+        self.base, self.http = endpoint(host, env)
         try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
+            document = self._request("GET", "/version", deadline)
         except BaseException:
-            sock.close()
+            self.http.close()
             raise
-        self.sock = sock
-
-
-class UnixSocketEngine:
-    """GET /version (once), /info, /containers/json and /containers/{id}/stats over a unix socket."""
-
-    def __init__(self, socket_path: str, timeout: float):
-        self.socket_path = socket_path
-        self.timeout = timeout
-        # First in, first out: all the connections a scrape needs in parallel stay in use.
-        self._idle: collections.deque[_UnixConnection] = collections.deque()
-        self._lock = threading.Lock()
-        self._closed = False
-        document = self._get("/version")
         version = document.get("ApiVersion") if isinstance(document, dict) else None
         if not isinstance(version, str) or not all(part.isdigit() for part in version.split(".")):
+            self.http.close()
             raise MalformedEngineAnswer(f"no usable ApiVersion: {version!r}")
         self.api_version = version
 
-    # --- the calls ---
-
-    def containers(self, filters: dict[str, Any] | None = None) -> Any:
+    def containers(self, deadline: Deadline, filters: dict[str, Any] | None = None) -> Any:
         query = {"filters": json.dumps({key: value if isinstance(value, list) else [value]
                                         for key, value in filters.items()})} if filters else {}
-        return self._get(self._versioned("/containers/json"), query)
+        return self._request("GET", self._versioned("/containers/json"), deadline, query)
 
-    def stats(self, container: str, stream: bool = False, one_shot: bool | None = None) -> Any:
-        if stream:
-            raise ValueError("only stream=False is supported")
+    def stats(self, container: str, deadline: Deadline, one_shot: bool | None = None) -> Any:
         query = {"stream": "false"}
         if one_shot is not None:
             query["one-shot"] = "true" if one_shot else "false"
-        return self._get(self._versioned(f"/containers/{quote(container, safe='')}/stats"), query)
+        return self._request("GET", self._versioned(f"/containers/{quote(container, safe='')}/stats"), deadline, query)
 
-    def info(self) -> Any:
-        return self._get(self._versioned("/info"))
+    def info(self, deadline: Deadline) -> Any:
+        return self._request("GET", self._versioned("/info"), deadline)
 
-    def reserve(self, count: int) -> None:
-        """Have a connection ready for each of `count` requests about to be made at once
-        (connected at its first request), so that each has its own and none waits for another's."""
-        with self._lock:
-            while len(self._idle) < min(count, MAX_IDLE_CONNECTIONS):
-                self._idle.append(_UnixConnection(self.socket_path, self.timeout))
+    def stop(self, container: str, deadline: Deadline, timeout: int = 10) -> None:
+        """`docker stop`: SIGTERM, then SIGKILL after `timeout` seconds. Already stopped (304) is fine."""
+        self._request("POST", self._versioned(f"/containers/{quote(container, safe='')}/stop"), deadline,
+                      {"t": str(timeout)}, expect_json=False)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = list(self._idle), collections.deque()
-        for connection in idle:
-            connection.close()
-
-    # --- HTTP ---
+        self.http.close()
 
     def _versioned(self, path: str) -> str:
         return f"/v{self.api_version}{path}"
 
-    def _get(self, path: str, query: dict[str, str] | None = None) -> Any:
-        target = f"{path}?{urlencode(query)}" if query else path
-        status, reason, body = self._request(target)
-        if status >= 400:
+    def _request(self, method: str, path: str, deadline: Deadline, query: dict[str, str] | None = None,
+                 expect_json: bool = True) -> Any:
+        url = self.base + (f"{path}?{urlencode(query)}" if query else path)
+        answer = self.http.request(method, url, deadline, MAX_ANSWER_BYTES)
+        if answer.status >= 400:
             explanation = ""
             try:
-                document = json.loads(body)
+                document = json.loads(answer.body)
                 if isinstance(document, dict) and isinstance(document.get("message"), str):
                     explanation = document["message"]
-            except ValueError:
-                explanation = body.decode("utf-8", "replace").strip()
-            raise (EngineNotFound if status == 404 else EngineAPIError)(status, explanation, reason)
-        return json.loads(body)
-
-    def _request(self, target: str) -> tuple[int, str, bytes]:
-        connection, reused = self._checkout()
+            except (ValueError, RecursionError):
+                explanation = answer.body.decode("utf-8", "replace").strip()
+            raise (EngineNotFound if answer.status == 404 else EngineAPIError)(answer.status, explanation,
+                                                                               answer.reason)
+        if not expect_json:
+            return None
         try:
-            try:
-                return self._exchange(connection, target)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                if not reused:
-                    raise
-                # The engine closed the kept-alive connection meanwhile: once more on a new one.
-                connection.close()
-                connection = _UnixConnection(self.socket_path, self.timeout)
-                return self._exchange(connection, target)
-        except BaseException:
-            connection.close()
-            raise
-        finally:
-            self._checkin(connection)
-
-    @staticmethod
-    def _exchange(connection: _UnixConnection, target: str) -> tuple[int, str, bytes]:
-        connection.request("GET", target, headers={"Accept": "application/json"})
-        response = connection.getresponse()
-        body = response.read()
-        if response.will_close:
-            connection.close()
-        return response.status, response.reason, body
-
-    def _checkout(self) -> tuple[_UnixConnection, bool]:
-        with self._lock:
-            if self._idle:
-                connection = self._idle.popleft()
-                return connection, connection.sock is not None
-        return _UnixConnection(self.socket_path, self.timeout), False
-
-    def _checkin(self, connection: _UnixConnection) -> None:
-        if connection.sock is None:
-            return  # closed (by the engine or after an error): nothing to keep
-        with self._lock:
-            if not self._closed and len(self._idle) < MAX_IDLE_CONNECTIONS:
-                self._idle.append(connection)
-                return
-        connection.close()
+            return json.loads(answer.body)
+        except RecursionError:
+            raise MalformedEngineAnswer("JSON nested too deeply") from None

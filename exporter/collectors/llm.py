@@ -26,9 +26,8 @@ from typing import Any
 
 from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.base import byte_count as base_byte_count
-from exporter.collectors.tls import tls_verify
+from exporter.collectors.httpclient import Client
 from exporter.config import Config
-from exporter.fetch import ConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class LLMServerCollector(SourceCollector):
         self._installed_error: str | None = None
         # Kept-alive connections, reused across scrapes; never through an HTTP_PROXY from the
         # environment (a local server is reached directly); redirects are not followed.
-        self._pool = ConnectionPool(headers={"Accept": "application/json"}, tls=tls_verify(self.base_url))
+        self.http = Client(headers={"Accept": "application/json"})
 
     def read_models(self, deadline: Deadline) -> ModelReading:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -172,7 +171,7 @@ class LLMServerCollector(SourceCollector):
 
     def _get(self, path: str, deadline: Deadline, headers: dict[str, str]) -> tuple[int, bytes]:
         try:
-            answer = self._pool.get(self.base_url + path, deadline, MAX_BODY_BYTES, headers)
+            answer = self.http.get(self.base_url + path, deadline, MAX_BODY_BYTES, headers)
         except CollectorError as exc:
             raise self._failure(exc, path, deadline) from None
         return answer.status, answer.body
