@@ -70,8 +70,8 @@ KERNEL_MEMINFO_FIELDS = ("SUnreclaim", "PageTables", "SecPageTables", "KernelSta
 # tool's own), `other` and the unclaimed programs. Apps of the user's own configuration
 # count in both.
 BUDGET_APPS: dict[str, tuple[str, ...]] = {
-    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "python"),
-    "production_total": ("docker", "node", "ollama", "lmstudio", "python"),
+    "development_total": ("docker", "node", "xcode", "ide", "ollama", "lmstudio", "llamacpp", "python"),
+    "production_total": ("docker", "node", "ollama", "lmstudio", "llamacpp", "python"),
 }
 NEVER_COUNTED = (SYSTEM, MONITORING, OTHER)
 
