@@ -161,3 +161,29 @@ def test_the_breakdown_adds_up_to_activity_monitors_memory_used(mac):
     page_size, pages, _ = parse_vm_stat_counts(mac["commands"]["vm_stat"]["stdout"])
     memory, _ = breakdown(processes, assignments, apps, pages["wired"] * page_size)
     assert sum(memory.values()) == pytest.approx(mac["expected"]["activity_monitor"]["memory_used"], rel=0.05)
+
+
+@pytest.mark.parametrize("key, answer, absent", [
+    ("sysctl -n kern.memorystatus_level", "9" * 4000 + "\n", "aitools_system_memory_free_ratio"),
+    ("sysctl -n kern.memorystatus_level", "250\n", "aitools_system_memory_free_ratio"),
+    ("sysctl -n kern.memorystatus_vm_pressure_level", "3\n", "aitools_system_memory_pressure_level"),
+    ("sysctl -n kern.memorystatus_vm_pressure_level", "warn\n", "aitools_system_memory_pressure_level"),
+])
+def test_a_value_that_is_not_the_keys_leaves_out_its_figure(mac, tmp_path, monkeypatch, key, answer, absent):
+    odd = {**mac, "commands": {**mac["commands"], key: {"stdout": answer, "returncode": 0}}}
+    folder = recorded_mac.install(odd, tmp_path / "odd")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    result = samples(SystemCollector(Config(system_source="vm_stat")))
+    assert (absent, ()) not in result
+    assert result[("aitools_system_memory_total_bytes", ())] == int(mac["commands"]["sysctl -n hw.memsize"]["stdout"])
+
+
+@pytest.mark.parametrize("text", ["", "total = 1" + "0" * 400 + "M  used = 1M", "used = 1.00M", "garbage"])
+def test_swapusage_that_is_not_sysctls_format_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_swapusage(text)
+
+
+def test_swapusage_in_any_unit():
+    assert parse_swapusage("total = 2.00G  used = 512.50M  free = 1535.50M  (encrypted)") == {
+        "total": 2 * GiB, "used": round(512.5 * MiB), "free": round(1535.5 * MiB)}

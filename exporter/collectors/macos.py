@@ -17,7 +17,7 @@ from exporter.collectors.base import Deadline, run_bounded
 
 MAX_VALUE_BYTES = 4096  # one sysctl value: a number or vm.swapusage's line
 
-_SWAP_FIELD = re.compile(r"\b(total|used|free)\s*=\s*(\d+(?:\.\d+)?)([KMGT]?)\b")
+_SWAP_FIELD = re.compile(r"\b(total|used|free)\s*=\s*(\d{1,15}(?:\.\d{1,6})?)([KMGT]?)(?![\d.])")
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
