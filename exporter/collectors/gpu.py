@@ -4,7 +4,7 @@ On Apple silicon the GPU has no memory of its own: Metal wires pages of the unif
 for it, up to a ceiling (Metal's `recommendedMaxWorkingSetSize`). Models that Ollama, LM
 Studio or llama.cpp load onto the GPU are such wired pages.
 
-- `aitools_gpu_memory_limit_bytes`: `sysctl -n iogpu.wired_limit_mb` when the user set it
+- `aitools_gpu_memory_limit_bytes`: `sysctl -n iogpu.wired_limit_mb` (read at every scrape: the user may change it) when set
   (non-zero: Metal's working set follows it, as antirez/ds4#893 measured: 112.00 GiB with
   iogpu.wired_limit_mb = 114688), else the system's default for the machine's memory
   (`hw.memsize`), `default_gpu_limit` below.
@@ -53,6 +53,10 @@ def parse_in_use(output: bytes) -> int | None:
 class GPUCollector(SourceCollector):
     name = "gpu"
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._memsize: int | None = None  # hw.memsize, read until it answers once (it never changes)
+
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
         ioreg = shutil.which("ioreg")
@@ -73,8 +77,9 @@ class GPUCollector(SourceCollector):
         if setting:
             limit = setting * 2**20
         else:
-            memory = sysctl_int("hw.memsize", deadline)
-            limit = default_gpu_limit(memory) if memory else None
+            if self._memsize is None:
+                self._memsize = sysctl_int("hw.memsize", deadline)
+            limit = default_gpu_limit(self._memsize) if self._memsize else None
 
         family = gauge("aitools_gpu_memory_wired_bytes",
                        "Memory the GPU holds wired now (Apple silicon: IOAccelerator's \"In use system memory\").")

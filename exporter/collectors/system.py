@@ -150,6 +150,10 @@ def meminfo_pages(fields: dict[str, int], page_size: int) -> dict[str, int]:
 class SystemCollector(SourceCollector):
     name = "system"
 
+    def __init__(self, config):
+        super().__init__(config)
+        self._memsize: int | None = None  # hw.memsize, read until it answers once (it never changes)
+
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
         source = self.config.system_source
@@ -217,7 +221,9 @@ class SystemCollector(SourceCollector):
         # machine lacks, or one the deadline cut, leaves its figure out.
         pressure = sysctl_int("kern.memorystatus_vm_pressure_level", deadline)
         level = sysctl_int("kern.memorystatus_level", deadline)
-        total = sysctl_int("hw.memsize", deadline)
+        if self._memsize is None:
+            self._memsize = sysctl_int("hw.memsize", deadline)
+        total = self._memsize
         swap = sysctl("vm.swapusage", deadline)
         try:
             swap_fields = parse_swapusage(swap) if swap is not None else None
