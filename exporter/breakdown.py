@@ -177,7 +177,10 @@ class _Breakdown:
     def llm(self) -> Node:
         servers = []
         for server, url in (("ollama", self.config.ollama_url), ("lmstudio", self.config.lmstudio_url)):
-            if url is None:
+            if url is None:  # not asked for its models; its processes still hold memory
+                if server in self.apps:
+                    servers.append(Node(SERVER_TITLES[server], self.app(server), children=self.on_gpu(server, []),
+                                        note="its server is not watched (url: null)"))
                 continue
             models = [Node(labels["model"], size) for labels, size in
                       sorted(self.samples.all("aitools_llm_model_loaded_bytes", server=server),

@@ -187,3 +187,61 @@ def test_swapusage_that_is_not_sysctls_format_is_refused(text):
 def test_swapusage_in_any_unit():
     assert parse_swapusage("total = 2.00G  used = 512.50M  free = 1535.50M  (encrypted)") == {
         "total": 2 * GiB, "used": round(512.5 * MiB), "free": round(1535.5 * MiB)}
+
+
+def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_standin):
+    # The recorded Mac's sources together: vm_stat, sysctl and ioreg through the stand-ins,
+    # Ollama's recorded /api/ps and /api/tags from a stand-in server, Docker's /info from a
+    # stand-in engine, the apps from the recorded process table. The tree's figures add up
+    # to Activity Monitor's Memory Used within 5 %, and the model on the GPU sits under
+    # Ollama, out of System/OS.
+    from prometheus_client.core import GaugeMetricFamily
+
+    from exporter.breakdown import build_tree
+    from exporter.budgets import Samples
+    from exporter.collectors.docker import DockerCollector
+    from exporter.collectors.llm import OllamaCollector
+    from tests.test_docker_collector import StandInEngine
+
+    engine = StandInEngine()
+    try:
+        engine.answers["/info"] = (200, mac["http"]["docker GET /info"]["body"])
+        engine.answers["/containers/json"] = (200, mac["http"]["docker GET /containers/json"]["body"])
+        for model in mac["http"]["ollama GET /api/ps"]["body"]["models"]:
+            ollama_standin.running[model["name"]] = model
+        for model in mac["http"]["ollama GET /api/tags"]["body"]["models"]:
+            ollama_standin.installed[model["name"]] = model
+        config = Config(system_source="vm_stat", docker_host=engine.host, ollama_url=ollama_standin.url,
+                        lmstudio_url=None)
+        families = [family for collector in (SystemCollector(config), GPUCollector(config), OllamaCollector(config),
+                                             DockerCollector(config))
+                    for family in collector.collect()]
+    finally:
+        engine.close()
+    processes = recorded_mac.processes(mac)
+    assignments = assign(processes, config.apps, own_pid=-1, bundle_ids=frozenset())
+    page_size, pages, _ = parse_vm_stat_counts(mac["commands"]["vm_stat"]["stdout"])
+    memory, _ = breakdown(processes, assignments, config.apps, pages["wired"] * page_size)
+    apps = GaugeMetricFamily("aitools_app_memory_bytes", "apps", labels=["app"])
+    for app, value in memory.items():
+        apps.add_metric([app], value)
+    in_vm = GaugeMetricFamily("aitools_app_docker_vm", "vm")
+    in_vm.add_metric([], 1)
+    success = GaugeMetricFamily("aitools_collector_success", "success", labels=["collector"])
+    success.add_metric(["ollama"], 1)
+    samples = Samples([*families, apps, in_vm, success])
+
+    assert samples.value("aitools_docker_vm_memory_limit_bytes") == mac["expected"]["docker_vm_limit"]
+    tree, monitoring = build_tree(config, samples)
+    figures = {child.name: child.bytes for child in tree.children}
+    expected = mac["expected"]["activity_monitor"]
+    assert sum(value for value in figures.values() if value is not None) + (monitoring.bytes or 0) == pytest.approx(
+        expected["memory_used"], rel=0.05)
+    [model] = mac["http"]["ollama GET /api/ps"]["body"]["models"]
+    ollama = next(child for child in tree.children if child.name == "LLM services").children[0]
+    assert ollama.name == "Ollama" and ollama.bytes == memory["ollama"] + model["size_vram"]
+    assert [(child.name, child.bytes) for child in ollama.children] == [("GPU-wired memory", model["size_vram"])]
+    assert figures["System/OS"] == memory["system"] - model["size_vram"]
+    # The Docker VM beyond its containers (no stats recorded: no container's usage is known).
+    docker = next(child for child in tree.children if child.name == "Docker")
+    assert docker.children[-1].name == "VM beyond its containers" and docker.children[-1].bytes == memory["docker"]
