@@ -3,7 +3,8 @@
 Linux reads /proc/meminfo. macOS runs `vm_stat` (the user's own tool) and `sysctl -n` for
 the pressure level, kern.memorystatus_level, hw.memsize and vm.swapusage (psutil only where
 sysctl cannot answer total or swap). `system.source: vm_stat` forces the macOS path on any
-machine, so it is tested everywhere with stand-ins on PATH (tests/recordings: real Macs).
+machine, so it is tested everywhere with stand-ins on PATH (tests/recordings: Macs assembled
+from public outputs).
 
 The figures of Activity Monitor's Memory tab, from vm_stat's counts (`activity_monitor`),
 as the public monitors that match it compute them (exelban/stats Modules/RAM/readers.swift:
@@ -16,8 +17,8 @@ used - wired - compressed; and active + inactive + speculative = anonymous + fil
   Memory Used   = App Memory + Wired Memory + Compressed
 Available memory on macOS is what the kernel hands out without compressing or swapping
 anything: free + cached files (free + file-backed + purgeable). psutil's free + inactive
-counts inactive anonymous pages, which must be compressed first, and misses file-backed
-active ones. The kernel's own wider figure, which drives the pressure level (XNU
+(psutil/_psosx.py virtual_memory(), after Zabbix) counts inactive anonymous pages, which
+must be compressed first, and misses file-backed active ones. The kernel's own wider figure, which drives the pressure level (XNU
 osfmk/vm/vm_page.h: on macOS VM_CHECK_MEMORYSTATUS publishes
 AVAILABLE_NON_COMPRESSED_MEMORY = active + inactive + free + speculative pages as
 memorystatus_available_pages, and kern.memorystatus_level is that in percent of memory), is
