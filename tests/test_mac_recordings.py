@@ -34,7 +34,7 @@ def mac(request, tmp_path, monkeypatch):
 
 
 def test_there_are_a_64_gb_workstation_and_a_16_gb_mac_under_pressure():
-    assert {"mac-64gb-workstation", "mac-16gb-pressure"} <= set(RECORDINGS)
+    assert {"mac-64gb-workstation", "mac-16gb-pressure", "mac-16gb-m1-after-swap"} <= set(RECORDINGS)
     for name in RECORDINGS:
         recording = recorded_mac.load(name)
         assert recording["format"] == 1 and recording["platform"] == "darwin"
@@ -52,7 +52,9 @@ def test_activity_monitors_figures_from_the_recorded_vm_stat(mac):
     # Available: free + cached files; Memory Used + available + the pages in no queue = physical memory.
     total = int(mac["commands"]["sysctl -n hw.memsize"]["stdout"])
     assert figures["available"] == (pages["free"] + pages["file_backed"] + pages["purgeable"]) * page_size
-    assert 0 < total - figures["memory_used"] - figures["available"] < 0.01 * total
+    # The rest are pages in no queue (the kernel's reserve): 4.6 % of memory on the real M1 of
+    # ollama/ollama#7255 (48,554 of 1,048,576 pages).
+    assert 0 < total - figures["memory_used"] - figures["available"] < 0.05 * total
 
 
 def test_the_system_collector_on_the_recorded_mac(mac):
@@ -203,19 +205,21 @@ def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_st
     from exporter.collectors.llm import OllamaCollector
     from tests.test_docker_collector import StandInEngine
 
+    docker = "docker GET /info" in mac["http"]  # Docker Desktop was running
     engine = StandInEngine()
     try:
-        engine.answers["/info"] = (200, mac["http"]["docker GET /info"]["body"])
-        engine.answers["/containers/json"] = (200, mac["http"]["docker GET /containers/json"]["body"])
+        if docker:
+            engine.answers["/info"] = (200, mac["http"]["docker GET /info"]["body"])
+            engine.answers["/containers/json"] = (200, mac["http"]["docker GET /containers/json"]["body"])
         for model in mac["http"]["ollama GET /api/ps"]["body"]["models"]:
             ollama_standin.running[model["name"]] = model
         for model in mac["http"]["ollama GET /api/tags"]["body"]["models"]:
             ollama_standin.installed[model["name"]] = model
-        config = Config(system_source="vm_stat", docker_host=engine.host, ollama_url=ollama_standin.url,
-                        lmstudio_url=None)
-        families = [family for collector in (SystemCollector(config), GPUCollector(config), OllamaCollector(config),
-                                             DockerCollector(config))
-                    for family in collector.collect()]
+        config = Config(system_source="vm_stat", docker_host=engine.host, docker_enabled=docker,
+                        ollama_url=ollama_standin.url, lmstudio_url=None)
+        collectors = (SystemCollector(config), GPUCollector(config), OllamaCollector(config),
+                      *((DockerCollector(config),) if docker else ()))
+        families = [family for collector in collectors for family in collector.collect()]
     finally:
         engine.close()
     processes = recorded_mac.processes(mac)
@@ -231,17 +235,18 @@ def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_st
     success.add_metric(["ollama"], 1)
     samples = Samples([*families, apps, in_vm, success])
 
-    assert samples.value("aitools_docker_vm_memory_limit_bytes") == mac["expected"]["docker_vm_limit"]
+    assert samples.value("aitools_docker_vm_memory_limit_bytes") == mac["expected"].get("docker_vm_limit")
     tree, monitoring = build_tree(config, samples)
     figures = {child.name: child.bytes for child in tree.children}
     expected = mac["expected"]["activity_monitor"]
     assert sum(value for value in figures.values() if value is not None) + (monitoring.bytes or 0) == pytest.approx(
         expected["memory_used"], rel=0.05)
-    [model] = mac["http"]["ollama GET /api/ps"]["body"]["models"]
+    on_gpu = sum(model["size_vram"] for model in mac["http"]["ollama GET /api/ps"]["body"]["models"])
     ollama = next(child for child in tree.children if child.name == "LLM services").children[0]
-    assert ollama.name == "Ollama" and ollama.bytes == memory["ollama"] + model["size_vram"]
-    assert [(child.name, child.bytes) for child in ollama.children] == [("GPU-wired memory", model["size_vram"])]
-    assert figures["System/OS"] == memory["system"] - model["size_vram"]
-    # The Docker VM beyond its containers (no stats recorded: no container's usage is known).
-    docker = next(child for child in tree.children if child.name == "Docker")
-    assert docker.children[-1].name == "VM beyond its containers" and docker.children[-1].bytes == memory["docker"]
+    assert ollama.name == "Ollama" and ollama.bytes == memory["ollama"] + on_gpu
+    assert [(child.name, child.bytes) for child in ollama.children] == (
+        [("GPU-wired memory", on_gpu)] if on_gpu else [])
+    assert figures["System/OS"] == memory["system"] - on_gpu
+    if docker:  # the VM beyond its containers (no stats recorded: no container's usage is known)
+        node = next(child for child in tree.children if child.name == "Docker")
+        assert node.children[-1].name == "VM beyond its containers" and node.children[-1].bytes == memory["docker"]
