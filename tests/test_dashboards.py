@@ -524,6 +524,9 @@ aitools_app_budget_info{{app="xcode",budget="development_total"}} 1
 aitools_app_budget_info{{app="docker",budget="production_total"}} 1
 aitools_app_docker_vm 1
 aitools_system_memory_pages{{state="stored_in_compressor"}} 500000
+aitools_system_memory_pages{{state="anonymous"}} 1200000
+aitools_system_memory_pages{{state="purgeable"}} 20000
+aitools_system_memory_pages{{state="file_backed"}} 320000
 aitools_system_swap_total_bytes {2 * GiB}
 aitools_system_memory_free_ratio 0.41
 aitools_system_pageouts_total 524587
@@ -680,6 +683,12 @@ def test_queries_show_the_right_values(prometheus_with_rules):
     containers = (1200 + 400 + 300 + 10 + 10 + sum(range(1, 11))) * MiB
     [overhead] = run("containers.json", "The VM beyond its containers")
     assert float(overhead["value"][1]) == 6 * GiB - containers
+    # Activity Monitor's Memory Used, from the page counts: App Memory + Wired + Compressed.
+    figures = {ref: float(run("system.json", "Activity Monitor's Memory (macOS)", ref)[0]["value"][1])
+               for ref in "ABC"}
+    assert figures == {"A": (1200000 - 20000) * 16384, "B": 400000 * 16384, "C": 200000 * 16384}
+    [cached] = run("system.json", "Cached Files (macOS)")
+    assert float(cached["value"][1]) == (320000 + 20000) * 16384
     # Apple silicon: the GPU may wire 41 GiB more (48 GiB ceiling, 7 GiB wired).
     [gpu_room] = run("system.json", "GPU room")
     assert float(gpu_room["value"][1]) == 41 * GiB

@@ -27,6 +27,22 @@ COMPRESSOR_AS_BYTES = (
     f'aitools_system_memory_pages{{{INSTANCE}, state=~"stored_in_compressor|compressed"}}'
     f" * on (instance) group_left () aitools_system_page_size_bytes{{{INSTANCE}}}"
 )
+
+
+def _pages(states: str) -> str:
+    """The named page states of each instance, summed, in bytes."""
+    return (f'sum by (instance) (aitools_system_memory_pages{{{INSTANCE}, state=~"{states}"}})'
+            f" * on (instance) group_left () max by (instance) (aitools_system_page_size_bytes{{{INSTANCE}}})")
+
+
+# Activity Monitor's Memory tab from vm_stat's counts (exporter/collectors/system.py activity_monitor()).
+APP_MEMORY = f'clamp_min({_pages("anonymous")} - {_pages("purgeable")}, 0)'
+ACTIVITY_MONITOR = (
+    ("App Memory", APP_MEMORY),
+    ("Wired Memory", _pages("wired")),
+    ("Compressed", _pages("compressed")),
+)
+CACHED_FILES = _pages("file_backed|purgeable")
 # A collector's state: 1 ok, 0 failing (its source answers but cannot be read, or hangs),
 # 2 not running (connection refused, no socket: a normal state, not red). An exporter
 # without aitools_collector_source_running shows ok or failing only.
@@ -124,6 +140,21 @@ def build():
     )
 
     dashboard = dashboard.with_row(row("macOS: compression, swap and the GPU")).with_panel(
+        timeseries(
+            "Activity Monitor's Memory (macOS)",
+            "Memory Used as Activity Monitor adds it: App Memory (anonymous - purgeable pages), Wired Memory and "
+            "Compressed (pages the compressor occupies), stacked; Cached Files (file-backed + purgeable) apart. "
+            "The GPU's wired memory (the models on it) is inside Wired Memory.",
+            [query(expr, legend) for legend, expr in ACTIVITY_MONITOR],
+            stacked=True,
+        )
+    ).with_panel(
+        timeseries(
+            "Cached Files (macOS)",
+            "File-backed and purgeable pages: memory the kernel hands back on demand (it counts as available).",
+            [query(CACHED_FILES, "cached files")],
+        )
+    ).with_panel(
         timeseries(
             "Compressor",
             "macOS: the data held compressed (pages stored in compressor) and the memory it takes (pages occupied by "
