@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from exporter.budgets import (MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, app_memory, gpu_explained,
                               node_tracked_bytes, readings)
+from exporter.collectors.system import activity_monitor
 from exporter.config import Config
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
@@ -212,16 +213,26 @@ class _Breakdown:
         figure = wired * page if wired is not None and page is not None else None
         return Node("System/OS", figure, note="wired kernel memory" if figure is not None else None)
 
+    def used_memory(self) -> float | None:
+        """macOS (vm_stat's page states): Activity Monitor's Memory Used (App Memory + Wired
+        Memory + Compressed); elsewhere physical memory less the available memory."""
+        page = self.samples.value("aitools_system_page_size_bytes")
+        pages = {labels["state"]: int(count) for labels, count in self.samples.all("aitools_system_memory_pages")}
+        if page and "stored_in_compressor" in pages:  # a state only vm_stat has
+            used = activity_monitor(int(page), pages).get("memory_used")
+            if used is not None:
+                return used
+        total = self.samples.value("aitools_system_memory_total_bytes")
+        available = self.samples.value("aitools_system_memory_available_bytes")
+        return total - available if total is not None and available is not None else None
+
     def build(self) -> tuple[Node, Node]:
         projects, monitoring_containers = self.containers()
         top = [self.docker(projects), self.node(), self.swift(),
                Node("IDE", self.app("ide")), self.llm(), Node("Python ML", self.app("python")), self.system()]
         top += [Node(app, value) for app, value in sorted(self.apps.items()) if app not in KNOWN_APPS]
         top.append(Node("Other", self.app("other")))
-        total = self.samples.value("aitools_system_memory_total_bytes")
-        available = self.samples.value("aitools_system_memory_available_bytes")
-        used = total - available if total is not None and available is not None else None
-        root = Node("Workstation (used memory)", used, children=top)
+        root = Node("Workstation (used memory)", self.used_memory(), children=top)
         total = self.config.total_budget_name
         self.budget(root, total, self.counted_against(total, None))
         return root, self.monitoring(monitoring_containers)

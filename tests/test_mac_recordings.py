@@ -239,6 +239,7 @@ def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_st
     tree, monitoring = build_tree(config, samples)
     figures = {child.name: child.bytes for child in tree.children}
     expected = mac["expected"]["activity_monitor"]
+    assert tree.bytes == pytest.approx(expected["memory_used"], rel=0.001)  # the root: Activity Monitor's figure
     assert sum(value for value in figures.values() if value is not None) + (monitoring.bytes or 0) == pytest.approx(
         expected["memory_used"], rel=0.05)
     on_gpu = sum(model["size_vram"] for model in mac["http"]["ollama GET /api/ps"]["body"]["models"])
