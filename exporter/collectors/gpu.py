@@ -4,13 +4,13 @@ On Apple silicon the GPU has no memory of its own: Metal wires pages of the unif
 for it, up to a ceiling (Metal's `recommendedMaxWorkingSetSize`). Models that Ollama, LM
 Studio or llama.cpp load onto the GPU are such wired pages.
 
-- `aitools_gpu_memory_limit_bytes`: `sysctl -n iogpu.wired_limit_mb` (read at every scrape: the user may change it) when set
-  (non-zero: Metal's working set follows it, as antirez/ds4#893 measured: 112.00 GiB with
-  iogpu.wired_limit_mb = 114688), else the system's default for the machine's memory
-  (`hw.memsize`), `default_gpu_limit` below.
+- `aitools_gpu_memory_limit_bytes`: `sysctl -n iogpu.wired_limit_mb` (read at every scrape:
+  the user may change it) when set (non-zero: Metal's working set follows it, as
+  antirez/ds4#893 measured: 112.00 GiB with iogpu.wired_limit_mb = 114688), else the
+  system's default for the machine's memory (`hw.memsize`), `default_gpu_limit` below.
 - `aitools_gpu_memory_wired_bytes`: the "In use system memory" of every IOAccelerator's
   PerformanceStatistics (`ioreg -r -d 1 -w 0 -c IOAccelerator`, no root needed; the figure
-  asitop and Activity Monitor's GPU history read), summed over accelerators; not the
+  public Mac monitors read for the GPU's memory), summed over accelerators; not the
   "In use system memory (driver)" variant beside it.
 
 A machine without `ioreg` or without the iogpu sysctl (Linux, an Intel Mac) has no such GPU:

@@ -18,8 +18,8 @@ used - wired - compressed; and active + inactive + speculative = anonymous + fil
 Available memory on macOS is what the kernel hands out without compressing or swapping
 anything: free + cached files (free + file-backed + purgeable). psutil's free + inactive
 (psutil/_psosx.py virtual_memory(), after Zabbix) counts inactive anonymous pages, which
-must be compressed first, and misses file-backed active ones. The kernel's own wider figure, which drives the pressure level (XNU
-osfmk/vm/vm_page.h: on macOS VM_CHECK_MEMORYSTATUS publishes
+must be compressed first, and misses file-backed active ones. The kernel's own wider
+figure, which drives the pressure level (XNU osfmk/vm/vm_page.h: on macOS VM_CHECK_MEMORYSTATUS publishes
 AVAILABLE_NON_COMPRESSED_MEMORY = active + inactive + free + speculative pages as
 memorystatus_available_pages, and kern.memorystatus_level is that in percent of memory), is
 aitools_system_memory_free_ratio.
