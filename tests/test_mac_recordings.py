@@ -116,10 +116,10 @@ def test_a_set_wired_limit_is_the_ceiling(mac, tmp_path, monkeypatch):
     assert samples(GPUCollector(Config()))[("aitools_gpu_memory_limit_bytes", ())] == 57344 * MiB
 
 
-def test_an_intel_mac_without_iogpu_has_no_limit_but_its_accelerator_figure(mac, tmp_path, monkeypatch):
-    intel = {**mac, "commands": {key: value for key, value in mac["commands"].items()
+def test_a_mac_without_the_iogpu_key_gets_the_default_ceiling(mac, tmp_path, monkeypatch):
+    older = {**mac, "commands": {key: value for key, value in mac["commands"].items()
                                  if key not in ("sysctl -n iogpu.wired_limit_mb",)}}
-    folder = recorded_mac.install(intel, tmp_path / "intel")
+    folder = recorded_mac.install(older, tmp_path / "older")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     result = samples(GPUCollector(Config()))
     # iogpu.* unknown: the default for the machine's memory stands.

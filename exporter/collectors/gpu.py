@@ -13,8 +13,9 @@ Studio or llama.cpp load onto the GPU are such wired pages.
   public Mac monitors read for the GPU's memory), summed over accelerators; not the
   "In use system memory (driver)" variant beside it.
 
-A machine without `ioreg` or without the iogpu sysctl (Linux, an Intel Mac) has no such GPU:
-the collector reports its source as not running, not as failing.
+A machine without `ioreg`, or whose accelerators publish no "In use system memory" (Linux,
+a Mac without such a GPU), has no such GPU: the collector reports its source as not running,
+not as failing. Without the iogpu sysctl (an older macOS) the default ceiling stands.
 """
 
 from __future__ import annotations
