@@ -9,7 +9,7 @@ import os
 import pytest
 
 from exporter.collectors.apps import assign, breakdown
-from exporter.collectors.base import SourceNotRunning
+from exporter.collectors.base import CollectorError, SourceNotRunning
 from exporter.collectors.gpu import GPUCollector, default_gpu_limit, parse_in_use
 from exporter.collectors.macos import parse_swapusage
 from exporter.collectors.system import SystemCollector, activity_monitor, parse_vm_stat_counts
@@ -251,3 +251,17 @@ def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_st
     if docker:  # the VM beyond its containers (no stats recorded: no container's usage is known)
         node = next(child for child in tree.children if child.name == "Docker")
         assert node.children[-1].name == "VM beyond its containers" and node.children[-1].bytes == memory["docker"]
+
+
+@pytest.mark.parametrize("answer, error, reason", [
+    ({"stdout": '+-o IntelAccelerator  <class IntelAccelerator>\n  {\n    "IOClass" = "IntelAccelerator"\n  }\n',
+      "returncode": 0}, SourceNotRunning, "no IOAccelerator with"),
+    ({"stdout": "", "returncode": 1}, CollectorError, "ioreg failed: exit status 1"),
+])
+def test_an_accelerator_without_the_figure_is_no_gpu_and_a_failing_ioreg_fails(mac, tmp_path, monkeypatch, answer,
+                                                                                  error, reason):
+    other = {**mac, "commands": {**mac["commands"], "ioreg -r -d 1 -w 0 -c IOAccelerator": answer}}
+    folder = recorded_mac.install(other, tmp_path / "other")
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(error, match=reason):
+        list(GPUCollector(Config()).collect())
