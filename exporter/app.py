@@ -9,6 +9,7 @@ configuration that enables it. The order of registration is the order on the pag
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ register("llamacpp", "exporter.collectors.llamacpp:LlamaCppCollector", lambda co
 register("process", "exporter.collectors.process:ProcessCollector")
 register("system", "exporter.collectors.system:SystemCollector")
 register("apps", "exporter.collectors.apps:AppsCollector")
+# The Apple silicon GPU (ioreg, sysctl): on macOS only; the tests run it through stand-ins.
+register("gpu", "exporter.collectors.gpu:GPUCollector", lambda config: sys.platform == "darwin")
 
 
 def build_sources(config: Config) -> list[SourceCollector]:

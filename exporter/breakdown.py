@@ -4,7 +4,7 @@
     Node.js servers -> targets
     Swift compilation (Xcode) -> swift-frontend
     IDE
-    LLM services -> Ollama / LM Studio -> loaded models
+    LLM services -> Ollama / LM Studio / llama.cpp -> (GPU-wired memory ->) loaded models
     Python ML
     System/OS
     <the user's own apps>
@@ -21,13 +21,21 @@ A node's memory is the apps collector's `aitools_app_memory_bytes{app}` when the
 have it (every process counted once), else the source readings: the containers' usage,
 the Node targets' RSS (or heapUsed), the swift-frontend group, the loaded models, the
 system's wired pages. A node with neither has no figure (None).
+
+On Apple silicon the models on the GPU are wired memory, which the apps collector counts
+in `system`: budgets.app_memory moves the part the servers' loaded models explain to those
+servers (as the rules do), and here it is a slice of its own under each server ("GPU-wired
+memory", its models under it). Under Docker Desktop the Docker node also shows the VM's
+memory beyond its containers (aitools:docker_vm_overhead_bytes) and the VM's limit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, app_memory, node_tracked_bytes, readings
+from exporter.budgets import (MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, app_memory, gpu_explained,
+                              node_tracked_bytes, readings)
+from exporter.collectors.system import activity_monitor
 from exporter.config import Config
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
@@ -107,6 +115,7 @@ class _Breakdown:
     def __init__(self, config: Config, samples: Samples):
         self.config, self.samples = config, samples
         self.apps = app_memory(samples)  # as the totals count them (budgets.app_memory)
+        self.gpu = gpu_explained(samples, self.apps)  # server -> its models' GPU-wired memory
         # What counts against each budget, as budgets.readings() defines it (the one
         # definition); per-item budgets (node_heap per target, container limits) aside.
         self.counted = {row.budget: row.used_bytes for row in readings(config, samples)
@@ -151,6 +160,13 @@ class _Breakdown:
                     for project, nodes in projects.items()]
         containers = _sum(child.bytes for child in children)
         node = Node("Docker", self.app("docker") if "docker" in self.apps else containers, children=children)
+        if "docker" in self.apps and self.samples.value("aitools_app_docker_vm") == 1:
+            # Docker Desktop: the VM holds memory beyond its containers (aitools:docker_vm_overhead_bytes).
+            overhead = max(self.samples.value("aitools_app_memory_bytes", app="docker") - (containers or 0.0), 0.0)
+            limit = self.samples.value("aitools_docker_vm_memory_limit_bytes")
+            children.append(Node("VM beyond its containers", overhead,
+                                 note=f"Docker Desktop's VM, limit {limit / 2**30:.1f} GiB" if limit else
+                                 "Docker Desktop's VM"))
         if self.config.docker_enabled:
             self.budget(node, "docker", self.counted_against("docker", containers))
         return node
@@ -193,7 +209,10 @@ class _Breakdown:
         servers = []
         for server, url in (("ollama", self.config.ollama_url), ("lmstudio", self.config.lmstudio_url),
                             ("llamacpp", self.config.llamacpp_url)):
-            if url is None:
+            if url is None:  # not asked for its models; its processes still hold memory
+                if server in self.apps:
+                    servers.append(Node(SERVER_TITLES[server], self.app(server), children=self.on_gpu(server, []),
+                                        note="its server is not watched (url: null)"))
                 continue
             models = [Node(labels["model"], size) for labels, size in
                       sorted(self.samples.all("aitools_llm_model_loaded_bytes", server=server),
@@ -201,7 +220,7 @@ class _Breakdown:
             read = self.samples.value("aitools_collector_success", collector=server) == 1
             loaded = sum(child.bytes for child in models) if read else None
             figure = self.app(server) if server in self.apps else loaded
-            node = Node(SERVER_TITLES[server], figure, children=models,
+            node = Node(SERVER_TITLES[server], figure, children=self.on_gpu(server, models),
                         note=None if read else "not read (see the collectors that failed)")
             if server in self.apps:
                 node.figure = "its processes' memory"
@@ -216,13 +235,34 @@ class _Breakdown:
         figure = _sum(child.bytes for child in servers)
         return Node("LLM services", figure, children=servers)
 
+    def on_gpu(self, server: str, models: list[Node]) -> list[Node]:
+        """A server's children: its models, under the GPU-wired memory they explain where they do."""
+        if server not in self.gpu:
+            return models
+        return [Node("GPU-wired memory", self.gpu[server], children=models,
+                     note="the models on the GPU (Apple silicon: wired pages, not in System/OS)")]
+
     def system(self) -> Node:
         if "system" in self.apps:
-            return Node("System/OS", self.app("system"))
+            return Node("System/OS", self.app("system"),
+                        note="less the GPU memory of the LLM servers' models" if self.gpu else None)
         wired = self.samples.value("aitools_system_memory_pages", state="wired")
         page = self.samples.value("aitools_system_page_size_bytes")
         figure = wired * page if wired is not None and page is not None else None
         return Node("System/OS", figure, note="wired kernel memory" if figure is not None else None)
+
+    def used_memory(self) -> float | None:
+        """macOS (vm_stat's page states): Activity Monitor's Memory Used (App Memory + Wired
+        Memory + Compressed); elsewhere physical memory less the available memory."""
+        page = self.samples.value("aitools_system_page_size_bytes")
+        pages = {labels["state"]: int(count) for labels, count in self.samples.all("aitools_system_memory_pages")}
+        if page and "stored_in_compressor" in pages:  # a state only vm_stat has
+            used = activity_monitor(int(page), pages).get("memory_used")
+            if used is not None:
+                return used
+        total = self.samples.value("aitools_system_memory_total_bytes")
+        available = self.samples.value("aitools_system_memory_available_bytes")
+        return total - available if total is not None and available is not None else None
 
     def build(self) -> tuple[Node, Node]:
         projects, monitoring_containers = self.containers()
@@ -230,11 +270,9 @@ class _Breakdown:
                Node("IDE", self.app("ide")), self.llm(), Node("Python ML", self.app("python")), self.system()]
         top += [Node(app, value) for app, value in sorted(self.apps.items()) if app not in KNOWN_APPS]
         top.append(Node("Other", self.app("other")))
-        total = self.samples.value("aitools_system_memory_total_bytes")
-        available = self.samples.value("aitools_system_memory_available_bytes")
-        used = total - available if total is not None and available is not None else None
-        root = Node("Workstation (used memory)", used, children=top,
-                    figure="the used memory (physical less available; mapped model files are page cache to the kernel)")
+        root = Node("Workstation (used memory)", self.used_memory(), children=top,
+                    figure="the used memory (macOS: Activity Monitor's Memory Used; elsewhere physical less "
+                           "available; mapped model files are page cache to the kernel)")
         total = self.config.total_budget_name
         self.budget(root, total, self.counted_against(total, None))
         return never_below_children(root), never_below_children(self.monitoring(monitoring_containers))

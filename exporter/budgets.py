@@ -244,7 +244,32 @@ def app_memory(samples: Samples) -> dict[str, float]:
             apps["docker"] = max(apps["docker"] - bundle, 0.0)
         if "monitoring" in apps:
             apps["monitoring"] += bundle
+    # GPU-wired memory moves from system to the LLM servers whose models explain it.
+    explained = gpu_explained(samples, apps)
+    if explained and "system" in apps:
+        apps["system"] = max(apps["system"] - sum(explained.values()), 0.0)
+        for server, part in explained.items():
+            apps[server] += part
     return apps
+
+
+def gpu_explained(samples: Samples, apps: dict[str, float]) -> dict[str, float]:
+    """server -> the GPU-wired memory its loaded models explain: aitools:gpu_memory_explained_bytes
+    of prometheus/rules/aitools-apps.rules.yml on one collection. Each server's models in GPU
+    memory (aitools_llm_model_vram_bytes), scaled down when together they exceed what the GPU
+    holds wired now (aitools_gpu_memory_wired_bytes); only servers that are an app of `apps`."""
+    wired = samples.value("aitools_gpu_memory_wired_bytes")
+    if wired is None:
+        return {}
+    vram: dict[str, float] = {}
+    for labels, size in samples.all("aitools_llm_model_vram_bytes"):
+        if size > 0:
+            vram[labels["server"]] = vram.get(labels["server"], 0.0) + size
+    total = sum(vram.values())
+    if not total:
+        return {}
+    scale = min(1.0, max(0.0, wired / total))
+    return {server: size * scale for server, size in vram.items() if server in apps}
 
 
 def readings(config: Config, samples: Samples) -> list[Reading]:

@@ -134,52 +134,10 @@ class App:
 RESERVED_APPS = ("other",)
 REQUIRED_APPS = ("system", "monitoring")
 
-# The default applications, in the order they claim processes (README "Where the memory
-# goes"). Names cover macOS and Linux; a name ending in `*` is a prefix.
-DEFAULT_APPS: tuple[App, ...] = (
-    # The exporter itself and the bundle's containers (label dev.aitools.app=monitoring)
-    # are claimed by the collector before any rule; these names add nothing by default.
-    App("monitoring"),
-    # llama.cpp's server, and Docker Model Runner's on macOS (before docker: com.docker.* is docker's).
-    App("llamacpp", names=("llama-server", "com.docker.llama-server")),
-    App("docker", names=(
-        # macOS: Docker Desktop and its VM.
-        "com.apple.Virtualization.VirtualMachine", "com.docker.*", "qemu-system-*", "Docker Desktop*",
-        "Docker", "vpnkit*", "docker-sandbox*",
-        # Linux: the engine; the containers' processes descend from the shims.
-        "dockerd", "containerd", "containerd-shim*", "docker-proxy", "docker-init", "runc", "rootlesskit",
-    )),
-    App("xcode", names=(
-        "Xcode", "swift-frontend", "swift-driver", "swift-build", "swift-package", "swiftc", "swift",
-        "SourceKitService", "sourcekit-lsp", "XCBBuildService", "xcodebuild", "clang", "clang-*", "ld", "ld64",
-        "ld-prime", "libtool", "actool", "ibtoold", "Interface Builder Cocoa Touch Tool", "Simulator",
-        "com.apple.CoreSimulator.*", "CoreSimulatorService", "lldb-rpc-server", "debugserver",
-    )),
-    App("ide", names=(
-        "Cursor", "Cursor Helper*", "cursor", "Code", "Code Helper*", "code", "Code - Insiders",
-        "code-insiders", "code-oss", "codium", "VSCodium*", "Electron",
-    )),
-    App("node", names=("node", "nodejs", "bun", "deno")),
-    App("ollama", names=("ollama", "Ollama", "ollama_llama_server")),
-    App("lmstudio", names=("LM Studio", "LM Studio Helper*", "lmstudio", "lm-studio", "lms", "llmster")),
-    App("python", names=("python", "python3", "python3.*", "Python", "uvicorn", "gunicorn", "celery",
-                         "jupyter*", "ipykernel*")),
-    App("system", children=False, names=(
-        # Linux
-        "systemd", "systemd-*", "(sd-pam)", "init", "kthreadd", "dbus-daemon", "dbus-broker", "udevd",
-        "cron", "crond", "rsyslogd", "sshd", "agetty", "login", "polkitd", "udisksd", "NetworkManager",
-        "ModemManager", "wpa_supplicant", "accounts-daemon", "irqbalance", "thermald", "snapd", "upowerd",
-        "cupsd", "avahi-daemon", "chronyd", "ntpd", "multipathd", "auditd",
-        # macOS
-        "launchd", "kernel_task", "WindowServer", "loginwindow", "logd", "mds", "mds_stores", "mdworker*",
-        "cfprefsd", "distnoted", "configd", "coreaudiod", "corebrightnessd", "powerd", "notifyd",
-        "securityd", "trustd", "syspolicyd", "opendirectoryd", "UserEventAgent", "runningboardd",
-        "fseventsd", "diskarbitrationd", "bluetoothd", "airportd", "sharingd", "coreduetd", "tccd", "lsd",
-        "nsurlsessiond", "cloudd", "bird", "symptomsd", "rapportd", "usbmuxd", "mediaremoted", "Dock",
-        "Finder", "SystemUIServer", "ControlCenter", "NotificationCenter", "Spotlight", "WindowManager",
-        "backupd*", "softwareupdated", "watchdogd", "hidd", "thermalmonitord", "apsd", "locationd",
-    )),
-)
+# The default applications, in the order they claim processes: exporter/default_apps.yml,
+# read through the parser of the user's `apps:` (each name there with its public source).
+# Loaded at the end of this module (_default_apps); a Config made before reads it then.
+DEFAULT_APPS_FILE = "default_apps.yml"
 
 
 @dataclass(frozen=True)
@@ -200,7 +158,7 @@ class Config:
     actions_dry_run: bool = True
     actions_enabled: tuple[str, ...] = ()
     actions_keep_projects: tuple[str, ...] = ()
-    apps: tuple[App, ...] = DEFAULT_APPS
+    apps: tuple[App, ...] = field(default_factory=lambda: DEFAULT_APPS)
 
     @property
     def total_budget_name(self) -> str:
@@ -579,10 +537,10 @@ def _names_and_cmdline(reader: _Reader, spec: dict, key: str, names_reason: str)
     return names, pattern
 
 
-def _apps(reader: _Reader, raw: Any) -> tuple[App, ...]:
+def _apps(reader: _Reader, raw: Any, defaults: tuple[App, ...] | None = None) -> tuple[App, ...]:
     """The apps of the file first, in their order (the first claim wins, so they claim before
     the defaults), then the default apps they do not name; `name: null` removes a default."""
-    defaults = {app.name: app for app in DEFAULT_APPS}
+    remaining = {app.name: app for app in (DEFAULT_APPS if defaults is None else defaults)}
     mine: dict[str, App] = {}
     for name, spec in reader.mapping(raw, "apps").items():
         key = f"apps.{name}"
@@ -590,7 +548,7 @@ def _apps(reader: _Reader, raw: Any) -> tuple[App, ...]:
             raise reader.error(key, "an app name is letters, digits, '_', '-', '.' or ':' (at most 64)")
         if name in RESERVED_APPS:
             raise reader.error(key, f"{name!r} is the exporter's own: it takes every process no app claims")
-        defaults.pop(name, None)
+        remaining.pop(name, None)
         if spec is None:
             if name in REQUIRED_APPS:
                 raise reader.error(key, f"{name!r} cannot be removed (it also holds "
@@ -605,7 +563,23 @@ def _apps(reader: _Reader, raw: Any) -> tuple[App, ...]:
         if not names and pattern is None and name not in REQUIRED_APPS:
             raise reader.error(key, "give names (process names) or cmdline (a regular expression)")
         mine[name] = App(name, tuple(names), pattern, children)
-    return (*mine.values(), *defaults.values())
+    return (*mine.values(), *remaining.values())
+
+
+def _default_apps() -> tuple[App, ...]:
+    """The packaged default apps (exporter/default_apps.yml), parsed as a user's `apps:`
+    over no defaults; every required app must be there."""
+    from importlib.resources import files
+
+    path = files("exporter").joinpath(DEFAULT_APPS_FILE)
+    document, lines = load_yaml(path.read_text(encoding="utf-8"), str(path))
+    reader = _Reader(lines, str(path))
+    top = reader.mapping(document, "", ("apps",))
+    apps = _apps(reader, top.get("apps"), defaults=())
+    missing = [name for name in REQUIRED_APPS if name not in {app.name for app in apps}]
+    if missing:
+        raise ConfigError("apps", f"the default apps lack {', '.join(missing)}", None, str(path))
+    return apps
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -623,3 +597,6 @@ def load_config(path: str | Path | None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("", "the configuration file is not UTF-8 text", None, str(path)) from None
     return parse_config(text, str(path))
+
+
+DEFAULT_APPS: tuple[App, ...] = _default_apps()

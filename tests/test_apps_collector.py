@@ -508,3 +508,26 @@ def test_the_readmes_configuration_block_is_the_default_apps():
     apps = parse_config(block).apps
     assert [(app.name, app.names, app.children) for app in apps] == \
            [(app.name, app.names, app.children) for app in DEFAULT_APPS]
+
+
+def test_the_default_apps_claim_lm_studios_node_and_the_model_servers_on_the_real_process_table(app_processes):
+    # Real processes under the names and command lines the user's tools have on disk:
+    # LM Studio's own node (~/.lmstudio/.internal/utils/node, lmstudio-bug-tracker#2105) is
+    # lmstudio, not node; a plain node is node; Docker Model Runner's server (a name the
+    # kernel cuts to 15 bytes) and an MLX server started through Python are llamacpp;
+    # Swift Build's service is xcode.
+    (app_processes.folder / ".lmstudio" / ".internal" / "utils").mkdir(parents=True)
+    lmstudio_node = app_processes.start(".lmstudio/.internal/utils/node", 6, orphan=True)
+    plain_node = app_processes.start("node", 6, orphan=True)
+    model_runner = app_processes.start("com.docker.llama-server", 6, orphan=True)
+    mlx = app_processes.start("python3", 6, tag="python -m mlx_lm.server --model mlx-community/Qwen3-4B-4bit",
+                              orphan=True)
+    build_service = app_processes.start("SWBBuildService", 6, orphan=True)
+    _, _, processes, assignments, _, _ = AppsCollector(Config()).read()
+    by_pid = {proc.pid: proc for proc in processes}
+    assert by_pid[lmstudio_node.pid].name == "node"
+    assert {name: assignments[process.pid].app for name, process in (
+        ("lmstudio node", lmstudio_node), ("node", plain_node), ("model runner", model_runner), ("mlx", mlx),
+        ("build service", build_service))} == {
+        "lmstudio node": "lmstudio", "node": "node", "model runner": "llamacpp", "mlx": "llamacpp",
+        "build service": "xcode"}

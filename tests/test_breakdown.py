@@ -251,11 +251,59 @@ def test_no_node_shows_less_than_its_children_and_says_which_figure_it_shows():
     assert find(tree, "LLM services").bytes == 428e6
     # 428 + 900 + 300 MB of parts against 1.2 GB used: the root shows the parts and says why.
     assert tree.bytes == pytest.approx(1628e6)
-    assert tree.note == ("shows its parts' sum; the used memory (physical less available; mapped model files are "
-                         "page cache to the kernel) is 1.2 GB")
+    assert tree.note == ("shows its parts' sum; the used memory (macOS: Activity Monitor's Memory Used; elsewhere "
+                         "physical less available; mapped model files are page cache to the kernel) is 1.2 GB")
     for _, node in tree.walk():
         assert node.bytes is None or node.bytes >= sum(c.bytes for c in node.children if c.bytes is not None)
     # Where the processes hold more than the server says (weights and cache resident), they are shown.
     samples.by_name["aitools_app_memory_bytes"] = [({"app": "llamacpp"}, 500e6)]
     server = find(build_tree(config, samples)[0], "LLM services", "llama.cpp")
     assert server.bytes == 500e6 and server.note is None
+
+
+def gauges(**series) -> list:
+    """Families from {metric: [(labels, value), ...]}."""
+    families = []
+    for name, samples in series.items():
+        labels = sorted({key for item_labels, _ in samples for key in item_labels})
+        family = GaugeMetricFamily(name, name, labels=labels)
+        for item_labels, value in samples:
+            family.add_metric([item_labels.get(key, "") for key in labels], value)
+        families.append(family)
+    return families
+
+
+def test_on_a_mac_gpu_wired_memory_sits_under_the_servers_and_the_vm_beyond_its_containers():
+    # A Mac (recordings/mac-64gb-workstation's shape): gemma3 on the GPU (size_vram = size),
+    # the GPU holding it and 1.2 GB more wired, counted by the apps collector in system;
+    # Docker Desktop's VM process with 1.5 GB of containers in it.
+    model = 5_964_735_424
+    apps = {"docker": 7.8 * GB, "ollama": 1.1 * GB, "lmstudio": 10.2 * GB, "llamacpp": 5.3 * GB,
+            "system": 12.0 * GB, "other": 0.3 * GB, "monitoring": 0.1 * GB}
+    samples = Samples(gauges(
+        aitools_app_memory_bytes=[({"app": app}, value) for app, value in apps.items()],
+        aitools_app_docker_vm=[({}, 1)],
+        aitools_docker_vm_memory_limit_bytes=[({}, 8_217_473_024)],
+        aitools_container_memory_usage_bytes=[({"name": "supabase_db_app", "compose_project": "supabase"}, 1.0 * GB),
+                                              ({"name": "supabase_kong_app", "compose_project": "supabase"}, 0.5 * GB)],
+        aitools_gpu_memory_wired_bytes=[({}, model + 1_200_357_376)],
+        aitools_llm_model_loaded_bytes=[({"server": "ollama", "model": "gemma3:latest"}, model)],
+        aitools_llm_model_vram_bytes=[({"server": "ollama", "model": "gemma3:latest"}, model)],
+        aitools_collector_success=[({"collector": "ollama"}, 1), ({"collector": "lmstudio"}, 1)],
+    ))
+    tree, _ = build_tree(Config(), samples)
+
+    ollama = find(tree, "LLM services", "Ollama")
+    assert ollama.bytes == apps["ollama"] + model
+    [gpu] = ollama.children
+    assert (gpu.name, gpu.bytes, [child.name for child in gpu.children]) == ("GPU-wired memory", model,
+                                                                            ["gemma3:latest"])
+    assert find(tree, "System/OS").bytes == apps["system"] - model  # no longer inside System/OS
+    assert find(tree, "LLM services", "llama.cpp").bytes == apps["llamacpp"]
+    assert find(tree, "LLM services").bytes == apps["ollama"] + model + apps["lmstudio"] + apps["llamacpp"]
+    vm = find(tree, "Docker", "VM beyond its containers")
+    assert vm.bytes == pytest.approx(apps["docker"] - 1.5 * GB)
+    assert vm.note == "Docker Desktop's VM, limit 7.7 GiB"
+    # Every byte once: the top level adds up to the apps' sum, less monitoring (shown apart).
+    assert sum(child.bytes for child in tree.children if child.bytes is not None) == pytest.approx(
+        sum(apps.values()) - apps["monitoring"])

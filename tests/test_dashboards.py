@@ -63,6 +63,10 @@ EXPORTER_METRICS = frozenset({
     # Siblings (README, metrics): not running vs failing, and the macOS memory pressure.
     "aitools_collector_source_running", "aitools_system_memory_pressure_level",
     "aitools_app_processes",
+    # Additions (third round): macOS, the Apple GPU, Docker Desktop's VM.
+    "aitools_system_swap_total_bytes", "aitools_system_memory_free_ratio", "aitools_system_pageouts_total",
+    "aitools_system_swapouts_total", "aitools_gpu_memory_limit_bytes", "aitools_gpu_memory_wired_bytes",
+    "aitools_docker_vm_memory_limit_bytes",
 })
 # Published for the rules, on no dashboard (the Node.js dashboard shows the targets' up;
 # the dashboards show what the rules make of the apps: aitools:app_memory_bytes, the totals).
@@ -76,7 +80,8 @@ CONTRACT_BUDGETS = ("node_heap", "node_heap_growth", "docker", "ollama", "lmstud
 # Series that a panel may draw as a limit line besides aitools_budget_bytes: the V8 heap
 # limit and physical memory are limits of the machine, not budgets.
 LIMIT_LINE_METRICS = frozenset({"aitools_budget_bytes", "aitools_node_heap_limit_bytes",
-                                "aitools_system_memory_total_bytes"})
+                                "aitools_system_memory_total_bytes", "aitools_gpu_memory_limit_bytes",
+                                "aitools_docker_vm_memory_limit_bytes"})
 # Values of the dashboard variables when a query is checked outside Grafana.
 GRAFANA_BUILTINS = {"__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
 PROMQL_KEYWORDS = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
@@ -518,6 +523,17 @@ aitools_app_budget_info{{app="ide",budget="development_total"}} 1
 aitools_app_budget_info{{app="xcode",budget="development_total"}} 1
 aitools_app_budget_info{{app="docker",budget="production_total"}} 1
 aitools_app_docker_vm 1
+aitools_system_memory_pages{{state="stored_in_compressor"}} 500000
+aitools_system_memory_pages{{state="anonymous"}} 1200000
+aitools_system_memory_pages{{state="purgeable"}} 20000
+aitools_system_memory_pages{{state="file_backed"}} 320000
+aitools_system_swap_total_bytes {2 * GiB}
+aitools_system_memory_free_ratio 0.41
+aitools_system_pageouts_total 524587
+aitools_system_swapouts_total 1696838
+aitools_gpu_memory_wired_bytes {7 * GiB}
+aitools_gpu_memory_limit_bytes {48 * GiB}
+aitools_docker_vm_memory_limit_bytes {8 * GiB}
 """
 
 # Queries that need more history than a short run has (a 30-minute offset), or alerts
@@ -663,6 +679,19 @@ def test_queries_show_the_right_values(prometheus_with_rules):
     # The GPU share of the Ollama model.
     share = run("llm.json", "GPU share of each model")
     assert [round(float(s["value"][1]), 4) for s in share] == [0.6667]
+    # Docker Desktop: the VM (the docker app, 6 GiB) beyond its containers' usage.
+    containers = (1200 + 400 + 300 + 10 + 10 + sum(range(1, 11))) * MiB
+    [overhead] = run("containers.json", "The VM beyond its containers")
+    assert float(overhead["value"][1]) == 6 * GiB - containers
+    # Activity Monitor's Memory Used, from the page counts: App Memory + Wired + Compressed.
+    figures = {ref: float(run("system.json", "Activity Monitor's Memory (macOS)", ref)[0]["value"][1])
+               for ref in "ABC"}
+    assert figures == {"A": (1200000 - 20000) * 16384, "B": 400000 * 16384, "C": 200000 * 16384}
+    [cached] = run("system.json", "Cached Files (macOS)")
+    assert float(cached["value"][1]) == (320000 + 20000) * 16384
+    # Apple silicon: the GPU may wire 41 GiB more (48 GiB ceiling, 7 GiB wired).
+    [gpu_room] = run("system.json", "GPU room")
+    assert float(gpu_room["value"][1]) == 41 * GiB
 
 
 # --- provisioning --------------------------------------------------------------------

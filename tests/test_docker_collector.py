@@ -141,6 +141,14 @@ def test_file_cache_is_left_out_of_usage(docker_engine, containers, collector):
     assert value <= memory["usage"] - 10 * MiB, (value, memory)
 
 
+def test_the_engines_machine_memory_is_its_info_memtotal(docker_engine, containers, collector):
+    # Docker Desktop's VM limit on a Mac; here the engine's host: the same /info field.
+    families, error = collect(collector)
+    assert error is None
+    [sample] = families["aitools_docker_vm_memory_limit_bytes"]
+    assert sample.value == docker_engine.client.info()["MemTotal"] > 0
+
+
 def test_limit_is_exact_and_absent_without_one(containers, collector):
     families, _ = collect(collector)
     limits = by_container(families[LIMIT])
@@ -293,6 +301,7 @@ def test_stand_in_readings(stand_in):
     assert {name: value for name, (_, value) in by_container(families[USAGE]).items()} == {
         "db": 28 * MiB, "cache": 10 * MiB}
     assert {name: value for name, (_, value) in by_container(families[LIMIT]).items()} == {"db": 64 * MiB}
+    assert [sample.value for sample in families["aitools_docker_vm_memory_limit_bytes"]] == [HOST_MEMORY]
 
 
 def test_cgroup_v2_stats_subtract_inactive_file(stand_in):

@@ -46,6 +46,8 @@ CONTRACT_ALERTS = {
     "AitoolsLLMOverBudget", "AitoolsSwiftBuildMemoryHigh", "AitoolsTotalOverBudget",
     "AitoolsBudgetExhaustionPredicted", "AitoolsSystemMemoryLow", "AitoolsEfficiencyScoreLow",
     "AitoolsExporterDown", "AitoolsCollectorFailing",
+    # Additions (third round).
+    "AitoolsGPUMemoryNearLimit",
 }
 CONTRACT_RECORDINGS = {
     "aitools:budget_usage_bytes", "aitools:budget_usage:ratio", "aitools:efficiency_score",
@@ -54,12 +56,14 @@ CONTRACT_RECORDINGS = {
     "aitools:node_heap_baseline_bytes", "aitools:node_heap_baseline_growth_bytes",
     # Additions (second round).
     "aitools:llm_model_fits", "aitools:app_memory_bytes",
+    # Additions (third round).
+    "aitools:gpu_memory_room_bytes", "aitools:docker_vm_overhead_bytes",
 }
 # Recording rules of this bundle beyond the contract (README, "Recording rules").
 OWN_RECORDINGS = {
     "aitools:budget_source_failing", "aitools:budget_source_not_running", "aitools:budget_score",
     "aitools:system_memory_pressure:ratio", "aitools:system_memory_score", "aitools:container_family_services",
-    "aitools:exporter_answered",
+    "aitools:exporter_answered", "aitools:gpu_memory_explained_bytes",
 }
 SEVERITIES = {"info", "warning", "critical"}
 COMPONENTS = {"node", "docker", "llm", "xcode", "system", "exporter"}

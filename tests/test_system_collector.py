@@ -75,10 +75,11 @@ def fake_path(tmp_path, monkeypatch):
 RECORDED_PAGES = {
     "vm_stat_apple_silicon.txt": {"free": 6062, "active": 829498, "inactive": 817204, "speculative": 12447,
                                   "wired": 309858, "purgeable": 25870, "compressed": 653227,
-                                  "file_backed": 575370, "anonymous": 1083779},
+                                  "file_backed": 575370, "anonymous": 1083779,
+                                  "stored_in_compressor": 1951870},
     "vm_stat_intel.txt": {"free": 21417, "active": 924521, "inactive": 900876, "speculative": 19018,
                           "wired": 604291, "purgeable": 80473, "compressed": 623436,
-                          "file_backed": 591738, "anonymous": 1252677},
+                          "file_backed": 591738, "anonymous": 1252677, "stored_in_compressor": 1473925},
 }
 
 

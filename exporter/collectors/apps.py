@@ -132,7 +132,7 @@ def kernel_memory_procfs() -> int:
 def kernel_memory_vm_stat(deadline: Deadline, footprints: bool) -> int:
     """macOS: wired pages, and the compressor's pages unless the footprints hold them, from
     the scrape's one vm_stat."""
-    page_size, pages = read_vm_stat(deadline)
+    page_size, pages, _ = read_vm_stat(deadline)
     return (pages.get("wired", 0) + (0 if footprints else pages.get("compressed", 0))) * page_size
 
 

@@ -4,7 +4,8 @@ Only read-only engine endpoints are called, so a socket proxy in front of the en
 can allow just these:
 
 - GET /version: API version negotiation, once per client;
-- GET /info: the host's memory, which the engine reports as the limit of a container
+- GET /info: the memory of the machine the containers run on (Docker Desktop: its VM),
+  published as aitools_docker_vm_memory_limit_bytes and taken as the limit of a container
   that has none (read once per client and every few minutes);
 - GET /containers/json: the running containers;
 - GET /containers/{id}/stats?stream=false&one-shot=true: one sample per container.
@@ -319,6 +320,21 @@ class DockerCollector(SourceCollector):
                 limit.add_metric(reading.label_values, reading.limit_bytes)
         yield usage
         yield limit
+        machine = self._machine_memory(client, deadline)
+        if machine is not None:
+            family = gauge("aitools_docker_vm_memory_limit_bytes",
+                           "Memory of the machine the engine runs containers on (Docker Desktop: its VM; "
+                           "/info MemTotal).")
+            family.add_metric([], float(machine))
+            yield family
+
+    def _machine_memory(self, client: EngineClient, deadline: float) -> int | None:
+        """/info MemTotal (read every few minutes), or None when the engine does not tell it:
+        the containers' figures stand without it."""
+        try:
+            return self._cached_host_memory(client, deadline)
+        except (CollectorError, MalformedAnswer):
+            return None
 
     def _read_containers(self, client: Engine, listed: list[dict], deadline: Deadline) -> list[ContainerMemory]:
         readings = []

@@ -162,6 +162,29 @@ def build():
         )
     )
 
+    dashboard = dashboard.with_row(row("Docker Desktop's VM")).with_panel(
+        timeseries(
+            "The VM beyond its containers",
+            "Docker Desktop (macOS): the memory its VM process holds beyond the containers' usage "
+            "(aitools:docker_vm_overhead_bytes: the docker app less the containers). The VM grows towards its limit "
+            "and keeps memory after containers stop; quit Docker Desktop or lower its memory limit to give it back. "
+            "Empty where the containers are processes of this machine (Linux).",
+            [query(f"aitools:docker_vm_overhead_bytes{{{INSTANCE}}}", "VM beyond its containers")],
+            width=12,
+        )
+    ).with_panel(
+        timeseries(
+            "Containers against the engine's machine",
+            "All running containers' usage, against the memory of the machine the engine runs them on "
+            "(Docker Desktop: its VM's limit, /info MemTotal).",
+            [
+                query(f"sum by (instance) ({USAGE}{{{INSTANCE}}})", "containers"),
+                query(f"aitools_docker_vm_memory_limit_bytes{{{INSTANCE}}}", "the engine's machine", budget_line=True),
+            ],
+            width=12,
+        )
+    )
+
     dashboard = dashboard.with_row(row("Duplicates")).with_panel(
         table(
             "Containers of a service that runs twice",

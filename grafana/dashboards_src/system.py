@@ -23,6 +23,26 @@ UID = "aitools-system"
 PAGES_AS_BYTES = (
     f"aitools_system_memory_pages{{{INSTANCE}}} * on (instance) group_left () aitools_system_page_size_bytes{{{INSTANCE}}}"
 )
+COMPRESSOR_AS_BYTES = (
+    f'aitools_system_memory_pages{{{INSTANCE}, state=~"stored_in_compressor|compressed"}}'
+    f" * on (instance) group_left () aitools_system_page_size_bytes{{{INSTANCE}}}"
+)
+
+
+def _pages(states: str) -> str:
+    """The named page states of each instance, summed, in bytes."""
+    return (f'sum by (instance) (aitools_system_memory_pages{{{INSTANCE}, state=~"{states}"}})'
+            f" * on (instance) group_left () max by (instance) (aitools_system_page_size_bytes{{{INSTANCE}}})")
+
+
+# Activity Monitor's Memory tab from vm_stat's counts (exporter/collectors/system.py activity_monitor()).
+APP_MEMORY = f'clamp_min({_pages("anonymous")} - {_pages("purgeable")}, 0)'
+ACTIVITY_MONITOR = (
+    ("App Memory", APP_MEMORY),
+    ("Wired Memory", _pages("wired")),
+    ("Compressed", _pages("compressed")),
+)
+CACHED_FILES = _pages("file_backed|purgeable")
 # A collector's state: 1 ok, 0 failing (its source answers but cannot be read, or hangs),
 # 2 not running (connection refused, no socket: a normal state, not red). An exporter
 # without aitools_collector_source_running shows ok or failing only.
@@ -116,6 +136,76 @@ def build():
             "Available memory as a share of physical memory over time.",
             [query(AVAILABLE_SHARE, "available / total")],
             unit=RATIO,
+        )
+    )
+
+    dashboard = dashboard.with_row(row("macOS: compression, swap and the GPU")).with_panel(
+        timeseries(
+            "Activity Monitor's Memory (macOS)",
+            "Memory Used as Activity Monitor adds it: App Memory (anonymous - purgeable pages), Wired Memory and "
+            "Compressed (pages the compressor occupies), stacked; Cached Files (file-backed + purgeable) apart. "
+            "The GPU's wired memory (the models on it) is inside Wired Memory.",
+            [query(expr, legend) for legend, expr in ACTIVITY_MONITOR],
+            stacked=True,
+        )
+    ).with_panel(
+        timeseries(
+            "Cached Files (macOS)",
+            "File-backed and purgeable pages: memory the kernel hands back on demand (it counts as available).",
+            [query(CACHED_FILES, "cached files")],
+        )
+    ).with_panel(
+        timeseries(
+            "Compressor",
+            "macOS: the data held compressed (pages stored in compressor) and the memory it takes (pages occupied by "
+            "compressor, Activity Monitor's Compressed).",
+            [
+                query(COMPRESSOR_AS_BYTES, "{{state}}"),
+            ],
+        )
+    ).with_panel(
+        timeseries(
+            "Swap used against swap in existence",
+            "Swap in use, with the swap space there is now (macOS grows it on demand, so a growing total means pressure).",
+            [
+                query(f"aitools_system_swap_used_bytes{{{INSTANCE}}}", "swap used"),
+                query(f"aitools_system_swap_total_bytes{{{INSTANCE}}}", "swap in existence"),
+            ],
+        )
+    ).with_panel(
+        timeseries(
+            "Page-outs and swap-outs",
+            "macOS: pages written out by the pager and to swap, per second (vm_stat's Pageouts and Swapouts).",
+            [
+                query(f"rate(aitools_system_pageouts_total{{{INSTANCE}}}[5m])", "page-outs"),
+                query(f"rate(aitools_system_swapouts_total{{{INSTANCE}}}[5m])", "swap-outs"),
+            ],
+            unit=COUNT,
+        )
+    ).with_panel(
+        timeseries(
+            "The kernel's free share (macOS)",
+            "kern.memorystatus_level / 100: the share of memory the macOS kernel counts as available (not wired, not "
+            "compressed), the figure its pressure levels follow.",
+            [query(f"aitools_system_memory_free_ratio{{{INSTANCE}}}", "free share")],
+            unit=RATIO,
+        )
+    ).with_panel(
+        timeseries(
+            "GPU memory (Apple silicon)",
+            "The memory the GPU holds wired now (IOAccelerator's In use system memory: the models on the GPU among it), "
+            "against Metal's working-set ceiling (iogpu.wired_limit_mb, else the system default, about 3/4 of memory); "
+            "AitoolsGPUMemoryNearLimit at 90 %.",
+            [
+                query(f"aitools_gpu_memory_wired_bytes{{{INSTANCE}}}", "wired by the GPU"),
+                query(f"aitools_gpu_memory_limit_bytes{{{INSTANCE}}}", "ceiling", budget_line=True),
+            ],
+        )
+    ).with_panel(
+        timeseries(
+            "GPU room",
+            "How much more the GPU may wire (aitools:gpu_memory_room_bytes): a model larger than this runs partly on the CPU.",
+            [query(f"aitools:gpu_memory_room_bytes{{{INSTANCE}}}", "room")],
         )
     )
 
