@@ -52,26 +52,26 @@ def score_expr(ratio: str) -> str:
 
 def budget_expr(production_total: int) -> str:
     """The production budget: the exporter's where one publishes it, else the rendered value."""
-    return (f'(max(aitools_budget_bytes{{budget="production_total"}}) or vector({production_total}))')
+    return f'max(aitools_budget_bytes{{budget="production_total"}}) or vector({production_total})\n'
 
 
 def groups(production_total: int) -> list[dict]:
-    budget = budget_expr(production_total)
     recording = [
+        # The budget, once: the alert, the ratio, the score and the dashboard read this.
+        {"record": "aitools:k8s_production_budget_bytes", "expr": budget_expr(production_total)},
         {"record": "aitools:k8s_container_memory_bytes", "expr": CONTAINER_MEMORY + "\n"},
         {"record": "aitools:k8s_namespace_memory_bytes",
          "expr": "sum by (namespace) (aitools:k8s_container_memory_bytes)\n"},
         {"record": "aitools:k8s_namespace_memory:ratio",
-         "expr": f"aitools:k8s_namespace_memory_bytes\n  / on () group_left ()\n{budget}\n"},
+         "expr": "aitools:k8s_namespace_memory_bytes\n  / on () group_left ()\naitools:k8s_production_budget_bytes\n"},
         {"record": "aitools:k8s_production_score",
          "expr": score_expr("aitools:k8s_namespace_memory:ratio")},
     ]
-    budget_query = ('{{ with query "max(aitools_budget_bytes{budget=\'production_total\'}) or vector('
-                    + str(production_total) + ')" }}{{ . | first | value | humanize }}{{ end }}')
+    budget_query = '{{ with query "aitools:k8s_production_budget_bytes" }}{{ . | first | value | humanize }}{{ end }}'
     alerts = [
         {
             "alert": "AitoolsProductionOverBudget",
-            "expr": f"aitools:k8s_namespace_memory_bytes\n  > on () group_left ()\n{budget}\n",
+            "expr": "aitools:k8s_namespace_memory_bytes\n  > on () group_left ()\naitools:k8s_production_budget_bytes\n",
             "for": "10m",
             "labels": {"severity": "critical", "component": "kubernetes"},
             "annotations": {

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import time
 import re
 import shutil
 import subprocess
@@ -89,7 +90,7 @@ def test_the_rendered_budget_is_production_total_unless_an_exporter_publishes_on
 
     default = DEFAULT_BUDGETS["production_total"]
     text = RULES.read_text()
-    assert f'(max(aitools_budget_bytes{{budget="production_total"}}) or vector({default}))' in text
+    assert f'max(aitools_budget_bytes{{budget="production_total"}}) or vector({default})' in text
     # --production-total renders another fallback (the same function build.py calls).
     rendered = yaml.safe_dump(k8s_module().groups(6 * 10**9))
     assert "vector(6000000000)" in rendered and f"vector({default})" not in rendered
@@ -131,7 +132,7 @@ def test_rules_read_only_standard_series_and_exclude_the_sandboxes():
 def test_promtool_check_rules():
     out = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout
+    assert "SUCCESS: 8 rules found" in out.stdout
 
 
 def test_promtool_unit_tests_fire_exactly_on_their_scenarios():
@@ -238,3 +239,145 @@ def test_the_schema_check_refuses_broken_manifests(change, expected):
     change(document)
     errors = validation_errors(document)
     assert any(expected in error for error in errors), errors
+
+
+# --- the namespace dashboard (grafana/dashboards/k8s-namespace.json) ----------------------
+
+def beyond_dashboard(name: str) -> dict:
+    pytest.importorskip("grafana_foundation_sdk")
+    import json
+
+    from grafana.dashboards_src import OUTPUT_DIR
+
+    return json.loads((OUTPUT_DIR / name).read_text())
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str, str]]:
+    """(panel title, refId, expr) of every panel target, and the alerts annotation."""
+    found = []
+    for panel in dashboard["panels"]:
+        for inner in [panel, *panel.get("panels", [])]:
+            for target in inner.get("targets", []):
+                found.append((inner["title"], target["refId"], target["expr"]))
+    for annotation in dashboard["annotations"]["list"]:
+        if annotation.get("expr"):
+            found.append(("annotation", annotation["name"], annotation["expr"]))
+    return found
+
+
+def assert_panels_well_formed(dashboard: dict, selector: str, unselected: set[str] = frozenset()):
+    """What every bundled panel has (tests/test_dashboards.py), with this dashboard's selector
+    in place of the workstation's instance; `unselected`: exprs that concern no selection."""
+    from grafana.dashboards_src import lib
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+    import json
+
+    register_default_plugins()
+    assert json.loads(json.dumps(Dashboard.from_json(dashboard), cls=JSONEncoder)) == dashboard
+    assert lib.TAG in dashboard["tags"]
+    panels = [inner for panel in dashboard["panels"] for inner in (panel.get("panels") or [panel])
+              if inner["type"] != "row"]
+    assert panels
+    for panel in panels:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["description"].strip() and "\n" not in panel["description"], panel["title"]
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults.get("unit") in lib.UNITS, panel["title"]
+        assert defaults.get("thresholds", {}).get("steps"), panel["title"]
+        for target in panel["targets"]:
+            assert target["legendFormat"].strip() and target["legendFormat"] != "__auto", panel["title"]
+            assert selector in target["expr"] or target["expr"] in unselected, (panel["title"], target["expr"])
+
+
+def test_namespace_dashboard_panels():
+    dashboard = beyond_dashboard("k8s-namespace.json")
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "namespace"]
+    assert_panels_well_formed(dashboard, 'namespace="$namespace"', {"aitools:k8s_production_budget_bytes"})
+
+
+# The cluster's series as the kubelet's cAdvisor and kube-state-metrics publish them (the
+# label sets of prometheus/kubernetes/tests/k8s.test.yml; Prometheus adds job and instance).
+CLUSTER_METRICS = """\
+container_memory_working_set_bytes{container="web",id="/kubepods.slice/pod1a2b.slice/cri-containerd-aa11.scope",image="registry.example/shop/web:1.4.2",name="aa11",namespace="shop",pod="web-0"} 4e9
+container_memory_working_set_bytes{container="",id="/kubepods.slice/pod1a2b.slice",image="",name="",namespace="shop",pod="web-0"} 4.2e9
+container_memory_working_set_bytes{container="",id="/kubepods.slice/pod1a2b.slice/cri-containerd-bb22.scope",image="registry.k8s.io/pause:3.9",name="bb22",namespace="shop",pod="web-0"} 1e6
+container_memory_working_set_bytes{container="worker",id="/kubepods/burstable/pod3c4d/cc33",image="registry.example/shop/worker:1.4.2",name="k8s_worker_worker-0_shop_3c4d_0",namespace="shop",pod="worker-0"} 4.5e9
+container_memory_working_set_bytes{container="POD",id="/kubepods/burstable/pod3c4d/dd44",image="k8s.gcr.io/pause:3.2",name="k8s_POD_worker-0_shop_3c4d_0",namespace="shop",pod="worker-0"} 6e5
+container_memory_working_set_bytes{container="",id="/kubepods",image="",name="",namespace="",pod=""} 9e9
+kube_pod_container_resource_limits{container="web",namespace="shop",node="worker-1",pod="web-0",resource="memory",uid="1a2b",unit="byte"} 8589934592
+kube_pod_container_resource_requests{container="web",namespace="shop",node="worker-1",pod="web-0",resource="memory",uid="1a2b",unit="byte"} 4294967296
+kube_pod_container_resource_limits{container="worker",namespace="shop",node="worker-2",pod="worker-0",resource="cpu",uid="3c4d",unit="core"} 2
+kube_pod_container_resource_requests{container="worker",namespace="shop",node="worker-2",pod="worker-0",resource="memory",uid="3c4d",unit="byte"} 2e9
+kube_pod_container_status_running{container="web",namespace="shop",pod="web-0",uid="1a2b"} 1
+kube_pod_container_status_running{container="worker",namespace="shop",pod="worker-0",uid="3c4d"} 1
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster_prometheus(tmp_path_factory):
+    """Debian's Prometheus with the Kubernetes rules, scraping the cluster's series from a stand-in."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.parts.monitoring import MissingBinary, Prometheus, wait_until
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = CLUSTER_METRICS.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    workdir = tmp_path_factory.mktemp("cluster-prometheus")
+    standin = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=standin.serve_forever, daemon=True).start()
+    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+              "rule_files": [str(RULES)],
+              "scrape_configs": [{"job_name": "kubelet", "static_configs": [
+                  {"targets": [f"127.0.0.1:{standin.server_address[1]}"]}]}]}
+    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    try:
+        prometheus = Prometheus(workdir / "prometheus.yml", workdir)
+    except MissingBinary as exc:
+        standin.shutdown()
+        missing_realpart(str(exc))
+    try:
+        wait_until(lambda: prometheus.query("aitools:k8s_production_score"), 60, "the production score")
+        time.sleep(2)
+        yield prometheus
+    finally:
+        prometheus.stop()
+        standin.shutdown()
+        standin.server_close()
+
+
+def test_every_namespace_dashboard_query_returns_its_figures(cluster_prometheus):
+    dashboard = beyond_dashboard("k8s-namespace.json")
+    results = {}
+    for title, ref, expr in dashboard_queries(dashboard):
+        result = cluster_prometheus.query(expr.replace("$namespace", "shop"))
+        if title != "annotation":  # no alert has fired in these few seconds
+            assert result, f"{title} / {ref}: {expr}"
+        results[(title, ref)] = result
+
+    def values(title, ref="A", label=None):
+        return {(s["metric"].get(label) if label else None): float(s["value"][1]) for s in results[(title, ref)]}
+
+    assert values("Namespace working set against production_total") == {None: 8.5e9}
+    assert values("Namespace working set against production_total", "B") == {None: 8e9}
+    assert values("Production budget used") == {None: 8.5e9 / 8e9}
+    assert values("Production score") == {None: 43.75}
+    assert values("Working set per pod", label="pod") == {"web-0": 4e9, "worker-0": 4.5e9}
+    assert [s["metric"]["container"] for s in results[("Containers without a memory limit", "A")]] == ["worker"]
+    table = "Containers against their limits"
+    assert values(table, "A", "container") == {"web": 4e9, "worker": 4.5e9}
+    assert values(table, "B", "container") == {"web": 4294967296, "worker": 2e9}
+    assert values(table, "C", "container") == {"web": 8589934592}
+    assert values(table, "D", "container") == {"web": 4e9 / 8589934592}
