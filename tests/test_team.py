@@ -5,12 +5,13 @@
   overrides mount them (docker-compose resolves them);
 - the store's rules (prometheus/team/rules/, generated) pass every workstation unit test,
   and keep two workstations apart where the workstation rules would merge them;
-- end to end with real processes: two `aitools-exporter serve` on two addresses, two
-  Prometheus 2.42 in agent mode (`--enable-feature=agent`) forwarding with basic auth to one
-  Prometheus with the remote-write receiver that loads the store's rules; every query of the
-  team dashboard returns data for both; the store stopped for a while loses nothing (the
-  agents' write-ahead logs hold it), a forwarder stopped and restarted loses nothing it had
-  scraped.
+- end to end with real processes: two `aitools-exporter serve` on two addresses, each
+  forwarded with basic auth by a Prometheus 2.42 (alice's the full one of compose.team.yml,
+  bob's in agent mode, `--enable-feature=agent`) to one Prometheus with the remote-write
+  receiver that loads the store's rules; every query of the team dashboard returns data for
+  both; the store refuses no write; the store stopped for a while loses nothing (the
+  forwarders' write-ahead logs hold it), a forwarder stopped and restarted loses nothing it
+  had scraped.
 """
 
 from __future__ import annotations
@@ -165,6 +166,37 @@ def test_team_dashboard_panels():
 USERS = {"alice": {"llama3.2:3b": 2_000_000_000},
          "bob": {"llama3.2:3b": 2_000_000_000, "qwen2.5:7b": 1_500_000_000}}
 PASSWORD = "team-s3cret"
+# alice forwards from the full Prometheus (compose.team.yml), bob from an agent (compose.team-agent.yml).
+FORWARDERS = {"alice": "prometheus.yml", "bob": "agent.yml"}
+
+
+def forwarder_args(name: str, workdir: Path, exporter: str, store_url: str) -> list[str]:
+    """prometheus/team/<name> with the override of the end-to-end tests: the addresses (the
+    exporter, the store, no Alertmanager), the secret file's path, 1 s intervals, and the
+    rules' durations divided by 60. Prometheus 2.42 needs the feature flags 3.x has built in."""
+    config = yaml.safe_load((TEAM_DIR / name).read_text())
+    config["global"].update(scrape_interval="1s", scrape_timeout="1s")
+    if "rule_files" in config:
+        config["global"]["evaluation_interval"] = "1s"
+        (workdir / "rules").mkdir()
+        rule_files = []
+        for relative in config["rule_files"]:
+            target = workdir / "rules" / Path(relative).name
+            target.write_text(shorten((TEAM_DIR / relative).read_text(), 1 / 60))
+            rule_files.append(str(target))
+        config["rule_files"] = rule_files
+        config.pop("alerting")
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [exporter]}]
+    (write,) = config["remote_write"]
+    write["url"] = f"{store_url}/api/v1/write"
+    write["basic_auth"]["password_file"] = str(workdir / "secret")
+    (workdir / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    if name == "agent.yml":
+        return ["--enable-feature=agent,expand-external-labels", f"--config.file={workdir / name}",
+                f"--storage.agent.path={workdir / 'wal'}"]
+    return ["--enable-feature=expand-external-labels", f"--config.file={workdir / name}",
+            f"--storage.tsdb.path={workdir / 'data'}"]
 
 
 class Server:
@@ -265,24 +297,14 @@ def team(tmp_path_factory):
                 """)).wait_ready(60)
             started.append(exporter)
             exporters[user] = exporter
-            # The agent: prometheus/team/agent.yml with only the addresses and intervals changed.
-            agent_dir = root / user
-            agent_dir.mkdir()
-            (agent_dir / "secret").write_text(PASSWORD)
-            config = yaml.safe_load((TEAM_DIR / "agent.yml").read_text())
-            config["global"].update(scrape_interval="1s", scrape_timeout="1s")
-            (job,) = config["scrape_configs"]
-            job["static_configs"] = [{"targets": [exporter.address]}]
-            (write,) = config["remote_write"]
-            write["url"] = f"{store.url}/api/v1/write"
-            write["basic_auth"]["password_file"] = str(agent_dir / "secret")
-            (agent_dir / "agent.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-            agent = Server(f"agent-{user}", agent_dir, [
-                "--enable-feature=agent,expand-external-labels", f"--config.file={agent_dir / 'agent.yml'}",
-                f"--storage.agent.path={agent_dir / 'wal'}"],
-                env={"AITOOLS_TEAM": "platform", "AITOOLS_USER": user})
-            started.append(agent)
-            agents[user] = agent
+            forwarder_dir = root / user
+            forwarder_dir.mkdir()
+            (forwarder_dir / "secret").write_text(PASSWORD)
+            forwarder = Server(f"forwarder-{user}", forwarder_dir,
+                               forwarder_args(FORWARDERS[user], forwarder_dir, exporter.address, store.url),
+                               env={"AITOOLS_TEAM": "platform", "AITOOLS_USER": user})
+            started.append(forwarder)
+            agents[user] = forwarder
 
         def both(expr: str) -> bool:
             return {s["metric"].get("user") for s in store.query(expr)} >= set(USERS)
@@ -377,26 +399,57 @@ def test_the_store_down_for_a_while_loses_nothing(team):
         assert largest_gap(times, down - 2, back + 2) <= 3.0, (user, largest_gap(times, down - 2, back + 2))
 
 
-def test_a_forwarder_stopped_and_restarted_loses_nothing_it_scraped(team):
-    """Stopped, an agent sends what it has scraped before it exits; restarted on the same
-    write-ahead log, it goes on. Only the time it was stopped (nothing scraped) is missing,
-    and the other workstation is untouched."""
-    store, agents, _ = team
+@pytest.mark.parametrize("user", sorted(USERS), ids=lambda u: f"{u}-{FORWARDERS[u]}")
+def test_a_forwarder_stopped_and_restarted_loses_nothing_it_scraped(team, user):
+    """Stopped, a forwarder (the full Prometheus or the agent) sends what it has scraped
+    before it exits; restarted on the same write-ahead log, it goes on. Only the time it was
+    stopped (nothing scraped) is missing, and the other workstation is untouched."""
+    store, forwarders, _ = team
+    (other,) = set(USERS) - {user}
     time.sleep(3)
     stopped = time.time()
-    agents["alice"].stop()
+    forwarders[user].stop()
     time.sleep(6)
-    agents["alice"].start()
+    forwarders[user].start()
     restarted = time.time()
-    wait_until(lambda: caught_up(store, "alice", restarted + 3), 90, "alice's samples after the restart")
+    wait_until(lambda: caught_up(store, user, restarted + 3), 90, f"{user}'s samples after the restart")
     window = int(time.time() - stopped) + 20
-    alice = sample_times(store, "alice", window)
-    before = [t for t in alice if t < stopped]
+    times = sample_times(store, user, window)
+    before = [t for t in times if t < stopped]
     # Every scrape up to the stop arrived: no gap before it, the last within 2 intervals of it.
-    assert largest_gap(alice, stopped - 15, max(before)) <= 3.0
+    assert largest_gap(times, stopped - 15, max(before)) <= 3.0
     assert max(before) >= stopped - 2.0, (max(before), stopped)
     # Nothing was scraped while it was stopped; scraping resumed after the restart.
-    assert not [t for t in alice if stopped + 1 < t < restarted - 2]
-    assert len([t for t in alice if t > restarted]) >= 2
-    bob = sample_times(store, "bob", window)
-    assert largest_gap(bob, stopped - 15, restarted + 2) <= 3.0
+    assert not [t for t in times if stopped + 1 < t < restarted - 2]
+    assert len([t for t in times if t > restarted]) >= 2
+    assert largest_gap(sample_times(store, other, window), stopped - 2, restarted + 2) <= 3.0
+
+
+def test_nothing_was_refused_or_recorded_twice(team):
+    """The full forwarder keeps its own recorded series (aitools:*, ALERTS) to itself: had it
+    sent them, they would clash with the store's own (out-of-order samples, refused writes)."""
+    store, forwarders, _ = team
+
+    def metrics(server: Server) -> dict[str, float]:
+        text = httpx.get(f"{server.url}/metrics", auth=server.auth, timeout=10).text
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                found[name] = float(value)
+        return found
+
+    own = metrics(store)
+    refused = {k: v for k, v in own.items() if k.startswith("prometheus_http_requests_total{")
+               and 'handler="/api/v1/write"' in k and not 'code="204"' in k}
+    assert not any(refused.values()), refused
+    assert own['prometheus_http_requests_total{code="204",handler="/api/v1/write"}'] > 0
+    assert sum(v for k, v in own.items() if k.startswith("prometheus_tsdb_out_of_order_samples_total")) == 0
+    assert sum(v for k, v in own.items() if k.startswith("prometheus_rule_evaluation_failures_total")) == 0
+    for user, forwarder in forwarders.items():
+        sent = metrics(forwarder)
+        assert sum(v for k, v in sent.items() if k.startswith("prometheus_remote_storage_samples_total")) > 0, user
+        assert sum(v for k, v in sent.items() if k.startswith("prometheus_remote_storage_samples_failed_total")) == 0, user
+        # Dropped before sending: by write_relabel_configs, the full forwarder's recorded series only.
+        dropped = sum(v for k, v in sent.items() if k.startswith("prometheus_remote_storage_samples_dropped_total"))
+        assert (dropped > 0) if FORWARDERS[user] == "prometheus.yml" else (dropped == 0), (user, dropped)
