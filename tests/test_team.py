@@ -123,30 +123,44 @@ def test_store_rules_pass_every_workstation_unit_test(path, tmp_path):
 
 def test_two_workstations_with_one_address_stay_apart(tmp_path):
     """Both exporters are host.docker.internal:8730 (the bundle's address): the workstation
-    rules would add the two users' models together, the store's rules keep them apart."""
+    rules would add the two users' models together, the store's rules keep them apart, and
+    each user's alert names that user's own models and budget."""
     series = []
-    for user, loaded in (("alice", 2e9), ("bob", 3.5e9)):
+    for user, loaded, size in (("alice", 2e9, 1e9), ("bob", 3.5e9, 3e9)):
         labels = f'job="aitools",instance="host.docker.internal:8730",team="platform",user="{user}"'
         series += [
-            {"series": f'aitools_llm_model_loaded_bytes{{{labels},server="ollama",model="m-{user}"}}', "values": f"{loaded}x10"},
-            {"series": f'aitools_budget_bytes{{{labels},budget="ollama"}}', "values": "1e9x10"},
-            {"series": f'aitools_collector_success{{{labels},collector="ollama"}}', "values": "1x10"},
+            {"series": f'aitools_llm_model_loaded_bytes{{{labels},server="ollama",model="m-{user}"}}', "values": f"{loaded}x30"},
+            {"series": f'aitools_budget_bytes{{{labels},budget="ollama"}}', "values": f"{size}x30"},
+            {"series": f'aitools_collector_success{{{labels},collector="ollama"}}', "values": "1x30"},
         ]
 
-    def run(rule_dir: Path, expected: list[dict]) -> None:
-        document = {"rule_files": [str(rule_dir / "aitools-recording.rules.yml")], "evaluation_interval": "1m",
-                    "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
-                        {"expr": 'aitools:budget_usage_bytes{budget="ollama"}', "eval_time": "5m",
-                         "exp_samples": expected}]}]}
+    def run(rule_dir: Path, expected: list[dict], alerts: list[dict] | None = None) -> None:
+        test = {"interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": 'aitools:budget_usage_bytes{budget="ollama"}', "eval_time": "5m", "exp_samples": expected}]}
+        if alerts is not None:
+            test["alert_rule_test"] = [{"alertname": "AitoolsLLMOverBudget", "eval_time": "20m", "exp_alerts": alerts}]
+        document = {"rule_files": [str(rule_dir / "aitools-recording.rules.yml"), str(rule_dir / "aitools-alerts.rules.yml")],
+                    "evaluation_interval": "1m", "tests": [test]}
         path = tmp_path / f"{rule_dir.name}.test.yml"
         path.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
         out = promtool("test", "rules", str(path))
         assert out.returncode == 0, out.stdout + out.stderr
 
     instance = 'instance="host.docker.internal:8730"'
+    fix = ("(`ollama ps` lists what is loaded). To stay inside the budget, start the server with "
+           "OLLAMA_MAX_LOADED_MODELS=1 and a short OLLAMA_KEEP_ALIVE, or use a smaller quantization.")
     run(TEAM_RULES, [
         {"labels": f'aitools:budget_usage_bytes{{budget="ollama",{instance},team="platform",user="alice"}}', "value": 2e9},
         {"labels": f'aitools:budget_usage_bytes{{budget="ollama",{instance},team="platform",user="bob"}}', "value": 3.5e9},
+    ], [
+        {"exp_labels": {"severity": "warning", "component": "llm", "server": "ollama", "budget": "ollama",
+                        "instance": "host.docker.internal:8730", "team": "platform", "user": user},
+         "exp_annotations": {
+             "summary": "Models loaded in Ollama use more memory than the ollama budget",
+             "description": f"Ollama on host.docker.internal:8730 holds {held}B of loaded models, over the ollama "
+                            f"budget of {size}B: m-{user} {held}B.",
+             "action": f"Unload the biggest: `ollama stop m-{user}` {fix}"}}
+        for user, held, size in (("alice", "2G", "1G"), ("bob", "3.5G", "3G"))
     ])
     run(PROMETHEUS_DIR / "rules", [
         {"labels": f'aitools:budget_usage_bytes{{budget="ollama",{instance}}}', "value": 5.5e9},
