@@ -392,3 +392,15 @@ def test_every_namespace_dashboard_query_returns_its_figures(cluster_prometheus)
     assert values(table, "B", "container") == {"web": 4294967296, "worker": 2e9}
     assert values(table, "C", "container") == {"web": 8589934592}
     assert values(table, "D", "container") == {"web": 4e9 / 8589934592}
+
+
+def test_beyond_dashboards_have_uids_and_titles_of_their_own():
+    import json
+
+    beyond_dashboard("team.json")  # skips without the SDK, as the others
+    from grafana.dashboards_src import BEYOND_ONE_MACHINE, OUTPUT_DIR
+
+    dashboards = [json.loads(path.read_text()) for path in sorted(OUTPUT_DIR.glob("*.json"))]
+    assert len({d["uid"] for d in dashboards}) == len({d["title"] for d in dashboards}) == len(dashboards)
+    assert {d["uid"] for d in dashboards} >= {"aitools-k8s-namespace", "aitools-team"}
+    assert sorted(BEYOND_ONE_MACHINE) == ["k8s-namespace.json", "team.json"]
