@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import containers, llm, node, overview, swift, system
+from . import containers, k8s, llm, node, overview, swift, system, team
 
 # file name under grafana/dashboards/ -> the module whose build() makes that dashboard
 DASHBOARDS = {
@@ -22,6 +22,13 @@ DASHBOARDS = {
     "system.json": system,
 }
 
+# Beyond one workstation (README, "Production on Kubernetes", "A team"): on a cluster's
+# Prometheus or a team's store, with variables of their own instead of `instance`.
+BEYOND_ONE_MACHINE = {
+    "k8s-namespace.json": k8s,
+    "team.json": team,
+}
+
 OUTPUT_DIR = Path(__file__).resolve().parent.parent / "dashboards"
 
 
@@ -29,4 +36,4 @@ def build_all() -> dict[str, str]:
     """Every dashboard as its committed JSON text, by file name."""
     from .lib import to_json
 
-    return {name: to_json(module.build()) for name, module in DASHBOARDS.items()}
+    return {name: to_json(module.build()) for name, module in {**DASHBOARDS, **BEYOND_ONE_MACHINE}.items()}

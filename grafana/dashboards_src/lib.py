@@ -405,15 +405,19 @@ def row(title: str):
 # --- dashboards ---------------------------------------------------------------------------
 
 
-def variables(extra: Sequence = ()) -> list:
-    """The data source and instance variables every dashboard has, then the dashboard's own."""
-    datasource = (
+def datasource_variable(description: str = "The Prometheus that scrapes the aitools exporter."):
+    return (
         dashboard_builder.DatasourceVariable("datasource")
         .label("Data source")
         .type(DATASOURCE_TYPE)
         .current(dashboard_model.VariableOption(text="Prometheus", value=DATASOURCE_UID, selected=True))
-        .description("The Prometheus that scrapes the aitools exporter.")
+        .description(description)
     )
+
+
+def variables(extra: Sequence = ()) -> list:
+    """The data source and instance variables every dashboard has, then the dashboard's own."""
+    datasource = datasource_variable()
     instance = (
         dashboard_builder.QueryVariable("instance")
         .label("Workstation")
@@ -446,7 +450,10 @@ def label_variable(name: str, label: str, metric: str, label_name: str, descript
 ALERTS_ANNOTATION_EXPR = f'ALERTS{{alertstate="firing", alertname=~"Aitools.+", {INSTANCE}}}'
 
 
-def new_dashboard(uid: str, title: str, description: str, extra_variables: Sequence = ()):
+def new_dashboard(uid: str, title: str, description: str, extra_variables: Sequence = (), *,
+                  all_variables: Sequence | None = None, alerts_expr: str = ALERTS_ANNOTATION_EXPR):
+    """A dashboard with the common variables and `extra_variables`; one beyond a single
+    workstation (a team, a cluster) gives `all_variables` and the selector of its alerts instead."""
     return (
         dashboard_builder.Dashboard(title)
         .uid(uid)
@@ -457,14 +464,14 @@ def new_dashboard(uid: str, title: str, description: str, extra_variables: Seque
         .refresh("30s")
         .time("now-3h", "now")
         .timezone("browser")
-        .variables(variables(extra_variables))
+        .variables(list(all_variables) if all_variables is not None else variables(extra_variables))
         .annotation(
             dashboard_builder.AnnotationQuery()
             .name("Aitools alerts")
             .datasource(DATASOURCE)
             .enable(True)
             .icon_color("red")
-            .expr(ALERTS_ANNOTATION_EXPR)
+            .expr(alerts_expr)
         )
         .link(
             dashboard_builder.DashboardLink("AI tools memory")
