@@ -185,6 +185,7 @@ class Config:
     docker_enabled: bool = True
     docker_host: str | None = None
     ollama_url: str | None = DEFAULT_OLLAMA_URL
+    ollama_context_length: int | None = None  # null: the server's environment, else its default
     lmstudio_url: str | None = DEFAULT_LMSTUDIO_URL
     process_groups: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
     system_source: str = "auto"
@@ -414,9 +415,15 @@ def parse_config(text: str, path: str | None = None) -> Config:
 
     for server in ("ollama", "lmstudio"):
         if server in top:
-            section = reader.mapping(top[server], server, ("url",))
+            section = reader.mapping(top[server], server, ("url", "context_length") if server == "ollama" else ("url",))
             if "url" in section:
                 values[f"{server}_url"] = reader.url(section["url"], f"{server}.url")
+            if section.get("context_length") is not None:
+                length = section["context_length"]
+                if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 2**24:
+                    raise reader.error("ollama.context_length",
+                                       f"must be a whole number of tokens from 1 to {2**24}, not {length!r}")
+                values["ollama_context_length"] = length
             # A section left empty (`ollama:` alone) keeps the default URL.
 
     values["process_groups"] = _process_groups(reader, top.get("process_groups"))

@@ -203,9 +203,10 @@ class ConnectionPool:
         self._idle: dict[tuple[str, str, int], collections.deque[_Connection]] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: str, deadline: Deadline, limit: int, headers: dict[str, str] | None = None) -> Answer:
-        """GET url within the deadline: any status (redirects included) with its body of at most
-        `limit` decoded bytes, or NotRunning / FetchError."""
+    def get(self, url: str, deadline: Deadline, limit: int, headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> Answer:
+        """GET url within the deadline (POST `body` as JSON when one is given): any status
+        (redirects included) with its body of at most `limit` decoded bytes, or NotRunning / FetchError."""
         origin, target = _split(url)
         request_headers = {**self.headers, **(headers or {})}
         if origin[0] == "https" and self.tls is None:
@@ -216,7 +217,7 @@ class ConnectionPool:
         try:
             try:
                 connection.serve(deadline)
-                response = self._exchange(connection, target, request_headers)
+                response = self._exchange(connection, target, request_headers, body)
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 if not reused:
                     raise
@@ -224,7 +225,7 @@ class ConnectionPool:
                 connection.close()
                 connection = self._new(origin)
                 connection.serve(deadline)
-                response = self._exchange(connection, target, request_headers)
+                response = self._exchange(connection, target, request_headers, body)
             answered = True
             body = read_body(response, limit)
             response.close()  # read to its end: the connection may carry the next request
@@ -250,8 +251,12 @@ class ConnectionPool:
                 connection.close()
 
     @staticmethod
-    def _exchange(connection: _Connection, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-        connection.request("GET", target, headers=headers)
+    def _exchange(connection: _Connection, target: str, headers: dict[str, str],
+                  body: bytes | None = None) -> http.client.HTTPResponse:
+        if body is not None:
+            connection.request("POST", target, body=body, headers={**headers, "Content-Type": "application/json"})
+        else:
+            connection.request("GET", target, headers=headers)
         return connection.getresponse()
 
     def _new(self, origin: tuple[str, str, int]) -> _Connection:
