@@ -65,6 +65,9 @@ def find_fit(snapshot: Snapshot, name: str, server: str | None = None) -> dict:
         if fit is None:
             return {**answer, "outcome": "unknown",
                     "message": f"{model}: no memory figures or no {where} budget to weigh it against"}
+        if fit.fits and not fit.estimated:  # the file size is only a lower bound: no verdict
+            return {**answer, "outcome": "unknown", "fit": fit,
+                    "message": f"{model} ({where}): its file fits, but its loaded size has no estimate"}
         return {**answer, "outcome": fit.outcome, "fit": fit, "message": f"{model} ({where}): {fit.verdict}"}
     answered = [w for w in servers if samples.value("aitools_llm_server_up", server=w) == 1]
     why = f"not installed in {' or '.join(answered)}" if answered else f"{' and '.join(servers)} did not answer"

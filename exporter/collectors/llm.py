@@ -353,13 +353,12 @@ def ollama_server_environment() -> dict[str, str]:
     import psutil
 
     me = os.getuid() if hasattr(os, "getuid") else None
-    for process in psutil.process_iter(["name", "cmdline", "uids"]):
-        info = process.info
-        if info.get("name") not in ("ollama", "Ollama") or "serve" not in (info.get("cmdline") or [])[1:2]:
-            continue
-        if me is not None and info.get("uids") is not None and info["uids"].real != me:
+    for process in psutil.process_iter(["name"]):
+        if process.info.get("name") not in ("ollama", "Ollama"):
             continue
         try:
+            if "serve" not in process.cmdline()[1:2] or (me is not None and process.uids().real != me):
+                continue
             environ = process.environ()
         except (psutil.Error, OSError):
             continue
@@ -391,9 +390,15 @@ class OllamaCollector(LLMServerCollector):
         self._settings: OllamaSettings | None = None
         self._settings_at = 0.0
 
-    def settings(self) -> OllamaSettings:
+    def settings(self, deadline: Deadline | None = None) -> OllamaSettings:
+        """What the server runs with: its process's environment (read again every minute, and
+        only with some of the scrape's deadline left), the configuration's context length."""
         now = time.monotonic()
-        if self._settings is None or now - self._settings_at > SETTINGS_REREAD_SECONDS:
+        stale = self._settings is None or now - self._settings_at > SETTINGS_REREAD_SECONDS
+        if stale and deadline is not None and deadline.left() < SHOW_MIN_SECONDS_LEFT:
+            return self._settings or OllamaSettings.from_environment({}, self.config.ollama_context_length,
+                                                                     gpu_memory_bytes())
+        if stale:
             try:
                 environ = ollama_server_environment()
             except Exception as exc:  # a process table that cannot be read costs only the environment
@@ -415,7 +420,8 @@ class OllamaCollector(LLMServerCollector):
             digests = ollama_digests(tags)
         except Unreadable as exc:
             reading.installed_error = exc.reason
-        self._estimate(reading, digests, deadline)
+        if reading.installed_bytes is not None:  # without the file sizes there is nothing to estimate
+            self._estimate(reading, digests, deadline)
         return reading
 
     def _estimate(self, reading: ModelReading, digests: dict[str, str], deadline: Deadline) -> None:
@@ -426,7 +432,7 @@ class OllamaCollector(LLMServerCollector):
         keys = {model: digests.get(model, "name:" + model) for model in models}
         self._shows = {key: answer for key, answer in self._shows.items() if key in keys.values()}
         calls = 0
-        settings = self.settings()
+        settings = self.settings(deadline)
         for model in models:
             key = keys[model]
             if key not in self._shows:
