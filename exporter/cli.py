@@ -178,7 +178,7 @@ def fit(ctx: click.Context, model: str, server: str | None, as_json: bool, confi
     config = _load(_config_file(settings.get("config_file")))
     from exporter.snapshot import FIT_EXIT, find_fit, fit_json, render_fit, take_snapshot
 
-    answer = find_fit(take_snapshot(config), model, server)
+    answer = find_fit(take_snapshot(config, first=(model,)), model, server)
     click.echo(json.dumps(fit_json(answer), indent=2) if as_json else render_fit(answer))
     ctx.exit(FIT_EXIT[answer["outcome"]])
 

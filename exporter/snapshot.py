@@ -37,8 +37,12 @@ def estimates_of(sources) -> dict:
             for model, found in getattr(source, "last_estimates", {}).items()}
 
 
-def take_snapshot(config: Config) -> Snapshot:
+def take_snapshot(config: Config, first: tuple[str, ...] = ()) -> Snapshot:
+    """One collection; `first`: models whose estimate is read before the others'."""
     registry, scraper = build_registry(config)
+    for source in scraper.sources:
+        if hasattr(source, "first"):
+            source.first = first
     samples = Samples(registry.collect())
     return snapshot_of(config, samples, scraper.last_errors(), estimates_of(scraper.sources))
 

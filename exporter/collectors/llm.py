@@ -389,6 +389,7 @@ class OllamaCollector(LLMServerCollector):
         self._shows: dict[str, Any] = {}   # /api/show answers by digest (or by name without one)
         self._settings: OllamaSettings | None = None
         self._settings_at = 0.0
+        self.first: tuple[str, ...] = ()  # models whose /api/show is read before the others (`fit MODEL`)
 
     def settings(self, deadline: Deadline | None = None) -> OllamaSettings:
         """What the server runs with: its process's environment (read again every minute, and
@@ -428,7 +429,8 @@ class OllamaCollector(LLMServerCollector):
         """Each model's estimate from its /api/show answer: cached by digest, at most
         MAX_SHOW_CALLS_PER_SCRAPE calls per scrape, none once the deadline is nearly spent."""
         installed = reading.installed_bytes or {}
-        models = sorted(set(installed) | set(reading.loaded_bytes))
+        models = sorted(set(installed) | set(reading.loaded_bytes),
+                        key=lambda model: (model not in self.first and model.split(":")[0] not in self.first, model))
         keys = {model: digests.get(model, "name:" + model) for model in models}
         self._shows = {key: answer for key, answer in self._shows.items() if key in keys.values()}
         calls = 0
