@@ -46,6 +46,8 @@ CONTRACT_ALERTS = {
     "AitoolsLLMOverBudget", "AitoolsSwiftBuildMemoryHigh", "AitoolsTotalOverBudget",
     "AitoolsBudgetExhaustionPredicted", "AitoolsSystemMemoryLow", "AitoolsEfficiencyScoreLow",
     "AitoolsExporterDown", "AitoolsCollectorFailing",
+    # Additions (third round).
+    "AitoolsLLMModelPartlyOnCPU",
 }
 CONTRACT_RECORDINGS = {
     "aitools:budget_usage_bytes", "aitools:budget_usage:ratio", "aitools:efficiency_score",
