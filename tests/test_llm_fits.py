@@ -275,3 +275,50 @@ def test_the_rule_gives_the_same_answers_on_the_same_samples(ollama_standin, lms
     out = subprocess.run([promtool(), "test", "rules", "fits.test.yml"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_context_and_slots_come_from_the_ollama_servers_own_environment(ollama_standin, tmp_path):
+    """A real process named `ollama`, started as `ollama serve` with OLLAMA_CONTEXT_LENGTH,
+    OLLAMA_NUM_PARALLEL and OLLAMA_KV_CACHE_TYPE in its environment: the collector reads them
+    from /proc/PID/environ (the user's own process) and estimates with them."""
+    import os
+    import shutil
+    import time
+
+    from exporter.collectors.llm import OllamaCollector
+
+    binary = tmp_path / "ollama"
+    shutil.copy(os.path.realpath(sys.executable), binary)
+    (tmp_path / "serve").write_text("import time\ntime.sleep(120)\n")
+    env = {**os.environ, "OLLAMA_CONTEXT_LENGTH": "16384", "OLLAMA_NUM_PARALLEL": "2",
+           "OLLAMA_KV_CACHE_TYPE": "q8_0", "PYTHONHOME": sys.base_prefix}  # the copy sits outside the interpreter's prefix
+    server = subprocess.Popen([str(binary), "serve"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        assert server.poll() is None, "the stand-in `ollama serve` process did not start"
+        ollama_standin.install("llama3:8b", size_on_disk=4_661_224_676)
+        collector = OllamaCollector(Config(ollama_url=ollama_standin.url))
+        list(collector.collect())
+        found = collector.last_estimates["llama3:8b"]
+        assert (found.context_length, found.parallel, found.cache_type) == (8192, 2, "q8_0")  # 16384 capped at 8192
+        assert any("OLLAMA_CONTEXT_LENGTH of the server process" in note for note in found.assumed)
+        assert found.kv_bytes == 2 * 8192 * 32 * 8 * 256 * 34 // 32  # two slots of 8192 cells at q8_0
+        # The configuration's ollama.context_length wins over the environment.
+        configured = OllamaCollector(Config(ollama_url=ollama_standin.url, ollama_context_length=2048))
+        list(configured.collect())
+        assert configured.last_estimates["llama3:8b"].context_length == 2048
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_ollama_context_length_in_the_configuration():
+    from exporter.config import ConfigError, parse_config
+
+    assert parse_config("ollama: {context_length: 32768}").ollama_context_length == 32768
+    assert parse_config("ollama: {url: null}").ollama_context_length is None
+    for bad in ("0", "-1", "4096.5", "'4096'", "true", str(2**25)):
+        with pytest.raises(ConfigError, match="ollama.context_length"):
+            parse_config(f"ollama: {{context_length: {bad}}}")
+    with pytest.raises(ConfigError):
+        parse_config("lmstudio: {context_length: 4096}")
