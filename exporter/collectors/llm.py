@@ -1,8 +1,11 @@
 """Models loaded in the local LLM servers: Ollama and LM Studio.
 
-Ollama: `GET /api/ps` lists the running models, each with `size` (bytes in memory)
-and `size_vram` (the part of it in GPU memory); `GET /api/tags` lists the installed
-models, each with `size` (bytes on disk), loaded or not.
+Ollama: `GET /api/ps` lists the running models, each with `size` (bytes in memory),
+`size_vram` (the part of it in GPU memory) and `context_length`; `GET /api/tags` lists the
+installed models, each with `size` (bytes on disk) and `digest`, loaded or not; `POST
+/api/show {"model": m}` gives a model's `model_info` (its GGUF metadata) and `parameters`,
+from which exporter/estimate.py makes its loaded size (`aitools_llm_model_estimated_bytes`);
+those answers are cached by digest and read a few per scrape.
 LM Studio 0.4+: `GET /api/v1/models` lists the downloaded models, each with
 `size_bytes` and `loaded_instances`: the installed models and the loaded ones in one
 answer. Older LM Studio (0.3.6 to 0.3.x) only has
