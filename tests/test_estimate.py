@@ -211,3 +211,24 @@ def test_public_reports_within_ten_percent_and_in_the_readme(row):
     line = next((line for line in README.read_text().splitlines() if line.startswith(f"| {name} |")), None)
     assert line is not None, f"README has no row {name}"
     assert source in line and f"{reported:.2f} MiB" in line and f"{ours:.2f} MiB" in line, line
+
+
+def test_metal_ceiling_shares_of_the_public_reports(monkeypatch):
+    import platform
+
+    import psutil
+
+    from exporter.collectors.llm import gpu_memory_bytes
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    found = {}
+    for gib in (16, 32, 64, 128):
+        monkeypatch.setattr(psutil, "virtual_memory", lambda gib=gib: type("VM", (), {"total": gib * GIB})())
+        found[gib] = gpu_memory_bytes() / MIB
+    # recommendedMaxWorkingSetSize as llama.cpp logged it (MB there are MiB): 10922.67, 21845.34,
+    # about 48 GiB, 107.52 GiB.
+    assert found[16] == pytest.approx(10922.67, abs=0.01) and found[32] == pytest.approx(21845.34, abs=0.01)
+    assert found[64] == 48 * 1024 and found[128] / 1024 == pytest.approx(107.52, abs=0.01)
+    # And Ollama's default context on the 64 GB Mac: 256k (capped at the model's trained length).
+    assert default_context(int(found[64] * MIB)) == 262144

@@ -369,11 +369,18 @@ def ollama_server_environment() -> dict[str, str]:
     return {}
 
 
+# Metal's default working-set ceiling (recommendedMaxWorkingSetSize) as a share of physical
+# memory, from llama.cpp's ggml_metal_init lines in public reports: 16 GB 10922.67 MB and
+# 32 GB 21845.34 MB, two thirds (abetlen/llama-cpp-python#687, ollama/ollama#434); 64 GB
+# about 48 GiB, three quarters (ggml-org/llama.cpp#1870); 128 GiB 107.52 GiB, 0.84
+# (antirez/ds4#893). Up to each size (GiB) its share.
+METAL_CEILING_SHARE = ((36, 2 / 3), (96, 3 / 4), (1 << 20, 0.84))
+
+
 def gpu_memory_bytes() -> int | None:
     """The GPU memory Ollama sizes its default context by: on Apple silicon Metal's default
-    working-set ceiling (recommendedMaxWorkingSetSize, as llama.cpp's ggml_metal_init logs it:
-    two thirds of physical memory up to 36 GiB, three quarters above: 48 GiB of 64); None
-    elsewhere (no GPU this exporter knows of)."""
+    working-set ceiling (METAL_CEILING_SHARE: 48 GiB on a 64 GB Mac); None elsewhere (no GPU
+    this exporter knows of)."""
     import platform
 
     import psutil
@@ -381,7 +388,8 @@ def gpu_memory_bytes() -> int | None:
     if platform.system() != "Darwin" or platform.machine() != "arm64":
         return None
     total = psutil.virtual_memory().total
-    return int(total * (3 / 4 if total > 36 * 2**30 else 2 / 3))
+    share = next(share for limit, share in METAL_CEILING_SHARE if total <= limit * 2**30)
+    return int(total * share)
 
 
 class OllamaCollector(LLMServerCollector):
