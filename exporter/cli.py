@@ -1,4 +1,4 @@
-"""The `aitools-exporter` command: serve (default), snapshot, check-config, receive, service."""
+"""The `aitools-exporter` command: serve (default), snapshot, fit, check-config, receive, service."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from exporter.breakdown import Node
 from exporter.budgets import BudgetCollector, Samples
 from exporter.fits import MEMORY_RESERVE_FRACTION
 from exporter.scrape import Scraper
-from exporter.snapshot import Snapshot, _status, human_bytes, snapshot_of
+from exporter.snapshot import Snapshot, _status, estimates_of, human_bytes, snapshot_of
 
 REFRESH_SECONDS = 30
 REUSE_SECONDS = 5.0
@@ -72,7 +72,8 @@ def page(registry: CollectorRegistry) -> bytes:
             body = render_links_only()
         else:
             samples = Samples(registry.collect())
-            body = render(config, snapshot_of(config, samples, scraper.last_errors() if scraper else {}))
+            body = render(config, snapshot_of(config, samples, scraper.last_errors() if scraper else {},
+                                              estimates_of(scraper.sources) if scraper else {}))
         _last[registry] = (time.monotonic(), body)
         return body
 

@@ -322,3 +322,29 @@ def test_ollama_context_length_in_the_configuration():
             parse_config(f"ollama: {{context_length: {bad}}}")
     with pytest.raises(ConfigError):
         parse_config("lmstudio: {context_length: 4096}")
+
+
+def test_never_fits_names_each_limit_and_the_largest_context_that_fits():
+    from exporter.estimate import OllamaSettings, estimate, estimate_ollama
+
+    found = estimate_ollama(QWEN25_7B, 4_683_087_232, OllamaSettings(gpu_bytes=24 * 2**30))  # 32k context
+    samples = Samples([])
+    samples.by_name.update({
+        "aitools_system_memory_total_bytes": [({}, 64 * GB)],
+        "aitools_system_memory_available_bytes": [({}, 40 * GB)],
+        "aitools_budget_bytes": [({"budget": "ollama"}, 6 * GB)],
+        "aitools_llm_server_up": [({"server": "ollama"}, 1)],
+        "aitools_llm_model_installed_bytes": [({"server": "ollama", "model": "qwen2.5:7b"}, 4_683_087_232)],
+        "aitools_llm_model_estimated_bytes": [({"server": "ollama", "model": "qwen2.5:7b"}, found.total_bytes)],
+        "aitools_llm_model_context_length": [({"server": "ollama", "model": "qwen2.5:7b"}, 32768)],
+    })
+    with_gpu(samples, room=20 * GB, limit=48 * 2**30)
+    [fit] = model_fits(samples, {("ollama", "qwen2.5:7b"): found})
+    assert found.total_bytes > 6 * GB and fit.outcome == "never"
+    assert (fit.budget_bytes, fit.memory_limit_bytes, fit.gpu_limit_bytes) == (6 * GB, 40 * GB - 6.4 * GB, 20 * GB)
+    context = fit.largest_context
+    assert context % 256 == 0 and 4096 < context < 32768
+    assert estimate(found.shape, found.weights_bytes, context).total_bytes <= 6 * GB
+    assert estimate(found.shape, found.weights_bytes, context + 256).total_bytes > 6 * GB
+    assert fit.verdict == (f"never fits: needs {found.total_bytes / 1e9:.1f} GB, at most ollama budget 6.0 GB, "
+                           f"memory 33.6 GB, GPU 20.0 GB; a context of {context} would fit")
