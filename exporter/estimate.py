@@ -185,7 +185,8 @@ def model_shape(model_info: Any) -> ModelShape:
     elif isinstance(model_info.get("tokenizer.ggml.tokens"), list):
         n_vocab = len(model_info["tokenizer.ggml.tokens"]) or None
     window, sliding = 0, ()
-    if arch in SLIDING_WINDOW_PERIOD:
+    if arch in SLIDING_WINDOW_PERIOD and model_info.get(f"{arch}.attention.sliding_window") is not None:
+        # Without a window every layer holds the whole context: an estimate on the safe side.
         window = get("attention.sliding_window", "sliding window", 1, MAX_CONTEXT)
         pattern = model_info.get(f"{arch}.attention.sliding_window_pattern")
         if isinstance(pattern, list) and len(pattern) == n_layer and all(isinstance(p, bool) for p in pattern):

@@ -232,3 +232,10 @@ def test_metal_ceiling_shares_of_the_public_reports(monkeypatch):
     assert found[64] == 48 * 1024 and found[128] / 1024 == pytest.approx(107.52, abs=0.01)
     # And Ollama's default context on the 64 GB Mac: 256k (capped at the model's trained length).
     assert default_context(int(found[64] * MIB)) == 262144
+
+
+def test_a_sliding_window_architecture_without_its_window_counts_every_layer_whole():
+    show = copy.deepcopy(GEMMA3_4B)
+    del show["model_info"]["gemma3.attention.sliding_window"]
+    shape = model_shape(info(show))
+    assert shape.sliding_window == 0 and kv_cache_bytes(shape, 32768) == 34 * 32768 * 4 * 512 * 2
