@@ -294,7 +294,9 @@ class Actions:
             rooms = Rooms(limit - used, float("inf"), None)
         chosen = plan(target, 0.0, rooms, candidates)
         by_instance = {(server, instance): (server, name, instance) for server, name, instance, _ in idle}
-        if not chosen:
+        if chosen == []:
+            raise StateError("the budget is within bounds now: nothing to unload")
+        if chosen is None:
             largest = max(candidates, key=lambda m: (m.bytes, m.name))
             return by_instance[(largest.server, largest.model)], (
                 "even every idle model unloaded would not be enough: the largest idle one first")
