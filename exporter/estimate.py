@@ -15,7 +15,9 @@ What Ollama does (read at ollama/ollama tag v0.33.0-rc2, commit fb30760996871fa9
   what `ollama ps` shows as SIZE is the sum of the buffers llama-server logs ("model",
   "KV", "compute", "output" buffer size).
 - fs/ggml/ggml.go GraphSize: Ollama's own estimate of the compute graph per architecture
-  (the `fullOffload` formulas, used here for the compute buffer) and of the KV cache:
+  (the `fullOffload` formulas, used here for the compute buffer without flash attention:
+  they give the 164.00 and 2144.00 MiB llama.cpp logged for Mistral 7B at 2k and 32k) and
+  of the KV cache:
   per layer, cells x (key_length + value_length) x head_count_kv x bytes per element,
   recurrent layers at f32, gemma3's sliding-window layers (five of every six) at
   num_parallel x sliding_window + batch cells.
@@ -33,8 +35,8 @@ tests/test_llama_cpp_estimate.py checks the KV cache and the total against a rea
 llama-server's log; README.md ("Will this model fit?") lists real cases from public reports.
 
 LM Studio tells no architecture numbers in its REST API: its models are estimated from
-their file size and the context they are (or would be) loaded with, without a KV cache,
-and say so (`assumed`).
+their file size (with a loaded instance's context), without a KV cache, and say so
+(`assumed`).
 
 Anything unexpected in a model's information (an unknown architecture, a missing field,
 a string, a float, a negative or absurd number) gives NoEstimate with the reason: never an
