@@ -454,7 +454,8 @@ class OllamaCollector(LLMServerCollector):
                     continue
                 calls += 1
                 try:
-                    self._shows[key] = self.post_json("/api/show", {"model": model}, deadline)
+                    # `name`: the field's older spelling (api/types.go ShowRequest keeps both).
+                    self._shows[key] = self.post_json("/api/show", {"model": model, "name": model}, deadline)
                 except Unreadable as exc:
                     reading.estimates[model] = f"/api/show: {exc.reason}"
                     continue
