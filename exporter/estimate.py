@@ -13,7 +13,9 @@ What Ollama does (read at ollama/ollama tag v0.33.0-rc2, commit fb30760996871fa9
 - llm/llama_server.go startLlamaServer: the runtime is llama.cpp's llama-server, started
   with `-c num_ctx*num_parallel -np num_parallel --cache-type-k/-v TYPE`; MemorySize():
   what `ollama ps` shows as SIZE is the sum of the buffers llama-server logs ("model",
-  "KV", "compute", "output" buffer size).
+  "KV", "compute", "output" buffer size). LlamaServerFlashAttention with ml/device.go
+  FlashAttentionSupported: flash attention "auto" (Metal, the CPU, recent CUDA) unless
+  OLLAMA_FLASH_ATTENTION says otherwise; llama.cpp's "auto" turns it on there.
 - fs/ggml/ggml.go GraphSize: Ollama's own estimate of the compute graph per architecture
   (the `fullOffload` formulas, used here for the compute buffer without flash attention:
   they give the 164.00 and 2144.00 MiB llama.cpp logged for Mistral 7B at 2k and 32k) and
