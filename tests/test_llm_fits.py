@@ -348,3 +348,23 @@ def test_never_fits_names_each_limit_and_the_largest_context_that_fits():
     assert estimate(found.shape, found.weights_bytes, context + 256).total_bytes > 6 * GB
     assert fit.verdict == (f"never fits: needs {found.total_bytes / 1e9:.1f} GB, at most ollama budget 6.0 GB, "
                            f"memory 33.6 GB, GPU 20.0 GB; a context of {context} would fit")
+
+
+def test_a_slow_show_costs_only_the_estimates_within_the_scrapes_deadline(ollama_standin):
+    import time
+
+    from exporter.collectors.llm import OllamaCollector
+
+    ollama_standin.load("llama3.1:8b", size=6 * GB)
+    ollama_standin.install("qwen2.5:7b", size_on_disk=4_683_087_232)
+    ollama_standin.path_modes = {"/api/show": "slow"}  # answers after 10 s
+    collector = OllamaCollector(Config(ollama_url=ollama_standin.url, timeout=1.0))
+    started = time.monotonic()
+    families = {family.name: family for family in collector.collect()}
+    took = time.monotonic() - started
+    assert took < 1.0 + 0.3, took
+    assert [s.value for s in families["aitools_llm_model_loaded_bytes"].samples] == [6 * GB]  # the budgets' figures stay
+    assert families["aitools_llm_model_estimated_bytes"].samples == []
+    reasons = set(collector.last_estimates.values())
+    assert reasons <= {"/api/show: timed out after 1s", "not read yet (/api/show is read a few models per scrape)"}
+    assert "/api/show: timed out after 1s" in reasons
