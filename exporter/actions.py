@@ -1,9 +1,11 @@
 """The fixes `aitools-exporter receive` may run for an alert, each allowed to do one thing.
 
 - unload_idle_model (AitoolsLLMOverBudget, AitoolsTotalOverBudget, AitoolsBudgetExhaustionPredicted
-  of the ollama/lmstudio budgets): unloads one loaded model through its server's own API.
-  Ollama: POST /api/generate {"model": m, "keep_alive": 0}; LM Studio 0.4+:
-  POST /api/v1/models/unload {"instance_id": i}.
+  of the ollama/lmstudio budgets): unloads one loaded model through its server's own API: the
+  largest of the smallest set of idle models whose unloading brings the budget back within
+  bounds (exporter/fits.py plan, the planner of `aitools-exporter fit`); never a model that
+  served a request in the last IDLE_WINDOW_SECONDS. Ollama: POST /api/generate
+  {"model": m, "keep_alive": 0}; LM Studio 0.4+: POST /api/v1/models/unload {"instance_id": i}.
 - stop_duplicate_container (AitoolsDuplicateService): stops (the engine's "docker stop") the
   duplicate copy of a service. Never removes a container, never touches a volume or image.
 - node_heap_snapshot (AitoolsNodeHeapLeakSuspected): sends SIGUSR2 to a Node.js target that
@@ -24,7 +26,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 GROUP_COOLDOWN_SECONDS = 15 * 60      # one fix per alert group in this time
 HEAP_SNAPSHOT_INTERVAL_SECONDS = 3600  # one heap snapshot per target in this time
 PREDICTION_CONFIRM_RATIO = 0.8         # a predicted exhaustion is confirmed from 80 % of the budget on
+IDLE_WINDOW_SECONDS = 60               # a model that served a request this recently is never unloaded
+OLLAMA_DEFAULT_KEEP_ALIVE = 300.0      # Ollama's keep-alive without OLLAMA_KEEP_ALIVE (envconfig)
 MAX_PIDFILE_BYTES = 64
 AUDIT_TAIL_BYTES = 256 * 1024          # read back at start for the cool-downs
 STOP_SECONDS = 10                      # `docker stop`'s own grace before the kill
@@ -260,18 +264,62 @@ class Actions:
                                  f"{needed / 1e9:.1f} GB of the {server} budget")
             servers = [server]
         model = labels.get("model")
-        candidate = self._least_recently_used(servers, model)
-        server, name, instance, why = candidate
+        chosen, why = self._plan_unload(servers, model, alertname, samples)
+        server, name, instance = chosen
         command = f"ollama stop {name}" if server == "ollama" else f"lms unload {instance}"
         if self.config.actions_dry_run:
             return Decision(alertname, action, f"{server}/{instance}", "dry_run", why, command)
         self._post_unload(server, name, instance)
         return Decision(alertname, action, f"{server}/{instance}", "done", why, command)
 
-    def _least_recently_used(self, servers: list[str], model: str | None) -> tuple[str, str, str, str]:
-        """(server, model, instance, why) of the model to unload."""
+    def _plan_unload(self, servers: list[str], model: str | None, alertname: str,
+                     samples: Samples) -> tuple[tuple[str, str, str], str]:
+        """((server, model, instance), why) of the model to unload: the first (largest) of the
+        smallest set of idle loaded models whose unloading brings the alert's budget back
+        within bounds, the plan of exporter/fits.py; one model per alert group."""
+        from exporter.fits import Loaded, Rooms, plan
+
+        idle = self._idle_models(servers, model)
+        if not idle:
+            where = " or ".join(servers) or "no enabled LLM server"
+            if model is not None:
+                raise StateError(f"model {model} is not loaded (and idle) in {where} now")
+            raise StateError(f"no idle model is loaded in {where} now")
+        candidates = [Loaded(server, instance, size, size) for server, _, instance, size in idle]
+        if alertname == "AitoolsTotalOverBudget":
+            total = next(r for r in readings(self.config, samples) if r.area == "total")
+            rooms, target = Rooms(float("inf"), total.budget_bytes - total.used_bytes, None), "*"
+        else:
+            target = servers[0]
+            used = samples.total("aitools_llm_model_loaded_bytes", server=target)
+            budget = self.config.budgets[target]
+            limit = budget if alertname == "AitoolsLLMOverBudget" else budget * PREDICTION_CONFIRM_RATIO
+            rooms = Rooms(limit - used, float("inf"), None)
+        chosen = plan(target, 0.0, rooms, candidates)
+        by_instance = {(server, instance): (server, name, instance) for server, name, instance, _ in idle}
+        if chosen == []:
+            raise StateError("the budget is within bounds now: nothing to unload")
+        if chosen is None:
+            largest = max(candidates, key=lambda m: (m.bytes, m.name))
+            return by_instance[(largest.server, largest.model)], (
+                "even every idle model unloaded would not be enough: the largest idle one first")
+        rest = [m.name for m in chosen[1:]]
+        why = (f"the smallest set of idle models to unload is {', '.join(m.name for m in chosen)}"
+               + (f"; {', '.join(rest)} at the next alert" if rest else "")
+               + f" (idle: no request for {IDLE_WINDOW_SECONDS}s or more)")
+        return by_instance[(chosen[0].server, chosen[0].model)], why
+
+    def _idle_models(self, servers: list[str], model: str | None) -> list[tuple[str, str, str, int]]:
+        """(server, model, instance, size) of each loaded model that served no request in the
+        idle window. Ollama: /api/ps `expires_at` is the end of the last request plus the
+        keep-alive (OLLAMA_KEEP_ALIVE of the server process, else Ollama's 5 minutes); one in
+        the past is a model answering a long request now. LM Studio tells no last use: every
+        loaded instance counts as idle."""
+        from exporter.collectors.base import Deadline
         from exporter.collectors.llm import LMSTUDIO_V1_MODELS, Unreadable, is_unknown_endpoint
 
+        found: list[tuple[str, str, str, int]] = []
+        now = datetime.now(timezone.utc)
         for server in servers:
             collector = self.sources[server]
             deadline = Deadline(self.config.timeout)
@@ -282,26 +330,17 @@ class Actions:
                 raise StateError(f"{server} could not be read now: {exc.reason}") from None
             if server == "lmstudio" and is_unknown_endpoint(payload):
                 raise StateError("LM Studio before 0.4 has no unload API (/api/v1/models/unload)")
-            loaded = ollama_loaded(payload) if server == "ollama" else lmstudio_loaded(payload)
-            if model is not None:
-                loaded = [entry for entry in loaded if entry[0] == model]
             if server == "ollama":
-                now = datetime.now(timezone.utc)
-                # Ollama sets expires_at when a request ends: one in the past is a model answering a
-                # long request now (or leaving anyway), never the one to unload.
-                idle = [entry for entry in loaded if entry[2] is not None and entry[2] > now]
-                if not idle:
-                    continue
-                name, _, expires = min(idle, key=lambda entry: entry[2])
-                return server, name, name, (f"least recently used model in Ollama (keep-alive ends "
-                                            f"{expires.strftime('%H:%M:%S')} UTC)")
-            if loaded:
-                name, instance, size = max(loaded, key=lambda entry: entry[2])
-                return server, name, instance, "LM Studio tells no last use: its largest loaded instance"
-        where = " or ".join(servers) or "no enabled LLM server"
-        if model is not None:
-            raise StateError(f"model {model} is not loaded (and idle) in {where} now")
-        raise StateError(f"no idle model is loaded in {where} now")
+                keep_alive = ollama_keep_alive()
+                for name, size, expires in ollama_loaded(payload):
+                    if expires is None or expires <= now:
+                        continue  # answering a request now
+                    if (now - (expires - keep_alive)).total_seconds() < IDLE_WINDOW_SECONDS:
+                        continue  # served a request within the idle window
+                    found.append((server, name, name, size))
+            else:
+                found += [(server, name, instance, size) for name, instance, size in lmstudio_loaded(payload)]
+        return [entry for entry in found if model is None or entry[1] == model]
 
     def _post_unload(self, server: str, name: str, instance: str) -> None:
         collector = self.sources[server]
@@ -411,6 +450,26 @@ def _target_of(alert: dict, action: str) -> str:
     if action == "node_heap_snapshot":
         return labels.get("target", "")
     return labels.get("server") or labels.get("budget", "")
+
+
+def ollama_keep_alive() -> timedelta:
+    """The keep-alive the Ollama server runs with: OLLAMA_KEEP_ALIVE of its process ("5m",
+    "300", "1h30m"), else 5 minutes; a negative or unreadable one counts as 5 minutes."""
+    import re
+
+    text = ""
+    try:
+        from exporter.collectors.llm import ollama_server_environment
+        text = ollama_server_environment().get("OLLAMA_KEEP_ALIVE", "").strip()
+    except Exception:  # the process table is only a hint here
+        text = ""
+    seconds = OLLAMA_DEFAULT_KEEP_ALIVE
+    if re.fullmatch(r"\d{1,9}", text):
+        seconds = float(text)
+    elif parts := re.fullmatch(r"(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,6})s)?", text):
+        if text:
+            seconds = int(parts[1] or 0) * 3600 + int(parts[2] or 0) * 60 + int(parts[3] or 0)
+    return timedelta(seconds=seconds)
 
 
 def ollama_loaded(payload: Any) -> list[tuple[str, int, datetime | None]]:

@@ -1,4 +1,4 @@
-"""The `aitools-exporter` command: serve (default), snapshot, check-config, receive, service."""
+"""The `aitools-exporter` command: serve (default), snapshot, fit, check-config, receive, service."""
 
 from __future__ import annotations
 
@@ -156,6 +156,27 @@ def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address
 
     result = take_snapshot(config)
     click.echo(json.dumps(render_json(config, result), indent=2) if as_json else render_table(config, result))
+
+
+@main.command()
+@_common_options
+@click.argument("model")
+@click.option("--server", type=click.Choice(("ollama", "lmstudio")), default=None,
+              help="The server to look the model up in (default: Ollama, then LM Studio).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def fit(ctx: click.Context, model: str, server: str | None, as_json: bool, config_file=None, listen_address=None,
+        web_config_file=None, log_level=None):
+    """Whether MODEL fits now, its estimated loaded size and what it assumed, and the loaded models to
+    unload first. Exit 0 fits now, 1 fits after the plan, 2 never fits, 3 unknown model or no data."""
+    settings = _settings(ctx, config_file=config_file, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")
+    config = _load(_config_file(settings.get("config_file")))
+    from exporter.snapshot import FIT_EXIT, find_fit, fit_json, render_fit, take_snapshot
+
+    answer = find_fit(take_snapshot(config, first=(model,)), model, server)
+    click.echo(json.dumps(fit_json(answer), indent=2) if as_json else render_fit(answer))
+    ctx.exit(FIT_EXIT[answer["outcome"]])
 
 
 @main.command("check-config")

@@ -148,6 +148,7 @@ class Config:
     docker_enabled: bool = True
     docker_host: str | None = None
     ollama_url: str | None = DEFAULT_OLLAMA_URL
+    ollama_context_length: int | None = None  # null: the server's environment, else its default
     lmstudio_url: str | None = DEFAULT_LMSTUDIO_URL
     lmstudio_token_file: str | None = None  # read at each use (a rotated token works); else LM_API_TOKEN
     llamacpp_url: str | None = DEFAULT_LLAMACPP_URL
@@ -379,7 +380,8 @@ def parse_config(text: str, path: str | None = None) -> Config:
 
     for server in ("ollama", "lmstudio", "llamacpp"):
         if server in top:
-            section = reader.mapping(top[server], server, ("url", "token_file") if server == "lmstudio" else ("url",))
+            allowed = {"ollama": ("url", "context_length"), "lmstudio": ("url", "token_file")}.get(server, ("url",))
+            section = reader.mapping(top[server], server, allowed)
             if "url" in section:
                 values[f"{server}_url"] = reader.url(section["url"], f"{server}.url")
             token_file = section.get("token_file")
@@ -388,6 +390,12 @@ def parse_config(text: str, path: str | None = None) -> Config:
                     raise reader.error("lmstudio.token_file",
                                        f"must be the path of a file holding LM Studio's API token, not {token_file!r}")
                 values["lmstudio_token_file"] = str(Path(token_file).expanduser())
+            if section.get("context_length") is not None:
+                length = section["context_length"]
+                if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 2**24:
+                    raise reader.error("ollama.context_length",
+                                       f"must be a whole number of tokens from 1 to {2**24}, not {length!r}")
+                values["ollama_context_length"] = length
             # A section left empty (`ollama:` alone) keeps the default URL.
 
     values["process_groups"] = _process_groups(reader, top.get("process_groups"))

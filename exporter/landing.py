@@ -29,7 +29,7 @@ from exporter.breakdown import Node
 from exporter.budgets import BudgetCollector, Samples
 from exporter.fits import MEMORY_RESERVE_FRACTION
 from exporter.scrape import Scraper
-from exporter.snapshot import Snapshot, _status, human_bytes, snapshot_of
+from exporter.snapshot import Snapshot, _status, estimates_of, human_bytes, snapshot_of
 
 REFRESH_SECONDS = 30
 REUSE_SECONDS = 5.0
@@ -72,7 +72,8 @@ def page(registry: CollectorRegistry) -> bytes:
             body = render_links_only()
         else:
             samples = Samples(registry.collect())
-            body = render(config, snapshot_of(config, samples, scraper.last_errors() if scraper else {}))
+            body = render(config, snapshot_of(config, samples, scraper.last_errors() if scraper else {},
+                                              estimates_of(scraper.sources) if scraper else {}))
         _last[registry] = (time.monotonic(), body)
         return body
 
@@ -130,9 +131,11 @@ def _fit_rows(snapshot: Snapshot) -> list[str]:
     for fit in snapshot.fits:
         rows.append(
             f'<tr class="fit" data-server="{_e(fit.server)}" data-model="{_e(fit.model)}" '
-            f'data-fits="{"1" if fit.fits else "0"}" data-size-bytes="{_e(fit.size_bytes)}">'
+            f'data-fits="{"1" if fit.fits else "0"}" data-size-bytes="{_e(fit.size_bytes)}" '
+            f'data-outcome="{_e(fit.outcome)}" data-unload="{_e(" ".join(fit.unload_first))}">'
             f"<td>{_e(fit.server)}</td><td>{_e(fit.model)}</td>"
-            f'<td class="num">{_e(human_bytes(fit.size_bytes))}</td>'
+            f'<td class="num">{_e(human_bytes(fit.size_bytes))}{"" if fit.estimated else " (file)"}</td>'
+            f'<td class="num">{_e(f"{fit.context_length:.0f}" if fit.context_length else "-")}</td>'
             f'<td class="{"fits" if fit.fits else "nofit"}">{_e(fit.verdict)}</td></tr>')
     return rows
 
@@ -163,12 +166,15 @@ def render(config, snapshot: Snapshot) -> bytes:
         *_tree_rows(snapshot.monitoring),
         "</table>",
         '<h2 id="fits">Installed models: which fit now</h2>',
-        f'<p class="note">A model that is installed and not loaded fits when it is within its server\'s budget less '
-        f"what that server has loaded, and within the available memory less "
-        f"{MEMORY_RESERVE_FRACTION:.0%} of physical memory.</p>",
+        f'<p class="note">A model that is installed and not loaded fits when its estimated loaded size (weights, '
+        f"KV cache at the context its server would use, buffers; the file size where there is no estimate) is "
+        f"within its server's budget less what that server has loaded, the available memory less "
+        f"{MEMORY_RESERVE_FRACTION:.0%} of physical memory, and the GPU room where the machine has a GPU "
+        f"ceiling. Otherwise: the loaded models to unload first, or why it never fits "
+        f"(<code>aitools-exporter fit MODEL</code> tells more).</p>",
     ]
     if snapshot.fits:
-        parts += ["<table><tr><th>Server</th><th>Model</th><th>Size</th><th>Now</th></tr>", *_fit_rows(snapshot),
+        parts += ["<table><tr><th>Server</th><th>Model</th><th>Loaded size</th><th>Context</th><th>Now</th></tr>", *_fit_rows(snapshot),
                   "</table>"]
     else:
         parts.append('<p class="note">No installed model that is not loaded (or no memory figures).</p>')

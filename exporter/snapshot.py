@@ -8,7 +8,7 @@ from exporter.app import build_registry
 from exporter.breakdown import Node, build_tree, human_bytes
 from exporter.budgets import Reading, Samples, readings
 from exporter.config import Config
-from exporter.fits import MEMORY_RESERVE_FRACTION, ModelFit, model_fits
+from exporter.fits import MEMORY_RESERVE_FRACTION, ModelFit, model_fit, model_fits
 
 
 @dataclass
@@ -19,18 +19,97 @@ class Snapshot:
     tree: Node | None = None         # the user's workstation (exporter/breakdown.py)
     monitoring: Node | None = None   # the monitoring bundle's own footprint
     fits: list[ModelFit] = field(default_factory=list)
+    # (server, model) -> its Estimate, or the reason it has none (exporter/estimate.py)
+    estimates: dict = field(default_factory=dict)
 
 
-def snapshot_of(config: Config, samples: Samples, collector_errors: dict[str, str | None]) -> Snapshot:
+def snapshot_of(config: Config, samples: Samples, collector_errors: dict[str, str | None],
+                estimates: dict | None = None) -> Snapshot:
     """Everything the snapshot and the landing page show, from the samples of one collection."""
     tree, monitoring = build_tree(config, samples)
-    return Snapshot(readings(config, samples), samples, collector_errors, tree, monitoring, model_fits(samples))
+    return Snapshot(readings(config, samples), samples, collector_errors, tree, monitoring,
+                    model_fits(samples, estimates), dict(estimates or {}))
 
 
-def take_snapshot(config: Config) -> Snapshot:
+def estimates_of(sources) -> dict:
+    """The LLM collectors' estimates of their last collection, by (server, model)."""
+    return {(source.name, model): found for source in sources
+            for model, found in getattr(source, "last_estimates", {}).items()}
+
+
+def take_snapshot(config: Config, first: tuple[str, ...] = ()) -> Snapshot:
+    """One collection; `first`: models whose estimate is read before the others'."""
     registry, scraper = build_registry(config)
+    for source in scraper.sources:
+        if hasattr(source, "first"):
+            source.first = first
     samples = Samples(registry.collect())
-    return snapshot_of(config, samples, scraper.last_errors())
+    return snapshot_of(config, samples, scraper.last_errors(), estimates_of(scraper.sources))
+
+
+# `aitools-exporter fit` exit codes (../shared/CONTRACT.md)
+FIT_EXIT = {"fits": 0, "loaded": 0, "after_plan": 1, "never": 2, "unknown": 3}
+
+
+def find_fit(snapshot: Snapshot, name: str, server: str | None = None) -> dict:
+    """The `fit` command's answer for model `name`: {"outcome", "server", "model", "message", "fit"}."""
+    samples = snapshot.samples
+    servers = [server] if server else ["ollama", "lmstudio"]
+    for where in servers:
+        installed = {labels["model"] for labels, _ in samples.all("aitools_llm_model_installed_bytes", server=where)}
+        model = name if name in installed else f"{name}:latest" if f"{name}:latest" in installed else None
+        if model is None:
+            continue
+        answer = {"server": where, "model": model, "fit": None,
+                  "estimate": snapshot.estimates.get((where, model))}
+        loaded = samples.value("aitools_llm_model_loaded_bytes", server=where, model=model)
+        if loaded is not None:
+            return {**answer, "outcome": "loaded", "message": f"{model} is loaded in {where} now ({human_bytes(loaded)})"}
+        fit = model_fit(samples, where, model, snapshot.estimates)
+        if fit is None:
+            return {**answer, "outcome": "unknown",
+                    "message": f"{model}: no memory figures or no {where} budget to weigh it against"}
+        if fit.fits and not fit.estimated:  # the file size is only a lower bound: no verdict
+            return {**answer, "outcome": "unknown", "fit": fit,
+                    "message": f"{model} ({where}): its file fits, but its loaded size has no estimate"}
+        return {**answer, "outcome": fit.outcome, "fit": fit, "message": f"{model} ({where}): {fit.verdict}"}
+    answered = [w for w in servers if samples.value("aitools_llm_server_up", server=w) == 1]
+    why = f"not installed in {' or '.join(answered)}" if answered else f"{' and '.join(servers)} did not answer"
+    return {"server": server, "model": name, "fit": None, "estimate": None, "outcome": "unknown",
+            "message": f"{name}: {why}"}
+
+
+def render_fit(answer: dict) -> str:
+    lines = [printable(answer["message"])]
+    found, fit = answer.get("estimate"), answer.get("fit")
+    if fit is not None:
+        lines.append(f"  estimated loaded size {human_bytes(fit.size_bytes)}"
+                     + ("" if fit.estimated else " (the file size: no estimate)")
+                     + (f" at context {fit.context_length:.0f}" if fit.context_length else ""))
+        rooms = [f"{fit.server} budget room {human_bytes(fit.server_room_bytes)}",
+                 f"memory room {human_bytes(fit.memory_room_bytes)} (available less {MEMORY_RESERVE_FRACTION:.0%})"]
+        if fit.gpu_room_bytes is not None:
+            rooms.append(f"GPU room {human_bytes(fit.gpu_room_bytes)}")
+        lines.append("  rooms now: " + ", ".join(rooms))
+        for model in fit.plan or []:
+            command = f"ollama stop {model.model}" if model.server == "ollama" else f"lms unload {model.model}"
+            lines.append(f"  unload {printable(model.name)} ({human_bytes(model.bytes)}): {printable(command)}")
+    if found is not None and not isinstance(found, str):
+        lines.append(f"  weights {human_bytes(found.weights_bytes)}, KV cache {human_bytes(found.kv_bytes)}, "
+                     f"buffers {human_bytes(found.compute_bytes)}")
+        lines += [f"  assumed: {printable(note)}" for note in found.assumed]
+    elif isinstance(found, str):
+        lines.append(f"  no estimate: {printable(found)}")
+    return "\n".join(lines)
+
+
+def fit_json(answer: dict) -> dict:
+    found = answer.get("estimate")
+    return {"model": answer["model"], "server": answer["server"], "outcome": answer["outcome"],
+            "exit_code": FIT_EXIT[answer["outcome"]], "message": answer["message"],
+            "fit": answer["fit"].as_dict() if answer.get("fit") is not None else None,
+            "estimate": found.as_dict() if found is not None and not isinstance(found, str) else None,
+            "no_estimate_reason": found if isinstance(found, str) else None}
 
 
 def _status(reading: Reading) -> str:
@@ -75,7 +154,9 @@ def render_tree(node: Node) -> list[str]:
 def render_fits(fits: list[ModelFit]) -> list[str]:
     if not fits:
         return ["  (no installed model that is not loaded, or no memory figures)"]
-    return [f"  {fit.server:<9} {printable(fit.model)}  {human_bytes(fit.size_bytes)}: {printable(fit.verdict)}"
+    return [f"  {fit.server:<9} {printable(fit.model)}  {human_bytes(fit.size_bytes)}"
+            + (f" at context {fit.context_length:.0f}" if fit.context_length else "")
+            + ("" if fit.estimated else " (file size, no estimate)") + f": {printable(fit.verdict)}"
             for fit in fits]
 
 
@@ -112,8 +193,9 @@ def render_table(config: Config, snapshot: Snapshot) -> str:
         figures = memory_figures_text(snapshot.samples)
         if figures is not None:
             lines += [figures, ""]
-        lines += [f"Installed models that are not loaded (fit: within the server's budget less what it has loaded, "
-                  f"and the available memory less {MEMORY_RESERVE_FRACTION:.0%} of physical memory):"]
+        lines += [f"Installed models that are not loaded, at their estimated loaded size (fit: within the server's "
+                  f"budget less what it has loaded, the available memory less {MEMORY_RESERVE_FRACTION:.0%} of "
+                  f"physical memory, and the GPU room where there is a GPU ceiling):"]
         lines += render_fits(snapshot.fits) + ["", "Readings:"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     failed = {name: error for name, error in snapshot.collector_errors.items() if error}
@@ -140,12 +222,7 @@ def render_json(config: Config, snapshot: Snapshot) -> dict:
         "process_memory_figures": memory_figures(snapshot.samples),
         "monitoring": snapshot.monitoring.as_dict() if snapshot.monitoring is not None else None,
         "memory_reserve_fraction": MEMORY_RESERVE_FRACTION,
-        "llm_fits": [
-            {"server": f.server, "model": f.model, "size_bytes": f.size_bytes, "fits": f.fits,
-             "room_bytes": f.room_bytes, "server_room_bytes": f.server_room_bytes,
-             "memory_room_bytes": f.memory_room_bytes, "unload_first": f.unload_first, "verdict": f.verdict}
-            for f in snapshot.fits
-        ],
+        "llm_fits": [f.as_dict() for f in snapshot.fits],
         "metrics": [
             {"name": name, "labels": labels, "value": value}
             for name, samples in sorted(snapshot.samples.by_name.items())

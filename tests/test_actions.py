@@ -261,6 +261,29 @@ def test_ollama_model_whose_keep_alive_ran_out_is_not_chosen(ollama, receiver_fo
     assert [body for _, body, _ in ollama.posts] == [{"model": "idle:7b", "keep_alive": 0}]
 
 
+def test_ollama_model_that_served_a_request_in_the_idle_window_is_never_unloaded(ollama, receiver_for, tmp_path):
+    """The plan (exporter/fits.py, as `aitools-exporter fit`) would free the fewest bytes with
+    recent:1b, but it answered a request 10 s ago (keep-alive 5 minutes, expiring in 4:50):
+    the smallest set of idle models is idle:8b."""
+    now = datetime.now(timezone.utc)
+    ollama.load("recent:1b", size=int(1.5 * GB))
+    ollama.load("idle:8b", size=3 * GB)
+    ollama.set_expiry("recent:1b", now + timedelta(minutes=4, seconds=50))
+    ollama.set_expiry("idle:8b", now + timedelta(minutes=2))
+    running = receiver_for(llm_config(ollama))
+    running.post(payload([llm_alert()], group="g1"))
+    running.settle()
+    assert [body for _, body, _ in ollama.posts] == [{"model": "idle:8b", "keep_alive": 0}]
+    assert "smallest set of idle models to unload is ollama/idle:8b" in audit(tmp_path)[0]["reason"]
+    # Only the recently used model is left, over the budget with a new one: nothing idle to unload.
+    ollama.load("busy:8b", size=3 * GB)
+    ollama.set_expiry("busy:8b", now + timedelta(minutes=4, seconds=55))
+    running.post(payload([llm_alert()], group="g2"))
+    running.settle()
+    assert len(ollama.posts) == 1
+    assert audit(tmp_path)[-1]["result"] == "refused" and "no idle model" in audit(tmp_path)[-1]["reason"]
+
+
 def test_lmstudio_instance_is_unloaded_with_the_documented_request(lmstudio, receiver_for, tmp_path, monkeypatch):
     monkeypatch.setenv("LM_API_TOKEN", "lm-token")
     lmstudio.required_token = "lm-token"

@@ -218,7 +218,7 @@ def test_names_from_outside_cannot_drive_the_terminal(ollama_standin, lmstudio_s
     table = render_table(config, snapshot_of(config, Samples(registry.collect()), scraper.last_errors()))
     assert "\x1b" not in table and "\x07" not in table
     assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\nsecond-line:7b" in table
-    assert "also\\x1b[31mred:7b  1.0 GB: fits now" in table
+    assert "also\\x1b[31mred:7b  1.7 GB at context 4096: fits now" in table  # 1 GB file + KV cache + buffers
     assert not any(line.startswith("second-line") for line in table.splitlines())
 
 

@@ -55,8 +55,10 @@ def test_llm_connection_is_kept_across_scrapes(ollama_standin):
     for _ in range(5):
         list(collector.collect())
     assert idle_connections(collector.http) == [connection]
-    # /api/ps and /api/tags at each of the 6 scrapes, all on the one kept connection
-    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"] * 6
+    # /api/ps and /api/tags at each of the 6 scrapes (and the model's /api/show once, for its
+    # estimate: cached by digest), all on the one kept connection
+    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags", "/api/show"] + \
+        ["/api/ps", "/api/tags"] * 5
 
 
 def test_no_thread_is_started_per_scrape(node_steady, ollama_standin):

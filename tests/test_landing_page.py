@@ -191,7 +191,13 @@ def test_landing_page_in_chromium_shows_the_snapshots_figures(served, capsys):
     assert page_fits == {(f["server"], f["model"]): "1" if f["fits"] else "0" for f in snapshot["llm_fits"]}
     assert page_fits == {("ollama", "qwen2.5:0.5b"): "1", ("ollama", HOSTILE_MODEL): "0",
                          ("lmstudio", "qwen/qwen3-4b-2507"): "1"}
-    assert "needs llama3.1:8b unloaded first" in text
+    assert "fits once ollama/llama3.1:8b unloaded" in text
+    # At their estimated loaded size (llama3 8B's shape from /api/show, 4096 tokens here), with the plan.
+    by_model = {row["model"]: row for row in dom.rows["fit"]}
+    assert by_model[HOSTILE_MODEL]["outcome"] == "after_plan" and by_model[HOSTILE_MODEL]["unload"] == "ollama/llama3.1:8b"
+    assert {f["model"]: f["size_bytes"] for f in snapshot["llm_fits"]}["qwen2.5:0.5b"] == \
+        float(by_model["qwen2.5:0.5b"]["size-bytes"]) > 397_821_319 + 512 * 2**20  # file + 512 MiB of KV cache
+    assert by_model["qwen2.5:0.5b"]["cells"][3] == "4096"
 
     # A screenshot, kept for people to look at.
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -210,9 +216,11 @@ def test_landing_page_reuses_a_fresh_collection(served):
     exporter, _, ollama = served
     before = len(ollama.requests)
     first = httpx.get(exporter.url + "/", timeout=30).text
-    assert [path for path, _ in ollama.requests[before:]] == ["/api/ps", "/api/tags"]  # one collection
+    # One collection (and the models' /api/show for their estimates, once per digest).
+    asked = [path for path, _ in ollama.requests[before:]]
+    assert [path for path in asked if path != "/api/show"] == ["/api/ps", "/api/tags"]
     second = httpx.get(exporter.url + "/", timeout=30).text
-    assert first == second and len(ollama.requests) == before + 2
+    assert first == second and len(ollama.requests) == before + len(asked)
 
 
 def test_a_registry_without_the_exporters_collectors_gets_the_page_of_links():

@@ -184,7 +184,8 @@ def test_a_loaded_llamacpp_model_is_in_the_fit_plans():
         family("aitools_system_memory_available_bytes", [], {(): 1.6 * GB + 1.0 * GB}),
     ])
     [fit] = model_fits(samples)
-    # 1.0 GB of room; Ollama's own 2 GB model first (3.0 GB), then llama.cpp's (7.7 GB).
+    # 1.0 GB of room; Ollama's budget has 6 GB left: llama.cpp's 4.7 GB model alone makes room
+    # (5.7 GB), the smallest set; Ollama's own 2 GB one would not (3.0 GB).
     assert (fit.model, fit.fits) == ("mistral:7b", False)
-    assert fit.unload_first == ["llama3.2:3b", "qwen2.5-coder-7b-q4_k_m.gguf (llamacpp)"]
-    assert fit.verdict == "needs llama3.2:3b, qwen2.5-coder-7b-q4_k_m.gguf (llamacpp) unloaded first"
+    assert fit.unload_first == ["llamacpp/qwen2.5-coder-7b-q4_k_m.gguf"]
+    assert fit.verdict == "fits once llamacpp/qwen2.5-coder-7b-q4_k_m.gguf unloaded"

@@ -78,7 +78,8 @@ def test_ollama_reports_each_loaded_model_with_its_vram(ollama_standin):
     assert result.models(LOADED) == {"llama3.1:8b": 4_900_000_000, "qwen2.5:0.5b": 1_100_000_000,
                                      "mistral:7b": 5_137_025_024}
     assert result.models(VRAM) == {"llama3.1:8b": 4_900_000_000, "qwen2.5:0.5b": 0, "mistral:7b": 3_000_000_000}
-    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"]
+    # Then each model's /api/show, once (cached by digest), for its estimate.
+    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"] + ["/api/show"] * 3
 
 
 def test_ollama_follows_models_loaded_and_unloaded_between_scrapes(ollama_standin):
@@ -505,7 +506,7 @@ def test_ollama_reports_every_installed_model_loaded_or_not(ollama_standin):
     assert result.models(INSTALLED) == {"llama3.1:8b": 4_920_753_328, "qwen2.5-coder:32b": 19_851_349_856,
                                         "nomic-embed-text:latest": 274_302_450}
     assert result.models(LOADED) == {"llama3.1:8b": 6_654_289_920}
-    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"]
+    assert [path for path, _ in ollama_standin.requests] == ["/api/ps", "/api/tags"] + ["/api/show"] * 3
 
 
 def test_ollama_reads_the_documented_tags_example_and_leaves_out_cloud_and_unusable_entries(ollama_standin):

@@ -47,7 +47,7 @@ CONTRACT_ALERTS = {
     "AitoolsBudgetExhaustionPredicted", "AitoolsSystemMemoryLow", "AitoolsEfficiencyScoreLow",
     "AitoolsExporterDown", "AitoolsCollectorFailing",
     # Additions (third round).
-    "AitoolsGPUMemoryNearLimit",
+    "AitoolsGPUMemoryNearLimit", "AitoolsLLMModelPartlyOnCPU",
 }
 CONTRACT_RECORDINGS = {
     "aitools:budget_usage_bytes", "aitools:budget_usage:ratio", "aitools:efficiency_score",

@@ -165,10 +165,8 @@ class LlamaCppCollector(LLMServerCollector):
         self._foreign = (time.monotonic() + FOREIGN_REPROBE_SECONDS, reason)
         raise Unreadable(reason, answered=False, not_running=True)
 
-    def more_families(self, reading: ModelReading):
-        context = gauge("aitools_llm_model_context_length",
-                        "The context length a loaded model was loaded with (llama.cpp: each slot's).",
-                        ["server", "model"])
+    def more_families(self, reading: ModelReading, context) -> list:
+        """The slots; each loaded model's context (llama.cpp: each slot's) into `context`."""
         slots = gauge("aitools_llm_server_slots", "How many requests the server serves at once (its slots).",
                       ["server"])
         busy = gauge("aitools_llm_server_slots_busy", "The slots serving a request now.", ["server"])
@@ -179,4 +177,4 @@ class LlamaCppCollector(LLMServerCollector):
                 slots.add_metric([self.name], float(reading.slots))
             if reading.busy_slots is not None:
                 busy.add_metric([self.name], float(reading.busy_slots))
-        return [context, slots, busy]
+        return [slots, busy]

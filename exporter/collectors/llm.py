@@ -1,8 +1,11 @@
 """Models loaded in the local LLM servers: Ollama and LM Studio.
 
-Ollama: `GET /api/ps` lists the running models, each with `size` (bytes in memory)
-and `size_vram` (the part of it in GPU memory); `GET /api/tags` lists the installed
-models, each with `size` (bytes on disk), loaded or not.
+Ollama: `GET /api/ps` lists the running models, each with `size` (bytes in memory),
+`size_vram` (the part of it in GPU memory) and `context_length`; `GET /api/tags` lists the
+installed models, each with `size` (bytes on disk) and `digest`, loaded or not; `POST
+/api/show {"model": m}` gives a model's `model_info` (its GGUF metadata) and `parameters`,
+from which exporter/estimate.py makes its loaded size (`aitools_llm_model_estimated_bytes`);
+those answers are cached by digest and read a few per scrape.
 LM Studio 0.4+: `GET /api/v1/models` lists the downloaded models, each with
 `size_bytes` and `loaded_instances`: the installed models and the loaded ones in one
 answer. Older LM Studio (0.3.6 to 0.3.x) only has
@@ -28,6 +31,7 @@ from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, S
 from exporter.collectors.base import byte_count as base_byte_count
 from exporter.collectors.httpclient import Client
 from exporter.config import Config
+from exporter.estimate import Estimate, NoEstimate, OllamaSettings, estimate_lmstudio, estimate_ollama
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,10 @@ class ModelReading:
     # /api/v0, or Ollama's /api/tags failing while /api/ps answered).
     installed_bytes: dict[str, int] | None = None
     installed_error: str | None = None  # why installed_bytes is None, when it is a failure
+    context_lengths: dict[str, int] = field(default_factory=dict)  # loaded models: the context they run with
+    # Each installed or loaded model's loaded size as its server would load it, or the reason
+    # there is none (exporter/estimate.py).
+    estimates: dict[str, Estimate | str] = field(default_factory=dict)
 
 
 def byte_count(value: Any) -> int | None:
@@ -111,6 +119,7 @@ class LLMServerCollector(SourceCollector):
         self.base_url = base_url.rstrip("/")
         self.skipped_entries = 0
         self._installed_error: str | None = None
+        self.last_estimates: dict[str, Estimate | str] = {}  # of the last collection, for `fit`
         # Kept-alive connections, reused across scrapes; never through an HTTP_PROXY from the
         # environment (a local server is reached directly); redirects are not followed.
         self.http = Client(headers={"Accept": "application/json"})
@@ -131,6 +140,12 @@ class LLMServerCollector(SourceCollector):
                      "The part of a loaded model in GPU memory, where the server tells it.", ["server", "model"])
         installed = gauge("aitools_llm_model_installed_bytes",
                           "Size of each model installed in the server, loaded or not.", ["server", "model"])
+        estimated = gauge("aitools_llm_model_estimated_bytes",
+                          "Memory the model takes once loaded as its server would load it: weights, KV cache "
+                          "at the context below, runtime buffers.", ["server", "model"])
+        context = gauge("aitools_llm_model_context_length",
+                        "The context length that estimate assumed (for a loaded model, the one it was loaded with).",
+                        ["server", "model"])
         try:
             reading, failure = self.read_models(deadline), None
         except Unreadable as exc:
@@ -151,13 +166,23 @@ class LLMServerCollector(SourceCollector):
         self._note_installed_error(reading.installed_error)
         for model, size in sorted((reading.installed_bytes or {}).items()):
             installed.add_metric([self.name, model], float(size))
+        extra = self.more_families(reading, context)
+        self.last_estimates = dict(reading.estimates)
+        for model, found in sorted(reading.estimates.items()):
+            if isinstance(found, Estimate):
+                estimated.add_metric([self.name, model], float(found.total_bytes))
+                if found.context_length:
+                    context.add_metric([self.name, model], float(found.context_length))
         yield loaded
         yield vram
         yield installed
-        yield from self.more_families(reading)
+        yield estimated
+        yield context
+        yield from extra
 
-    def more_families(self, reading: ModelReading):
-        """A server's own figures beside the models (llama.cpp: context, slots); none by default."""
+    def more_families(self, reading: ModelReading, context) -> list:
+        """A server's own figures beside the models (llama.cpp: slots), and its loaded models'
+        context lengths added to `context`; none by default."""
         return []
 
     def get_json(self, path: str, deadline: Deadline, headers: dict[str, str] | None = None) -> Any:
@@ -236,6 +261,9 @@ def parse_ollama_ps(payload: Any) -> ModelReading:
             reading.skipped_entries += 1
             continue
         reading.loaded_bytes[name] = reading.loaded_bytes.get(name, 0) + size
+        context = byte_count(entry.get("context_length"))
+        if context:
+            reading.context_lengths[name] = context
         in_vram = byte_count(entry.get("size_vram"))
         if in_vram is not None:
             reading.vram_bytes[name] = reading.vram_bytes.get(name, 0) + in_vram
@@ -259,6 +287,19 @@ def parse_ollama_tags(payload: Any) -> dict[str, int]:
     return installed
 
 
+def ollama_digests(payload: Any) -> dict[str, str]:
+    """`/api/tags`: each local model's digest (what its /api/show answer is cached by)."""
+    digests: dict[str, str] = {}
+    entries = payload.get("models") if isinstance(payload, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            name = model_name(entry.get("name")) or model_name(entry.get("model"))
+            digest = entry.get("digest")
+            if name is not None and isinstance(digest, str) and 0 < len(digest) <= 128:
+                digests[name] = digest
+    return digests
+
+
 def parse_lmstudio_v1(payload: Any) -> ModelReading:
     """`/api/v1/models`: {"models": [{"key", "size_bytes", "loaded_instances": [{"id", "config"}]}]}.
 
@@ -273,6 +314,7 @@ def parse_lmstudio_v1(payload: Any) -> ModelReading:
         size = byte_count(entry.get("size_bytes"))
         if key is not None and size is not None:
             reading.installed_bytes[key] = size  # every downloaded model, loaded or not
+            reading.estimates[key] = _lmstudio_estimate(entry, size, instances)
         if isinstance(instances, list) and not instances:
             continue  # downloaded, not loaded
         if key is None or size is None or not isinstance(instances, list):
@@ -280,6 +322,18 @@ def parse_lmstudio_v1(payload: Any) -> ModelReading:
             continue
         reading.loaded_bytes[key] = reading.loaded_bytes.get(key, 0) + size * len(instances)
     return reading
+
+
+def _lmstudio_estimate(entry: dict, size: int, instances: Any) -> Estimate | str:
+    """LM Studio's model information: the file size and the context of its loaded instance."""
+    context = None
+    if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+        config = instances[0].get("config")
+        context = config.get("context_length") if isinstance(config, dict) else None
+    try:
+        return estimate_lmstudio(size, context)
+    except NoEstimate as exc:
+        return str(exc)
 
 
 def is_unknown_endpoint(payload: Any) -> bool:
@@ -295,21 +349,146 @@ def loaded_in_lmstudio_v0(payload: Any) -> list[str]:
             if isinstance(entry, dict) and entry.get("state") == "loaded" and model_name(entry.get("id"))]
 
 
+# /api/show calls per scrape at most: the answers are cached by digest, so a new machine's
+# models are all read within a few scrapes, and a scrape never waits on more than this many.
+MAX_SHOW_CALLS_PER_SCRAPE = 4
+MAX_SHOW_CACHE = 512
+SHOW_MIN_SECONDS_LEFT = 0.2     # no /api/show call started with less of the deadline left
+SETTINGS_REREAD_SECONDS = 60.0  # the server process's environment, read again after this long
+
+
+def ollama_server_environment() -> dict[str, str]:
+    """The environment of the user's own `ollama serve` process, where the OS lets us read it
+    (Linux: /proc/PID/environ; macOS: psutil's environ() for the user's own processes); {} else."""
+    import psutil
+
+    me = os.getuid() if hasattr(os, "getuid") else None
+    for process in psutil.process_iter(["name"]):
+        if process.info.get("name") not in ("ollama", "Ollama"):
+            continue
+        try:
+            if "serve" not in process.cmdline()[1:2] or (me is not None and process.uids().real != me):
+                continue
+            environ = process.environ()
+        except (psutil.Error, OSError):
+            continue
+        return {key: value[:64] for key, value in environ.items() if key.startswith("OLLAMA_")}
+    return {}
+
+
+# Metal's default working-set ceiling (recommendedMaxWorkingSetSize) as a share of physical
+# memory, from llama.cpp's ggml_metal_init lines in public reports: 16 GB 10922.67 MB and
+# 32 GB 21845.34 MB, two thirds (abetlen/llama-cpp-python#687, ollama/ollama#434); 64 GB
+# about 48 GiB, three quarters (ggml-org/llama.cpp#1870); 128 GiB 107.52 GiB, 0.84
+# (antirez/ds4#893). Up to each size (GiB) its share.
+METAL_CEILING_SHARE = ((36, 2 / 3), (96, 3 / 4), (1 << 20, 0.84))
+
+
+def gpu_memory_bytes() -> int | None:
+    """The GPU memory Ollama sizes its default context by: on Apple silicon Metal's default
+    working-set ceiling (METAL_CEILING_SHARE: 48 GiB on a 64 GB Mac); None elsewhere (no GPU
+    this exporter knows of)."""
+    import platform
+
+    import psutil
+
+    if platform.system() != "Darwin" or platform.machine() != "arm64":
+        return None
+    total = psutil.virtual_memory().total
+    share = next(share for limit, share in METAL_CEILING_SHARE if total <= limit * 2**30)
+    return int(total * share)
+
+
 class OllamaCollector(LLMServerCollector):
     name = "ollama"
 
     def __init__(self, config: Config):
         super().__init__(config, config.ollama_url)
+        self._shows: dict[str, Any] = {}   # /api/show answers by digest (or by name without one)
+        self._settings: OllamaSettings | None = None
+        self._settings_at = 0.0
+        self.first: tuple[str, ...] = ()  # models whose /api/show is read before the others (`fit MODEL`)
+
+    def settings(self, deadline: Deadline | None = None) -> OllamaSettings:
+        """What the server runs with: its process's environment (read again every minute, and
+        only with some of the scrape's deadline left), the configuration's context length."""
+        now = time.monotonic()
+        stale = self._settings is None or now - self._settings_at > SETTINGS_REREAD_SECONDS
+        if stale and deadline is not None and deadline.left() < SHOW_MIN_SECONDS_LEFT:
+            return self._settings or OllamaSettings.from_environment({}, self.config.ollama_context_length,
+                                                                     gpu_memory_bytes())
+        if stale:
+            try:
+                environ = ollama_server_environment()
+            except Exception as exc:  # a process table that cannot be read costs only the environment
+                log.debug("ollama: server environment not read: %s", exc)
+                environ = {}
+            self._settings = OllamaSettings.from_environment(environ, self.config.ollama_context_length,
+                                                             gpu_memory_bytes())
+            self._settings_at = now
+        return self._settings
 
     def read_models(self, deadline: Deadline) -> ModelReading:
         reading = parse_ollama_ps(self.get_json("/api/ps", deadline))
         # The installed models: one more request within the same deadline. Its failure
         # costs only the installed figures (see _note_installed_error).
+        digests: dict[str, str] = {}
         try:
-            reading.installed_bytes = parse_ollama_tags(self.get_json("/api/tags", deadline))
+            tags = self.get_json("/api/tags", deadline)
+            reading.installed_bytes = parse_ollama_tags(tags)
+            digests = ollama_digests(tags)
         except Unreadable as exc:
             reading.installed_error = exc.reason
+        if reading.installed_bytes is not None:  # without the file sizes there is nothing to estimate
+            self._estimate(reading, digests, deadline)
         return reading
+
+    def _estimate(self, reading: ModelReading, digests: dict[str, str], deadline: Deadline) -> None:
+        """Each model's estimate from its /api/show answer: cached by digest, at most
+        MAX_SHOW_CALLS_PER_SCRAPE calls per scrape, none once the deadline is nearly spent."""
+        installed = reading.installed_bytes or {}
+        models = sorted(set(installed) | set(reading.loaded_bytes),
+                        key=lambda model: (model not in self.first and model.split(":")[0] not in self.first, model))
+        keys = {model: digests.get(model, "name:" + model) for model in models}
+        self._shows = {key: answer for key, answer in self._shows.items() if key in keys.values()}
+        calls = 0
+        settings = self.settings(deadline)
+        for model in models:
+            key = keys[model]
+            if key not in self._shows:
+                if calls >= MAX_SHOW_CALLS_PER_SCRAPE or deadline.left() < SHOW_MIN_SECONDS_LEFT:
+                    reading.estimates[model] = "not read yet (/api/show is read a few models per scrape)"
+                    continue
+                calls += 1
+                try:
+                    # `name`: the field's older spelling (api/types.go ShowRequest keeps both).
+                    self._shows[key] = self.post_json("/api/show", {"model": model, "name": model}, deadline)
+                except Unreadable as exc:
+                    reading.estimates[model] = f"/api/show: {exc.reason}"
+                    continue
+                if len(self._shows) > MAX_SHOW_CACHE:
+                    self._shows.pop(next(iter(self._shows)))
+            weights = installed.get(model)
+            if weights is None:
+                reading.estimates[model] = "not in /api/tags: its file size is unknown"
+                continue
+            try:
+                reading.estimates[model] = estimate_ollama(self._shows.get(key), weights, settings,
+                                                           reading.context_lengths.get(model))
+            except NoEstimate as exc:
+                reading.estimates[model] = str(exc)
+
+    def post_json(self, path: str, document: Any, deadline: Deadline) -> Any:
+        """POST a JSON document within the deadline and return the parsed JSON of a 2xx answer."""
+        try:
+            answer = self.http.post_json(self.base_url + path, document, deadline, MAX_BODY_BYTES)
+        except CollectorError as exc:
+            raise self._failure(exc, path, deadline) from None
+        if not 200 <= answer.status < 300:
+            detail = error_detail(answer.body)
+            raise Unreadable(f"answered HTTP {answer.status} for {path}" + (f": {detail}" if detail else ""),
+                             answered=True, status=answer.status)
+        return parse_json(answer.body)
 
 
 class LMStudioCollector(LLMServerCollector):

@@ -240,12 +240,14 @@ _BUFFER = re.compile(r"(\S+) (compute|model|KV|output) buffer size =\s*([\d.]+) 
 
 
 def parse_log(text: str) -> dict:
-    """The memory figures llama.cpp logs: {"kv": {...} or None, "buffers": [(buffer, kind, bytes)]}."""
-    kv = None
-    if match := _KV.search(text):
-        kv = {"bytes": round(float(match.group(1)) * MIB), "cells": int(match.group(2)),
-              "layers": int(match.group(3)), "seqs": int(match.group(5)),
-              "k_type": match.group(6), "k_bytes": round(float(match.group(7)) * MIB),
-              "v_type": match.group(8), "v_bytes": round(float(match.group(9)) * MIB)}
+    """The memory figures llama.cpp logs: {"kv": {...} or None, "buffers": [(buffer, kind, bytes)],
+    "kv_caches": every KV cache (a model with sliding-window layers logs two), "total_bytes":
+    the buffers' sum, what Ollama reports as a model's size}."""
+    kv_caches = [{"bytes": round(float(match.group(1)) * MIB), "cells": int(match.group(2)),
+                  "layers": int(match.group(3)), "seqs": int(match.group(5)),
+                  "k_type": match.group(6), "k_bytes": round(float(match.group(7)) * MIB),
+                  "v_type": match.group(8), "v_bytes": round(float(match.group(9)) * MIB)}
+                 for match in _KV.finditer(text)]
     buffers = [(name, kind, round(float(size) * MIB)) for name, kind, size in _BUFFER.findall(text)]
-    return {"kv": kv, "buffers": buffers}
+    return {"kv": kv_caches[0] if kv_caches else None, "buffers": buffers, "kv_caches": kv_caches,
+            "total_bytes": sum(size for _, _, size in buffers)}

@@ -5,7 +5,7 @@
 - LM Studio 0.4+ (lmstudio.ai/docs/developer/rest/unload): POST /api/v1/models/unload
   {"instance_id": i} answers {"instance_id": i}.
 
-Every POST is recorded in `posts` as (path, parsed JSON body, headers), and the model is
+Every POST but Ollama's /api/show (a read) is recorded in `posts` as (path, parsed JSON body, headers), and the model is
 really unloaded from the stand-in's state, so the next GET shows it gone.
 """
 
@@ -27,8 +27,9 @@ class _UnloadHandler(_Handler):
             body = json.loads(raw)
         except ValueError:
             body = raw
-        with standin.lock:
-            standin.posts.append((self.path, body, dict(self.headers)))
+        if self.path != "/api/show":  # a read (the estimate's), not an unload request
+            with standin.lock:
+                standin.posts.append((self.path, body, dict(self.headers)))
         status, answer = standin.post(self.path, body, self.headers.get("Authorization"))
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -63,6 +64,8 @@ class OllamaWithUnload(_WithUnload, OllamaStandin):
         self.running[name]["expires_at"] = moment.isoformat(timespec="microseconds")
 
     def post(self, path: str, body, authorization):
+        if path == "/api/show":
+            return super().post(path, body, authorization)
         if path != "/api/generate" or not isinstance(body, dict):
             return 404, b"404 page not found"
         name = body.get("model")
