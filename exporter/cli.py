@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -179,6 +180,60 @@ def fit(ctx: click.Context, model: str, server: str | None, as_json: bool, confi
     ctx.exit(FIT_EXIT[answer["outcome"]])
 
 
+@main.command()
+@_common_options
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--url", default=None, help="Show a running exporter (http://host:8730) instead of this machine.")
+@click.option("--username", default=None, help="Basic auth user of that exporter (--web.config.file).")
+@click.option("--password-file", type=click.Path(dir_okay=False), default=None,
+              help="A file holding that user's password.")
+@click.option("--ca-file", type=click.Path(dir_okay=False), default=None,
+              help="CA certificate to verify that exporter's TLS certificate with.")
+@click.option("--alerts", "alert_urls", multiple=True,
+              help="Alertmanager or Prometheus address for the firing alerts (default: tried on 127.0.0.1:9093, "
+                   "then :9090).")
+@click.option("--audit.file", "audit_file", envvar="AITOOLS_AUDIT_FILE", default=None,
+              help="Audit log of the fixes (the receiver's).")
+@click.pass_context
+def top(ctx: click.Context, interval: float, url, username, password_file, ca_file, alert_urls, audit_file=None,
+        config_file=None, listen_address=None, web_config_file=None, log_level=None):
+    """A live view of where the memory goes, with the fixes the configuration enables one key away."""
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise click.ClickException("top needs a terminal; for one reading in a script or a pipe use "
+                                   "`aitools-exporter snapshot` (or `snapshot --json`)")
+    settings = _settings(ctx, config_file=config_file, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")
+    from textual.logging import TextualHandler
+
+    logging.getLogger().handlers[:] = [TextualHandler()]  # log lines must not draw over the view
+    config = _load(_config_file(settings.get("config_file")))
+    from exporter.service import default_audit_path
+    from exporter.top import DEFAULT_ALERT_URLS, AlertFeed, Fixer, LocalFeed, RemoteFeed, TopApp
+
+    if url:
+        password = None
+        if password_file:
+            try:
+                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise click.ClickException(f"cannot read --password-file: {exc}") from None
+        tls = None
+        if ca_file:
+            import ssl
+
+            try:
+                tls = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise click.ClickException(f"cannot use --ca-file: {exc}") from None
+        feed, fixer = RemoteFeed(url, config, username, password, tls), None
+    else:
+        feed = LocalFeed(config)
+        fixer = Fixer(config, Path(audit_file) if audit_file else default_audit_path()) if config.actions_enabled else None
+    alerts = AlertFeed(tuple(alert_urls) or DEFAULT_ALERT_URLS, min(config.timeout, 2.0))
+    TopApp(feed, interval, alerts, fixer).run()
+
+
 @main.command("check-config")
 @_common_options
 @click.pass_context
@@ -200,7 +255,6 @@ def check_config(ctx: click.Context, config_file=None, listen_address=None, web_
 def receive(ctx: click.Context, audit_file=None, config_file=None, listen_address=None, web_config_file=None,
             log_level=None):
     """Alertmanager webhook receiver: desktop notifications and, where enabled, fixes (default 127.0.0.1:8731)."""
-    from pathlib import Path
 
     from exporter.receiver import DEFAULT_RECEIVER_ADDRESS, Receiver, start_receiver
     from exporter.service import default_audit_path
