@@ -72,3 +72,10 @@ def matches(pattern: Pattern, cmdline: str | bytes) -> bool:
     if text.endswith(b"\0"):
         text = text[:-1]
     return pattern._regexp.search(text.replace(b"\0", b" ")) is not None
+
+
+def span(pattern: Pattern, cmdline: str) -> tuple[int, int] | None:
+    """Where the pattern first occurs in a command line (arguments joined with spaces), as
+    byte offsets of its UTF-8 text; None where it does not (within CMDLINE_LIMIT bytes)."""
+    match = pattern._regexp.search(cmdline.encode("utf-8", "surrogateescape")[:CMDLINE_LIMIT])
+    return match.span() if match is not None else None
