@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import functools
 import gzip
 import html
 import io
@@ -20,11 +19,9 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.exposition import openmetrics_page
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -61,16 +58,11 @@ LANDING_PAGE = """<!DOCTYPE html>
 """
 
 
-def metrics_encoder(accept: str):
-    """prometheus_client's choice of format and content type for the Accept header; an
-    OpenMetrics 1.0.0 page (what Prometheus asks for) written by exporter/exposition.py,
-    which writes the library's bytes in less time (and hands it anything it does not know)."""
+def metrics_page(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """The registry's page and its content type in the format the Accept header asks for,
+    as prometheus_client chooses and writes it (Prometheus text 0.0.4, or OpenMetrics)."""
     encoder, content_type = choose_encoder(accept)
-    if (isinstance(encoder, functools.partial) and encoder.func is openmetrics.generate_latest
-            and encoder.keywords.get("escaping") in (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)
-            and encoder.keywords.get("version") == "1.0.0"):
-        encoder = functools.partial(openmetrics_page, library=encoder)
-    return encoder, content_type
+    return encoder(registry), content_type
 
 
 class ExporterHandler(BaseHTTPRequestHandler):
@@ -104,9 +96,8 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self._send(404, b"not found: see / for what this exporter serves\n", "text/plain; charset=utf-8")
 
     def _send_metrics(self) -> None:
-        encoder, content_type = metrics_encoder(self.headers.get("Accept", ""))
         try:
-            body = encoder(self.server.registry)
+            body, content_type = metrics_page(self.server.registry, self.headers.get("Accept", ""))
         except Exception:  # the collectors guard themselves; this is the last line
             log.exception("building the metrics page failed")
             self._send(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8")
