@@ -111,9 +111,8 @@ def main(ctx: click.Context, config_file, listen_address, web_config_file, log_l
 def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None,
           max_requests=None):
     """Serve /metrics, / and /healthz (the default command)."""
-    from exporter.selfmetrics import raise_open_files_limit, tune_malloc
+    from exporter.selfmetrics import raise_open_files_limit
 
-    tune_malloc()  # first: it may start the process again
     raise_open_files_limit()
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
                          web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)

@@ -300,6 +300,8 @@ def test_dockerfile_installs_the_package_and_runs_the_exporter():
     assert re.search(r"^COPY --from=build /wheels /wheels$", dockerfile, re.MULTILINE)
     assert re.search(r"^RUN pip install /wheels/\*\.whl", dockerfile, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["aitools-exporter"\]', dockerfile, re.MULTILINE)
+    from exporter.service import MALLOC_TUNABLES  # glibc reads them at start: the image sets them as the unit does
+    assert re.search(rf"^ENV GLIBC_TUNABLES={re.escape(MALLOC_TUNABLES)}$", dockerfile, re.MULTILINE)
     assert re.search(r"^USER (?!root|0\b)", dockerfile, re.MULTILINE), "not root"
     for copied in re.findall(r"^COPY (?!--from=)(.+) \S+$", dockerfile, re.MULTILINE):
         for source in copied.split():

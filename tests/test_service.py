@@ -123,6 +123,8 @@ def test_linux_install_writes_user_units_that_systemd_verifies(home, recorders, 
     quoted_config = '"' + str(config).replace("%", "%%") + '"'
     assert f'"receive" "--config.file" {quoted_config} "--web.listen-address" "172.17.0.1:8731"' in receiver_unit
     assert "WantedBy=default.target" in receiver_unit and "Restart=always" in receiver_unit
+    for name in names:  # glibc reads its tunables only at start: the unit sets them
+        assert "Environment=GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0\n" in (units / name).read_text()
 
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
