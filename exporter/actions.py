@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from exporter.app import Exporter
 from exporter.budgets import Samples, readings
 from exporter.config import Config, NodeTarget
 
@@ -122,17 +123,15 @@ def duplicates_to_stop(copies: list[Container], keep_projects: tuple[str, ...]) 
 class Actions:
     """Decides and runs the fixes of the alerts of one notification (one alert group)."""
 
-    def __init__(self, config: Config, audit_path: Path | None, counters=None, clock=time.time):
-        from exporter.app import build_sources
-        from exporter.scrape import Scraper
-
+    def __init__(self, exporter: Exporter | None, config: Config, audit_path: Path | None, counters=None,
+                 clock=time.time):
+        """`exporter`: the exporter's own collectors, which re-read the state before a fix (None
+        when no fix is enabled)."""
+        self.exporter = exporter
         self.config = config
         self.audit_path = audit_path
         self.counters = counters  # callable(action, result)
         self.clock = clock
-        # The exporter's own collectors re-read the state; not built when no fix is enabled.
-        self.scraper = Scraper(build_sources(config), config.timeout) if config.actions_enabled else None
-        self.sources = {source.name: source for source in self.scraper.sources} if self.scraper else {}
         self._lock = threading.Lock()
         self._group_done: dict[str, float] = {}
         self._snapshot_done: dict[str, float] = {}
@@ -158,7 +157,7 @@ class Actions:
                                                          f"(cool-down {GROUP_COOLDOWN_SECONDS // 60} min)"))
             else:
                 try:
-                    samples = Samples(self.scraper.collect_once())
+                    samples = self.exporter.collect()
                 except Exception as exc:  # the collectors guard themselves; this is the last line
                     samples, failure = None, f"the current state could not be read: {exc}"
                 unloaded = False
@@ -225,8 +224,7 @@ class Actions:
     def _docker_client(self):
         import docker
 
-        collector = self.sources.get("docker")
-        host = getattr(collector, "host", None) or self.config.docker_host
+        host = self.exporter.docker_host()
         if host is None:
             raise StateError("the Docker host is not known")
         return docker.APIClient(base_url=host, version="auto", timeout=max(30, self.config.timeout))
@@ -237,7 +235,7 @@ class Actions:
         labels = alert["labels"]
         alertname, action = labels["alertname"], "unload_idle_model"
         if alertname == "AitoolsTotalOverBudget":
-            servers = [s for s in LLM_SERVERS if s in self.sources]
+            servers = [s for s in LLM_SERVERS if self.exporter.enabled(s)]
             total = next((r for r in readings(self.config, samples) if r.area == "total"), None)
             if total is None or total.ratio is None or total.ratio <= 1:
                 raise StateError(f"everything tracked is within the {self.config.total_budget_name} budget now")
@@ -245,7 +243,7 @@ class Actions:
             server = labels.get("server") or labels.get("budget", "")
             if server not in LLM_SERVERS:
                 raise StateError(f"the alert names no LLM server (budget {labels.get('budget', '')!r})")
-            if server not in self.sources:
+            if not self.exporter.enabled(server):
                 raise StateError(f"{server} is disabled in the configuration")
             if samples.value("aitools_collector_success", collector=server) != 1:
                 raise StateError(f"{server} could not be read now: nothing is confirmed")
@@ -271,7 +269,7 @@ class Actions:
         from exporter.collectors.llm import LMSTUDIO_V1_MODELS, Unreadable, is_unknown_endpoint
 
         for server in servers:
-            collector = self.sources[server]
+            collector = self.exporter.llm_server(server)
             deadline = Deadline(self.config.timeout)
             try:
                 path = "/api/ps" if server == "ollama" else LMSTUDIO_V1_MODELS
@@ -304,13 +302,7 @@ class Actions:
     def _post_unload(self, server: str, name: str, instance: str) -> None:
         import httpx
 
-        collector = self.sources[server]
-        if server == "ollama":
-            url, body, headers = collector.base_url + "/api/generate", {"model": name, "keep_alive": 0}, {}
-        else:
-            url, body = collector.base_url + "/api/v1/models/unload", {"instance_id": instance}
-            token = collector.token()
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url, body, headers = self.exporter.llm_server(server).unload_request(name, instance)
         with httpx.Client(trust_env=False, follow_redirects=False, timeout=max(10.0, self.config.timeout)) as client:
             response = client.post(url, json=body, headers=headers)
         if not 200 <= response.status_code < 300:

@@ -119,7 +119,7 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
     _setup_logging(settings.get("log_level"))
     settings["config_file"] = _config_file(settings.get("config_file"))
     config = _load(settings["config_file"])
-    from exporter.app import build_registry
+    from exporter.app import Exporter
     from exporter.server import DEFAULT_MAX_REQUESTS, start_server
     from exporter.webconfig import WebConfigError, load_web_config
 
@@ -130,10 +130,10 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         except WebConfigError as exc:
             click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
             sys.exit(2)
-    registry, _ = build_registry(config, own_metrics=True)
+    exporter = Exporter(config, own_metrics=True)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:
-        server = start_server(address, registry, web_config, settings.get("max_requests") or DEFAULT_MAX_REQUESTS)
+        server = start_server(address, exporter, web_config, settings.get("max_requests") or DEFAULT_MAX_REQUESTS)
     except (OSError, ValueError) as exc:
         click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
         sys.exit(1)
@@ -155,9 +155,10 @@ def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
     config = _load(_config_file(settings.get("config_file")))
+    from exporter.app import Exporter
     from exporter.snapshot import render_json, render_table, take_snapshot
 
-    result = take_snapshot(config)
+    result = take_snapshot(Exporter(config))
     click.echo(json.dumps(render_json(config, result), indent=2) if as_json else render_table(config, result))
 
 

@@ -33,6 +33,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.actions import RESULTS, Actions, Decision
+from exporter.app import Exporter
 from exporter.config import ACTIONS, Config
 from exporter.notify import Notification, Notifier
 
@@ -139,7 +140,10 @@ class Receiver:
                 self.actions_total.labels(action, result)
         self.token = read_token(config.receiver_token_file)
         self.notifier = notifier or Notifier()
-        self.actions = Actions(config, audit_path, counters=lambda a, r: self.actions_total.labels(a, r).inc())
+        # The exporter's own collectors re-read the state before a fix; not built when no fix is enabled.
+        exporter = Exporter(config) if config.actions_enabled else None
+        self.actions = Actions(exporter, config, audit_path,
+                               counters=lambda a, r: self.actions_total.labels(a, r).inc())
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.pending = 0
         self._pending_lock = threading.Lock()

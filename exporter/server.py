@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import errno
 import gzip
-import html
 import io
 import logging
 import queue
@@ -22,6 +21,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
+from exporter.app import Exporter
+from exporter.landing import page, render_links_only
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -44,19 +45,6 @@ IDLE_TIMEOUT_SECONDS = 120.0
 WRITE_TIMEOUT_SECONDS = 30.0
 MAX_CONNECTIONS = 1024
 ACCEPT_PAUSE_SECONDS = 0.1
-
-LANDING_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>aitools memory exporter</title></head>
-<body>
-<h1>aitools memory exporter</h1>
-<p>Memory budgets of this workstation, for Prometheus. Version {version}.</p>
-<ul>
-<li><a href="metrics">Metrics</a></li>
-<li><a href="healthz">Health</a></li>
-</ul>
-</body></html>
-"""
-
 
 def metrics_page(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
     """The registry's page and its content type in the format the Accept header asks for,
@@ -83,12 +71,11 @@ class ExporterHandler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send_metrics()
         elif path == "/":
-            from exporter.landing import page  # the breakdown page (exporter/landing.py)
             try:
-                body = page(self.server.registry)
+                body = page(self.server.exporter)  # the breakdown page (exporter/landing.py)
             except Exception:  # never worse than the plain page of links
                 log.exception("building the landing page failed")
-                body = LANDING_PAGE.format(version=html.escape(__version__)).encode()
+                body = render_links_only()
             self._send(200, body, "text/html; charset=utf-8")
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
@@ -97,7 +84,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def _send_metrics(self) -> None:
         try:
-            body, content_type = metrics_page(self.server.registry, self.headers.get("Accept", ""))
+            body, content_type = metrics_page(self.server.exporter.registry, self.headers.get("Accept", ""))
         except Exception:  # the collectors guard themselves; this is the last line
             log.exception("building the metrics page failed")
             self._send(500, b"internal error while collecting metrics\n", "text/plain; charset=utf-8")
@@ -188,9 +175,9 @@ class ExporterServer:
 
     address_family = socket.AF_INET
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry, web_config: WebConfig | None = None,
+    def __init__(self, address: tuple[str, int], exporter: Exporter, web_config: WebConfig | None = None,
                  max_requests: int = DEFAULT_MAX_REQUESTS):
-        self.registry = registry
+        self.exporter = exporter
         self.web_config = web_config or WebConfig()
         self.max_requests = max(1, max_requests)
         self.max_connections = _connection_cap()
@@ -217,7 +204,6 @@ class ExporterServer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._paused_until = 0.0
-        self.rejected = 0  # answered 503: all workers busy
 
     # --- the front -------------------------------------------------------------------
 
@@ -330,7 +316,6 @@ class ExporterServer:
                     self._workers.append(worker)
                     worker.start()
         if busy:
-            self.rejected += 1
             self._refuse(connection, 503, "Service Unavailable", registered=False,
                          body=f"too many requests in flight (--web.max-requests={self.max_requests})\n")
             return
@@ -498,10 +483,10 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_server(address: str, registry: CollectorRegistry, web_config: WebConfig | None = None,
+def start_server(address: str, exporter: Exporter, web_config: WebConfig | None = None,
                  max_requests: int = DEFAULT_MAX_REQUESTS) -> ExporterServer:
     host, port = parse_listen_address(address)
     server_class = ExporterServerIPv6 if ":" in host else ExporterServer
-    server = server_class((host, port), registry, web_config, max_requests)
+    server = server_class((host, port), exporter, web_config, max_requests)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

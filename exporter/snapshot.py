@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.app import build_registry
+from exporter.app import Exporter
 from exporter.breakdown import Node, build_tree
 from exporter.budgets import Reading, Samples, readings
 from exporter.config import Config
@@ -27,10 +27,8 @@ def snapshot_of(config: Config, samples: Samples, collector_errors: dict[str, st
     return Snapshot(readings(config, samples), samples, collector_errors, tree, monitoring, model_fits(samples))
 
 
-def take_snapshot(config: Config) -> Snapshot:
-    registry, scraper = build_registry(config)
-    samples = Samples(registry.collect())
-    return snapshot_of(config, samples, scraper.last_errors())
+def take_snapshot(exporter: Exporter) -> Snapshot:
+    return snapshot_of(exporter.config, exporter.collect(), exporter.last_errors())
 
 
 def human_bytes(value: float | None) -> str:

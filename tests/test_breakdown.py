@@ -14,7 +14,7 @@ import json
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 
-from exporter.app import build_registry
+from exporter.app import Exporter
 from exporter.breakdown import Node, build_tree
 from exporter.budgets import Samples
 from exporter.config import Config
@@ -54,11 +54,11 @@ def test_tree_figures_are_the_collected_samples(docker_engine, swift_frontend, o
                                              memory_limit="64m" if name == "supabase-db" else None))
         swift_frontend.start(hold_mb=60)
         config = llm_config(ollama_standin, lmstudio_standin, docker_host=docker_engine.host)
-        registry, scraper = build_registry(config)
+        exporter = Exporter(config)
         # The tree from the sources alone (the apps collector's figures left out; the test
         # below gives the tree the apps).
-        samples = Samples(family for family in registry.collect() if not family.name.startswith("aitools_app_"))
-        snapshot = snapshot_of(config, samples, scraper.last_errors())
+        samples = Samples(family for family in exporter.registry.collect() if not family.name.startswith("aitools_app_"))
+        snapshot = snapshot_of(config, samples, exporter.last_errors())
     finally:
         for container in created:
             docker_engine.client.api.remove_container(container, force=True)
@@ -129,8 +129,8 @@ def test_tree_takes_the_apps_figures_where_the_samples_have_them(swift_frontend,
     swift_frontend.start(hold_mb=40)
     config = llm_config(ollama_standin, lmstudio_standin, docker_enabled=False)
     lmstudio_standin.mode = "http500"  # running but unreadable: its app is measured, its loaded models are not
-    registry, scraper = build_registry(config)
-    samples = Samples(with_apps(registry.collect(), APPS))
+    exporter = Exporter(config)
+    samples = Samples(with_apps(exporter.registry.collect(), APPS))
 
     tree, monitoring = build_tree(config, samples)
 
@@ -182,8 +182,8 @@ def test_names_from_outside_cannot_drive_the_terminal(ollama_standin, lmstudio_s
     ollama_standin.load(hostile, size=10**9)
     ollama_standin.install("also\x1b[31mred:7b", size_on_disk=10**9)
     config = Config(ollama_url=ollama_standin.url, lmstudio_url=None, docker_enabled=False)
-    registry, scraper = build_registry(config)
-    table = render_table(config, snapshot_of(config, Samples(registry.collect()), scraper.last_errors()))
+    exporter = Exporter(config)
+    table = render_table(config, snapshot_of(config, exporter.collect(), exporter.last_errors()))
     assert "\x1b" not in table and "\x07" not in table
     assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\nsecond-line:7b" in table
     assert "also\\x1b[31mred:7b  1.0 GB: fits now" in table

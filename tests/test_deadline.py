@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.app import build_sources
+from exporter.app import source_collectors
 from exporter.config import Config, NodeTarget
 from exporter.scrape import SCRAPE_MARGIN_SECONDS, Scraper
 from tests.parts.llm_standins import LMStudioStandin, OllamaStandin
@@ -103,7 +103,7 @@ def slow_everything(tmp_path, monkeypatch, node_steady):
 
 
 def scrape(config: Config) -> tuple[dict, float, dict]:
-    scraper = Scraper(build_sources(config), config.timeout)
+    scraper = Scraper(source_collectors(config), config.timeout)
     started = time.monotonic()
     families = scraper.collect_once()
     took = time.monotonic() - started

@@ -14,7 +14,7 @@ import subprocess
 import psutil
 import yaml
 
-from exporter.app import build_registry
+from exporter.app import Exporter
 from exporter.budgets import Samples
 from exporter.config import Config
 from exporter.fits import MEMORY_RESERVE_FRACTION, model_fits
@@ -61,8 +61,8 @@ def collect_with_models(ollama_standin, lmstudio_standin):
     lmstudio_standin.download("meta/llama-3.1-405b", size_bytes=huge)
     config = Config(ollama_url=ollama_standin.url, lmstudio_url=lmstudio_standin.url, docker_enabled=False,
                     budgets={**Config().budgets, "ollama": 8 * GB, "lmstudio": 4 * huge})
-    registry, scraper = build_registry(config)
-    return config, Samples(registry.collect()), scraper
+    exporter = Exporter(config)
+    return config, exporter.collect(), exporter
 
 
 def test_which_installed_models_fit_with_real_standins(ollama_standin, lmstudio_standin):

@@ -538,7 +538,7 @@ def test_any_sample_a_collector_yields_is_published_sanely_or_dropped_and_counte
     class Yielding(SourceCollector):
         name = "yielding"
 
-        def collect(self):
+        def collect(self, deadline=None):
             family = gauge("test_yielded_bytes", "test", ["model"])
             for label, value in samples:
                 family.add_metric([label], value)

@@ -8,9 +8,10 @@ One deadline: the scraper (exporter/scrape.py) makes one `Deadline` per scrape a
 it to every collector; every blocking call a collector makes (a socket read or write, a
 subprocess, a wait for its own workers) takes its timeout from `deadline.remaining()`, so
 sub-calls share the time that is left instead of each getting the whole timeout. Called
-without one (tests, `snapshot`), a collector makes its own from `config.timeout`. A
-collector with nothing to wait for (a local scan) may keep the plain `collect(self)`: the
-scraper passes the deadline only to a collect() that has a `deadline` parameter.
+without one (tests), a collector makes its own from `config.timeout`.
+
+This is the bottom of the exporter's layers: it imports nothing of the exporter but the
+configuration's types; every collector, the scraper and the app build on it.
 """
 
 from __future__ import annotations

@@ -296,6 +296,10 @@ class OllamaCollector(LLMServerCollector):
     def __init__(self, config: Config):
         super().__init__(config, config.ollama_url)
 
+    def unload_request(self, model: str, instance: str) -> tuple[str, dict, dict[str, str]]:
+        """(URL, JSON body, headers) of the POST that unloads a model now (keep_alive 0)."""
+        return self.base_url + "/api/generate", {"model": model, "keep_alive": 0}, {}
+
     def read_models(self, deadline: Deadline) -> ModelReading:
         reading = parse_ollama_ps(self.get_json("/api/ps", deadline))
         # The installed models: one more request within the same deadline. Its failure
@@ -322,6 +326,12 @@ class LMStudioCollector(LLMServerCollector):
     def secrets(self) -> list[str]:
         token = self.token()
         return [token] if token else []
+
+    def unload_request(self, model: str, instance: str) -> tuple[str, dict, dict[str, str]]:
+        """(URL, JSON body, headers) of the POST that unloads a loaded instance (LM Studio 0.4+)."""
+        token = self.token()
+        return (self.base_url + "/api/v1/models/unload", {"instance_id": instance},
+                {"Authorization": f"Bearer {token}"} if token else {})
 
     def read_models(self, deadline: Deadline) -> ModelReading:
         if time.monotonic() >= self._v0_until:
