@@ -56,7 +56,7 @@ def _setup_logging(level: str | None) -> None:
                         format="%(asctime)s level=%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if name != "DEBUG":
         # httpx logs every request at INFO: a line per backend at every scrape, for months.
-        for library in ("httpx", "httpcore", "urllib3", "docker", "websocket"):
+        for library in ("httpx", "httpcore", "urllib3", "docker"):
             logging.getLogger(library).setLevel(logging.WARNING)
 
 

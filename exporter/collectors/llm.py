@@ -26,7 +26,6 @@ from typing import Any
 
 from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.base import byte_count as base_byte_count
-from exporter.collectors.tls import tls_verify
 from exporter.config import Config
 from exporter.fetch import ConnectionPool
 
@@ -113,7 +112,7 @@ class LLMServerCollector(SourceCollector):
         self._installed_error: str | None = None
         # Kept-alive connections, reused across scrapes; never through an HTTP_PROXY from the
         # environment (a local server is reached directly); redirects are not followed.
-        self._pool = ConnectionPool(headers={"Accept": "application/json"}, tls=tls_verify(self.base_url))
+        self._pool = ConnectionPool(headers={"Accept": "application/json"})
 
     def read_models(self, deadline: Deadline) -> ModelReading:  # pragma: no cover - abstract
         raise NotImplementedError
