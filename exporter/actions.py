@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.app import Exporter
-from exporter.budgets import Samples, readings
 from exporter.config import Config, NodeTarget
+from exporter.readings import Samples, readings
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.budgets import BudgetCollector
 from exporter.collectors.apps import AppsCollector
 from exporter.collectors.base import SourceCollector
+from exporter.collectors.budgets import BudgetCollector
 from exporter.collectors.docker import DockerCollector
 from exporter.collectors.llm import LMStudioCollector, OllamaCollector
 from exporter.collectors.node import NodeCollector
 from exporter.collectors.process import ProcessCollector
 from exporter.collectors.system import SystemCollector
 from exporter.config import Config
-from exporter.budgets import Samples
+from exporter.readings import Samples
 from exporter.scrape import Scraper
 from exporter.selfmetrics import register_own_metrics
 

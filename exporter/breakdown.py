@@ -12,7 +12,7 @@
 and, apart, Monitoring (this tool's own footprint).
 
 Each node has its memory and, where a budget applies, the budget and the share of it in
-use. The share is what counts against the budget (exporter/budgets.py `readings`), which
+use. The share is what counts against the budget (exporter/readings.py `readings`), which
 is not always the node's memory: the docker budget counts the containers, while the Docker
 app on macOS is the whole VM; the node_heap budget counts heapUsed, the node's memory is
 its RSS.
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, app_memory, node_tracked_bytes, readings
+from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP
 from exporter.config import Config
+from exporter.readings import Samples, app_memory, node_tracked_bytes, readings
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
 # other app (the user's own) becomes a top-level node of its own name, before Other.

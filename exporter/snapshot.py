@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from exporter.app import Exporter
 from exporter.breakdown import Node, build_tree
-from exporter.budgets import Reading, Samples, readings
 from exporter.config import Config
 from exporter.fits import MEMORY_RESERVE_FRACTION, ModelFit, model_fits
+from exporter.readings import Reading, Samples, readings
 
 
 @dataclass

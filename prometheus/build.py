@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.budgets import generated_rules  # noqa: E402
+from exporter.budget_rules import generated_rules  # noqa: E402
 
 RULES = ROOT / "prometheus" / "rules" / "aitools-recording.rules.yml"
 BEGIN = "      # BEGIN generated from exporter/budgets.py by prometheus/build.py: do not edit\n"

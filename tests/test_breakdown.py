@@ -16,7 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from exporter.app import Exporter
 from exporter.breakdown import Node, build_tree
-from exporter.budgets import Samples
+from exporter.readings import Samples
 from exporter.config import Config
 from exporter.snapshot import render_json, render_table, snapshot_of
 from tests.test_cli_and_server import run_cli

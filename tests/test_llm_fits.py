@@ -15,7 +15,7 @@ import psutil
 import yaml
 
 from exporter.app import Exporter
-from exporter.budgets import Samples
+from exporter.readings import Samples
 from exporter.config import Config
 from exporter.fits import MEMORY_RESERVE_FRACTION, model_fits
 from exporter.snapshot import render_json, render_table, snapshot_of
