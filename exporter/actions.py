@@ -143,7 +143,7 @@ class Actions:
         """The decisions for the firing alerts of one group (resolved ones never act)."""
         wanted = [(alert, ACTION_FOR_ALERT.get(alert["labels"].get("alertname", "")))
                   for alert in alerts if alert["status"] == "firing"]
-        wanted = [(alert, action) for alert, action in wanted if action in self.config.actions_enabled]
+        wanted = [(alert, action) for alert, action in wanted if action in self.config.actions.enabled]
         if not wanted:
             return []
         decisions: list[Decision] = []
@@ -200,7 +200,7 @@ class Actions:
         if samples.value("aitools_collector_success", collector="docker") != 1:
             raise StateError("Docker could not be read now: nothing is confirmed")
         copies = [c for c in containers_from(samples) if c.family == family and family]
-        to_stop, why = duplicates_to_stop(copies, self.config.actions_keep_projects)
+        to_stop, why = duplicates_to_stop(copies, self.config.actions.keep_projects)
         if not to_stop:
             names = ", ".join(f"{c.name} ({c.project or 'no compose project'})" for c in copies) or "none running"
             command = ""
@@ -211,7 +211,7 @@ class Actions:
                             f"{family or 'the alert'}: {why} (running: {names})", command)
         command = " ".join(["docker", "stop", *(c.name for c in to_stop)])
         target = ",".join(c.name for c in to_stop)
-        if self.config.actions_dry_run:
+        if self.config.actions.dry_run:
             return Decision(alertname, action, target, "dry_run", why, command)
         client = self._docker_client()
         try:
@@ -258,7 +258,7 @@ class Actions:
         candidate = self._least_recently_used(servers, model)
         server, name, instance, why = candidate
         command = f"ollama stop {name}" if server == "ollama" else f"lms unload {instance}"
-        if self.config.actions_dry_run:
+        if self.config.actions.dry_run:
             return Decision(alertname, action, f"{server}/{instance}", "dry_run", why, command)
         self._post_unload(server, name, instance)
         return Decision(alertname, action, f"{server}/{instance}", "done", why, command)
@@ -315,7 +315,7 @@ class Actions:
 
         alertname, action = alert["labels"]["alertname"], "node_heap_snapshot"
         name = alert["labels"].get("target", "")
-        target = next((t for t in self.config.node_targets if t.name == name), None)
+        target = next((t for t in self.config.node.targets if t.name == name), None)
         if target is None:
             raise StateError(f"no Node.js target {name!r} in the configuration")
         if target.heapsnapshot_signal is None:
@@ -343,7 +343,7 @@ class Actions:
             # Without the flag SIGUSR2 would end the process.
             raise StateError(f"process {pid} does not run with --heapsnapshot-signal={target.heapsnapshot_signal} "
                              "(the signal would end it)")
-        if self.config.actions_dry_run:
+        if self.config.actions.dry_run:
             return Decision(alertname, action, name, "dry_run", "heap snapshot", command)
         os.kill(pid, getattr(signal, target.heapsnapshot_signal))
         self._snapshot_done[name] = now
@@ -356,7 +356,7 @@ class Actions:
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alert": decision.alert,
                  "action": decision.action, "target": decision.target, "result": decision.result,
                  "reason": decision.reason, "command": decision.command, "group_key": group_key,
-                 "dry_run": self.config.actions_dry_run}
+                 "dry_run": self.config.actions.dry_run}
         if self.counters is not None:
             self.counters(decision.action, decision.result)
         log.info("action %s for %s on %s: %s (%s)", decision.action, decision.alert, decision.target,

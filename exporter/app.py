@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prometheus_client.registry import CollectorRegistry
 
-from exporter.collectors.apps import AppsCollector
+from exporter.collectors.apps import AppsCollector, wants_cmdlines
 from exporter.collectors.base import SourceCollector
 from exporter.collectors.budgets import BudgetCollector
 from exporter.collectors.docker import DockerCollector
@@ -26,15 +26,22 @@ from exporter.selfmetrics import register_own_metrics
 
 
 def source_collectors(config: Config) -> list[SourceCollector]:
-    """The source collectors the configuration enables, in the order of the page."""
-    sources: list[SourceCollector] = [NodeCollector(config)]
-    if config.docker_enabled:
-        sources.append(DockerCollector(config))
-    if config.ollama_url:
-        sources.append(OllamaCollector(config))
-    if config.lmstudio_url:
-        sources.append(LMStudioCollector(config))
-    sources += [ProcessCollector(config), SystemCollector(config), AppsCollector(config)]
+    """The source collectors the configuration enables, in the order of the page: each given
+    its own section and the timeout."""
+    timeout = config.timeout
+    sources: list[SourceCollector] = [NodeCollector(config.node, timeout)]
+    if config.docker.enabled:
+        sources.append(DockerCollector(config.docker, timeout))
+    if config.ollama.url:
+        sources.append(OllamaCollector(config.ollama, timeout))
+    if config.lmstudio.url:
+        sources.append(LMStudioCollector(config.lmstudio, timeout))
+    # The process groups and the apps share one walk of /proc per scrape: it reads the
+    # command lines when either matches them.
+    cmdlines = wants_cmdlines(config.apps, config.process_groups)
+    sources += [ProcessCollector(config.process_groups, timeout, cmdlines=cmdlines),
+                SystemCollector(config.system, timeout),
+                AppsCollector(config.apps, config.docker, timeout, cmdlines=cmdlines)]
     return sources
 
 
@@ -50,7 +57,7 @@ class Exporter:
         self.scraper = Scraper(list(self.sources.values()), config.timeout)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.scraper)
-        self.registry.register(BudgetCollector(config))
+        self.registry.register(BudgetCollector(config.budgets, config.profile))
         if own_metrics:
             register_own_metrics(self.registry)
 
@@ -69,7 +76,7 @@ class Exporter:
         """The Docker host the docker collector reached last (DOCKER_HOST, the context...),
         else the configured one."""
         docker = self.sources.get("docker")
-        return (docker.host if isinstance(docker, DockerCollector) else None) or self.config.docker_host
+        return (docker.host if isinstance(docker, DockerCollector) else None) or self.config.docker.host
 
     def llm_server(self, server: str) -> OllamaCollector | LMStudioCollector | None:
         """The collector of an enabled LLM server (`ollama` or `lmstudio`): its reads and its API's requests."""

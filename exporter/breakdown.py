@@ -121,7 +121,7 @@ class _Breakdown:
                     for project, nodes in projects.items()]
         containers = _sum(child.bytes for child in children)
         node = Node("Docker", self.app("docker") if "docker" in self.apps else containers, children=children)
-        if self.config.docker_enabled:
+        if self.config.docker.enabled:
             self.budget(node, "docker", self.counted_against("docker", containers))
         return node
 
@@ -161,7 +161,7 @@ class _Breakdown:
     # --- llm
     def llm(self) -> Node:
         servers = []
-        for server, url in (("ollama", self.config.ollama_url), ("lmstudio", self.config.lmstudio_url)):
+        for server, url in (("ollama", self.config.ollama.url), ("lmstudio", self.config.lmstudio.url)):
             if url is None:
                 continue
             models = [Node(labels["model"], size) for labels, size in

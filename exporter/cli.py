@@ -171,7 +171,7 @@ def check_config(ctx: click.Context, config_file=None, listen_address=None, web_
     path = _config_file(settings.get("config_file"))
     config = _load(path)
     click.echo(f"{path or 'built-in defaults'}: configuration is valid (profile {config.profile}, "
-               f"{len(config.node_targets)} node targets, {len(config.process_groups)} process groups)")
+               f"{len(config.node.targets)} node targets, {len(config.process_groups)} process groups)")
 
 
 @main.command()
@@ -213,8 +213,8 @@ def receive(ctx: click.Context, audit_file=None, config_file=None, listen_addres
         log.warning("no receiver.token_file: any local process may post alerts (fixes stay off without a token)")
     log.info("aitools-exporter %s receiving Alertmanager webhooks on http://%s:%d/ (config %s; actions %s%s; "
              "audit log %s)", __version__, f"[{host}]" if ":" in host else host, port, path or "built-in defaults",
-             ", ".join(config.actions_enabled) or "none",
-             " (dry run)" if config.actions_enabled and config.actions_dry_run else "", audit)
+             ", ".join(config.actions.enabled) or "none",
+             " (dry run)" if config.actions.enabled and config.actions.dry_run else "", audit)
     _serve_until_stopped(server)
 
 

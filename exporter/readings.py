@@ -121,11 +121,11 @@ def readings(config: Config, samples: Samples) -> list[Reading]:
         limit = samples.value("aitools_container_memory_limit_bytes", name=labels["name"])
         rows.append(Reading("docker", f"container {labels['name']}", used,
                             "container limit" if limit is not None else None, limit))
-    if config.docker_enabled:
+    if config.docker.enabled:
         rows.append(Reading("docker", "all containers", usage_now(usage["docker"], samples)[""],
                             "docker", budgets["docker"]))
 
-    for server, url in (("ollama", config.ollama_url), ("lmstudio", config.lmstudio_url)):
+    for server, url in (("ollama", config.ollama.url), ("lmstudio", config.lmstudio.url)):
         if url is None:
             continue
         for labels, used in samples.all("aitools_llm_model_loaded_bytes", server=server):

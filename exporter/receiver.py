@@ -138,10 +138,10 @@ class Receiver:
         for action in ACTIONS:
             for result in RESULTS:
                 self.actions_total.labels(action, result)
-        self.token = read_token(config.receiver_token_file)
+        self.token = read_token(config.receiver.token_file)
         self.notifier = notifier or Notifier()
         # The exporter's own collectors re-read the state before a fix; not built when no fix is enabled.
-        exporter = Exporter(config) if config.actions_enabled else None
+        exporter = Exporter(config) if config.actions.enabled else None
         self.actions = Actions(exporter, config, audit_path,
                                counters=lambda a, r: self.actions_total.labels(a, r).inc())
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
@@ -183,7 +183,7 @@ class Receiver:
 
     def process(self, payload: dict) -> None:
         decisions = []
-        if payload["status"] == "firing" and self.config.actions_enabled:
+        if payload["status"] == "firing" and self.config.actions.enabled:
             decisions = self.actions.handle(payload["groupKey"], payload["alerts"])
         result = self.notifier.show(compose_notification(payload, decisions))
         self.notifications.labels(result).inc()

@@ -20,7 +20,7 @@ from exporter.collectors import apps as apps_module
 from exporter.collectors.apps import (BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, assign, budget_apps,
                                       kernel_memory_procfs, process_memory)
 from exporter.collectors.system import parse_meminfo, parse_vm_stat
-from exporter.config import DEFAULT_APPS, App, Config, ConfigError, parse_config
+from exporter.config import App, Config, ConfigError, DEFAULT_APPS, DockerSection, parse_config
 
 MiB = 2**20
 DATA = Path(__file__).parent / "data"
@@ -73,7 +73,7 @@ def user_stack(app_processes):
 @pytest.mark.parametrize("source", ["procfs", "psutil"])
 def test_each_app_is_what_psutil_reads_of_its_processes(user_stack, source):
     config = parse_config("apps:\n  ml-service: {cmdline: 'uvicorn embeddings_service'}\n")
-    collector = AppsCollector(config, source=source)
+    collector = AppsCollector(config.apps, config.docker, config.timeout, source=source)
     memory, count, processes, assignments = collector.read()
     for app, root in (("ide", user_stack["ide"]), ("xcode", user_stack["xcode"]), ("ml-service", user_stack["ml"])):
         members = tree(root)
@@ -95,8 +95,8 @@ def test_each_app_is_what_psutil_reads_of_its_processes(user_stack, source):
 
 
 def test_the_psutil_path_reads_what_procfs_reads(user_stack):
-    fast, _, _, by_procfs = AppsCollector(Config(), source="procfs").read()
-    slow, _, _, by_psutil = AppsCollector(Config(), source="psutil").read()
+    fast, _, _, by_procfs = AppsCollector(source="procfs").read()
+    slow, _, _, by_psutil = AppsCollector(source="psutil").read()
     for app in ("ide", "xcode"):
         assert abs(fast[app] - slow[app]) <= 2 * MiB, app
     common = set(by_procfs) & set(by_psutil)
@@ -108,20 +108,20 @@ def test_the_psutil_path_reads_what_procfs_reads(user_stack):
 
 def test_the_switch_chooses_the_psutil_path(monkeypatch):
     monkeypatch.setenv(apps_module.SOURCE_ENV, "psutil")
-    assert AppsCollector(Config()).source == "psutil"
+    assert AppsCollector().source == "psutil"
     monkeypatch.setenv(apps_module.SOURCE_ENV, "procfs")
-    assert AppsCollector(Config()).source == "procfs"
+    assert AppsCollector().source == "procfs"
     monkeypatch.delenv(apps_module.SOURCE_ENV)
-    assert AppsCollector(Config()).source == "procfs"  # Linux, /proc there
-    assert AppsCollector(Config(), platform="darwin").source == "psutil"
+    assert AppsCollector().source == "procfs"  # Linux, /proc there
+    assert AppsCollector(platform="darwin").source == "psutil"
     monkeypatch.setenv(apps_module.SOURCE_ENV, "ps")
     with pytest.raises(ValueError, match="procfs, psutil"):
-        AppsCollector(Config())
+        AppsCollector()
 
 
 @pytest.mark.parametrize("source", ["procfs", "psutil"])
 def test_every_process_is_in_exactly_one_app(user_stack, source):
-    memory, count, processes, assignments = AppsCollector(Config(), source=source).read()
+    memory, count, processes, assignments = AppsCollector(source=source).read()
     pids = [proc.pid for proc in processes]
     assert len(pids) == len(set(pids))
     assert set(assignments) == set(pids)
@@ -139,7 +139,7 @@ def used_memory() -> int:
 
 def test_the_apps_add_up_to_the_used_memory_within_the_tolerance(user_stack):
     before = used_memory()
-    result = samples(AppsCollector(Config()))
+    result = samples(AppsCollector())
     after = used_memory()
     total = sum(app_memory(result).values())
     used = (before + after) / 2
@@ -149,7 +149,7 @@ def test_the_apps_add_up_to_the_used_memory_within_the_tolerance(user_stack):
 
 
 def test_system_holds_the_kernels_memory():
-    memory, count, processes, assignments = AppsCollector(Config()).read()
+    memory, count, processes, assignments = AppsCollector().read()
     fields = parse_meminfo(Path("/proc/meminfo").read_text())
     kernel = sum(fields.get(name, 0) for name in apps_module.KERNEL_MEMINFO_FIELDS)
     processes_of_system = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
@@ -160,7 +160,7 @@ def test_system_holds_the_kernels_memory():
 
 def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_processes):
     root = app_processes.start("ollama", 5, children=[app_processes.command("runner-x", 12)], expect=2)
-    memory, count, processes, assignments = AppsCollector(Config()).read()
+    memory, count, processes, assignments = AppsCollector().read()
     child = root.children()[0]
     assert assignments[child.pid].app == "ollama"
     assert count["ollama"] == 2 and memory["ollama"] >= 17 * MiB
@@ -173,7 +173,7 @@ def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_process
 def test_the_apps_of_an_unchanged_process_table_are_kept_and_a_change_makes_them_anew(app_processes):
     """AppsCollector keeps the last assignment while the processes (pid, parent, name,
     command line), the apps and the bundle are the same; a new process makes it anew."""
-    collector = AppsCollector(Config())
+    collector = AppsCollector()
     first = collector.read()[3]
     for _ in range(20):  # the machine's other processes may come and go: wait for a steady table
         again = collector.read()[3]
@@ -191,7 +191,7 @@ def test_the_apps_of_an_unchanged_process_table_are_kept_and_a_change_makes_them
 def _system_names():
     system = next(app for app in DEFAULT_APPS if app.name == "system")
     return {name for name in system.names if not name.endswith("*")} | {
-        proc.name for proc in AppsCollector(Config()).read()[2]
+        proc.name for proc in AppsCollector().read()[2]
         if any(proc.name.startswith(prefix[:-1]) for prefix in system.names if prefix.endswith("*"))}
 
 
@@ -207,8 +207,8 @@ def test_labels_stay_bounded_with_a_thousand_differently_named_programs(tmp_path
         while len(programs := [p for p in psutil.process_iter(["name"]) if re.fullmatch(r"prog\d{4}", p.info["name"] or "")]) < 1000:
             assert time.monotonic() < deadline, "the thousand programs did not start"
             time.sleep(0.1)
-        memory, count, processes, assignments = AppsCollector(Config()).read()
-        result = samples(AppsCollector(Config()))
+        memory, count, processes, assignments = AppsCollector().read()
+        result = samples(AppsCollector())
         labels = set(app_memory(result))
         configured = {app.name for app in Config().apps}
         extra = labels - configured - {OTHER}
@@ -227,7 +227,7 @@ def test_labels_stay_bounded_with_a_thousand_differently_named_programs(tmp_path
 
 def test_top_programs_are_the_largest_unclaimed(app_processes):
     big = app_processes.start("bigprogram", 60, orphan=True)
-    memory, count, processes, assignments = AppsCollector(Config()).read()
+    memory, count, processes, assignments = AppsCollector().read()
     assert assignments[big.pid].app is None
     assert count["bigprogram"] == 1
     assert abs(memory["bigprogram"] - private(big)) <= 2 * MiB
@@ -273,7 +273,7 @@ def test_macos_kernel_memory_is_wired_plus_compressor_from_vm_stat(tmp_path, mon
     install_vm_stat(tmp_path, "vm_stat_apple_silicon.txt")
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     page_size, pages = parse_vm_stat((DATA / "vm_stat_apple_silicon.txt").read_text())
-    memory, count, processes, assignments = AppsCollector(Config(), source="psutil", platform="darwin").read()
+    memory, count, processes, assignments = AppsCollector(source="psutil", platform="darwin").read()
     of_processes = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
     # psutil 7 reads RSS (no footprint): the compressor's pages are not in any process's figure.
     assert memory["system"] - of_processes == (pages["wired"] + pages["compressed"]) * page_size
@@ -312,8 +312,8 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         while b"renamed" not in container.logs():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        config = Config(docker_host=docker_engine.host)
-        memory, count, processes, assignments = AppsCollector(config).read()
+        config = Config(docker=DockerSection(host=docker_engine.host))
+        memory, count, processes, assignments = AppsCollector(config.apps, config.docker, config.timeout).read()
         by_pid = {proc.pid: proc for proc in processes}
 
         def members(container_id):
@@ -343,11 +343,11 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         expected = sum(private(psutil.Process(pid)) for pid in docker_pids if psutil.pid_exists(pid))
         assert abs(memory["docker"] - expected) <= 2 * MiB * len(docker_pids)
         # Without the engine's answer the bundle is not told apart: its containers count as docker.
-        blind = AppsCollector(Config(docker_host="unix:///nonexistent.sock")).read()[3]
+        blind = AppsCollector(docker=DockerSection(host="unix:///nonexistent.sock")).read()[3]
         assert {blind[pid].app for pid in bundle_pids if pid in blind} == {"docker"}
         # The engine is asked again only when the containers' shims change (labels of a running
         # container cannot): a second bundle container started later is told apart at once.
-        collector = AppsCollector(config)
+        collector = AppsCollector(config.apps, config.docker, config.timeout)
         asked = []
         real_ask = collector._bundle_container_ids
         collector._bundle_container_ids = lambda: asked.append(1) or real_ask()
@@ -401,7 +401,7 @@ def test_bad_apps_config_names_the_key(text, key, reason):
 
 
 def test_budget_info_publishes_which_apps_each_total_counts():
-    result = samples(AppsCollector(Config()))
+    result = samples(AppsCollector())
     info = {(dict(labels)["app"], dict(labels)["budget"]) for (name, labels), value in result.items()
             if name == "aitools_app_budget_info" and value == 1}
     assert info == {(app, budget) for budget, apps in BUDGET_APPS.items() for app in apps}
@@ -414,7 +414,7 @@ def test_a_docker_vm_process_is_docker_and_flags_the_containers_as_inside_it(app
     # kernel keeps, read whole from the command line) with no container shims beside it.
     vm = app_processes.start("qemu-system-aarch64", 30, orphan=True)
     for source in ("procfs", "psutil"):
-        collector = AppsCollector(Config(), source=source)
+        collector = AppsCollector(source=source)
         memory, count, processes, assignments = collector.read()
         assert assignments[vm.pid].app == "docker"
         result = samples(collector)
@@ -447,7 +447,7 @@ def test_figures_match_netdata_apps_plugin_on_the_same_processes(app_processes):
     with plugin:
         theirs = plugin.passes(2)[-1]  # the first pass may miss what started during it
         config = parse_config(f"apps:\n  editor: {{names: [{root}, {helper}, {gpu}]}}\n  ml-service: {{names: [{service}]}}\n")
-        memory, count, processes, assignments = AppsCollector(config).read()
+        memory, count, processes, assignments = AppsCollector(config.apps, config.docker, config.timeout).read()
     # Both put the unnamed worker in its ancestors' group.
     assert {assignments[m.pid].app for m in tree(tree_root)} == {"editor"} and count["editor"] == 4
     # "real memory without shared" against resident less shared: the same pages.

@@ -559,12 +559,12 @@ PARALLEL_CONTAINERS = 40  # more than the 32 calls nginx carried at worker_conne
 def test_parallel_stats_calls_of_the_exporter_go_through_the_real_proxy(proxy, held_container, docker_engine):
     """The docker collector's stats calls, all at once, through compose's nginx: every one answered."""
     from exporter.collectors.docker import MAX_PARALLEL_STATS, DockerCollector
-    from exporter.config import Config
+    from exporter.config import Config, DockerSection
 
     names = [f"proxy-parallel-{index}" for index in range(PARALLEL_CONTAINERS)]
     started = [docker_engine.run(name, "redis:7") for name in names]
     try:
-        collector = DockerCollector(Config(docker_host=f"tcp://127.0.0.1:{proxy}", timeout=30))
+        collector = DockerCollector(DockerSection(host=f"tcp://127.0.0.1:{proxy}"), timeout=30)
         collector.cgroup_root = None  # as in the exporter's container: every figure through the stats API
         families = {family.name: family for family in collector.collect()}
         usage = {sample.labels["name"]: sample.value

@@ -16,7 +16,7 @@ import yaml
 
 from exporter.app import Exporter
 from exporter.readings import Samples
-from exporter.config import Config
+from exporter.config import Config, DockerSection, LMStudioSection, OllamaSection
 from exporter.fits import MEMORY_RESERVE_FRACTION, model_fits
 from exporter.snapshot import render_json, render_table, snapshot_of
 from tests.test_rules import LLM_RULES, PROMETHEUS_DIR, promtool
@@ -59,7 +59,7 @@ def collect_with_models(ollama_standin, lmstudio_standin):
     lmstudio_standin.download("qwen/qwen3-4b-2507", size_bytes=2_500_000_000)
     lmstudio_standin.download("text-embedding-nomic-embed-text-v1.5", size_bytes=84_110_000, type="embedding")
     lmstudio_standin.download("meta/llama-3.1-405b", size_bytes=huge)
-    config = Config(ollama_url=ollama_standin.url, lmstudio_url=lmstudio_standin.url, docker_enabled=False,
+    config = Config(ollama=OllamaSection(url=ollama_standin.url), lmstudio=LMStudioSection(url=lmstudio_standin.url), docker=DockerSection(enabled=False),
                     budgets={**Config().budgets, "ollama": 8 * GB, "lmstudio": 4 * huge})
     exporter = Exporter(config)
     return config, exporter.collect(), exporter

@@ -27,7 +27,7 @@ def members():
 
 def readings(source: str, config: Config) -> dict:
     return {(sample.name, sample.labels["group"]): sample.value
-            for family in ProcessCollector(config, source=source).collect() for sample in family.samples}
+            for family in ProcessCollector(config.process_groups, config.timeout, source=source).collect() for sample in family.samples}
 
 
 @pytest.mark.parametrize("source", ["procfs", "psutil"])
@@ -68,7 +68,7 @@ def test_apps_and_process_collectors_share_one_walk_of_proc_per_scrape(monkeypat
     real_scan = apps_module.ProcTable.scan
     monkeypatch.setattr(apps_module.ProcTable, "scan", lambda table, wants: walks.append(wants) or real_scan(table, wants))
     config = Config()
-    scraper = Scraper([ProcessCollector(config), AppsCollector(config, source="procfs")], timeout=5)
+    scraper = Scraper([ProcessCollector(config.process_groups, config.timeout), AppsCollector(config.apps, config.docker, config.timeout, source="procfs")], timeout=5)
     for _ in range(3):
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in scraper.collect_once() for s in family.samples}

@@ -67,7 +67,7 @@ def test_macos_install_writes_launch_agents_and_bootstraps_them(home, recorders)
     ]
     # The default configuration: created with the defaults, valid, with the token beside it.
     loaded = load_config(config)
-    assert loaded.receiver_token_file == str(token) and loaded.actions_dry_run is True and loaded.actions_enabled == ()
+    assert loaded.receiver.token_file == str(token) and loaded.actions.dry_run is True and loaded.actions.enabled == ()
     assert len(token.read_text()) >= 40 and "\n" not in token.read_text()
     assert config.stat().st_mode & 0o777 == 0o600 and config.parent.stat().st_mode & 0o777 == 0o700
     assert f"created the configuration {config}" in done.stdout

@@ -42,7 +42,7 @@ import psutil
 from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, SourceCollector, gauge, read_small_file,
                                       run_bounded)
 from exporter.collectors.process import program_name
-from exporter.config import DEFAULT_APPS, App, Config
+from exporter.config import DEFAULT_APPS, DEFAULT_TIMEOUT_SECONDS, App, DockerSection, ProcessGroup
 from exporter.patterns import CMDLINE_LIMIT
 
 PROC = "/proc"
@@ -274,10 +274,9 @@ class ProcTable:
         return found
 
 
-def wants_cmdlines(config: Config) -> bool:
+def wants_cmdlines(apps: tuple[App, ...], groups: tuple[ProcessGroup, ...] = ()) -> bool:
     """Whether a scan must read every command line: an app or a process group matches them."""
-    return (any(app.cmdline is not None for app in config.apps)
-            or any(group.cmdline is not None for group in config.process_groups))
+    return any(app.cmdline is not None for app in apps) or any(group.cmdline is not None for group in groups)
 
 
 class SharedScan:
@@ -291,10 +290,10 @@ class SharedScan:
         self._processes: list[Proc] = []
         self._table = ProcTable()
 
-    def procfs(self, deadline: Deadline, config: Config) -> list[Proc]:
+    def procfs(self, deadline: Deadline, cmdlines: bool) -> list[Proc]:
         with self._lock:
             if self._deadline is not deadline:
-                self._processes = self._table.scan(wants_cmdlines(config))
+                self._processes = self._table.scan(cmdlines)
                 self._deadline = deadline
             return self._processes
 
@@ -475,8 +474,15 @@ def breakdown(processes: list[Proc], assignments: dict[int, Assignment], apps: t
 class AppsCollector(SourceCollector):
     name = "apps"
 
-    def __init__(self, config: Config, source: str | None = None, platform: str | None = None):
-        super().__init__(config)
+    def __init__(self, apps: tuple[App, ...] = DEFAULT_APPS, docker: DockerSection = DockerSection(),
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, source: str | None = None, platform: str | None = None,
+                 cmdlines: bool | None = None):
+        """`docker`: where the bundle's containers are asked for; `cmdlines`: whether the shared
+        walk of /proc reads every command line (the Exporter passes whether any app or process
+        group matches them); by default whether an app does."""
+        super().__init__(timeout)
+        self.apps, self.docker = apps, docker
+        self.cmdlines = wants_cmdlines(apps) if cmdlines is None else cmdlines
         self.platform = platform or sys.platform
         chosen = source or os.environ.get(SOURCE_ENV) or (
             "procfs" if self.platform.startswith("linux") and os.path.isdir(f"{PROC}/self") else "psutil")
@@ -490,11 +496,11 @@ class AppsCollector(SourceCollector):
 
     def read(self, deadline: Deadline | None = None) -> tuple[dict[str, int], dict[str, int], list[Proc], dict[int, Assignment]]:
         deadline = self.deadline(deadline)
-        apps = self.config.apps
+        apps = self.apps
         wants_cmdline = any(app.cmdline is not None for app in apps)
         try:
             if self.source == "procfs":
-                processes, footprints = SHARED_SCAN.procfs(deadline, self.config), False
+                processes, footprints = SHARED_SCAN.procfs(deadline, self.cmdlines), False
             else:
                 processes, footprints = scan_psutil(wants_cmdline, footprint=self.platform == "darwin")
             if self.platform == "darwin":
@@ -529,7 +535,7 @@ class AppsCollector(SourceCollector):
             memory_family.add_metric([app], float(memory[app]))
             count_family.add_metric([app], float(count[app]))
         info = gauge("aitools_app_budget_info", "1 for each app that the total budget counts.", ["app", "budget"])
-        for budget, names in budget_apps(self.config.apps).items():
+        for budget, names in budget_apps(self.apps).items():
             for name in names:
                 info.add_metric([name, budget], 1.0)
         in_vm = not any(proc.name.startswith(SHIM_PREFIX) for proc in processes) and any(
@@ -547,15 +553,15 @@ class AppsCollector(SourceCollector):
         """The ids of the running containers of the monitoring bundle, from the engine; none
         when Docker is disabled, None when the engine does not answer (their processes then
         count as docker this scrape, and it is asked again at the next)."""
-        if not self.config.docker_enabled:
+        if not self.docker.enabled:
             return frozenset()
         from exporter.collectors.docker import resolve_docker_host
         from exporter.collectors.docker_api import UnixSocketEngine
 
         try:
             if self._engine is None:
-                host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
-                timeout = min(self.config.timeout, 1.0)
+                host = self.docker.host or resolve_docker_host(os.environ, Path.home(), sys.platform)
+                timeout = min(self.timeout, 1.0)
                 if host.startswith("unix://"):
                     self._engine = UnixSocketEngine(host[len("unix://"):], timeout=timeout)
                 else:  # tcp:// (the bundle's socket proxy on Linux), ssh://: the Docker SDK

@@ -33,7 +33,7 @@ from exporter.collectors.base import (CollectorError, Deadline, KeptFiles, Sourc
                                       gauge, read_small_file)
 from exporter.collectors.docker_api import (EngineAPIError, EngineClient, EngineNotFound, MalformedEngineAnswer,
                                             UnixSocketEngine, version_lt)
-from exporter.config import Config
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, DockerSection
 from exporter.workers import Workers
 
 # The engine answers stats from a loop that samples the containers it is asked about
@@ -276,8 +276,9 @@ def _host_memory(info: Any) -> int:
 class DockerCollector(SourceCollector):
     name = "docker"
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, section: DockerSection = DockerSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
+        self.section = section
         self.host: str | None = None
         self._client: EngineClient | None = None
         self._host_memory: int | None = None
@@ -368,7 +369,7 @@ class DockerCollector(SourceCollector):
     def _connected_client(self, deadline: float) -> EngineClient:
         """The client of earlier scrapes (its pooled connections make a scrape fast), or a new one."""
         if self._client is None:
-            self.host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
+            self.host = self.section.host or resolve_docker_host(os.environ, Path.home(), sys.platform)
             self._client = self._call("GET /version", deadline, self._new_client, self.host)
             self._host_memory = None
         return self._client
@@ -376,7 +377,7 @@ class DockerCollector(SourceCollector):
     def _new_client(self, host: str) -> EngineClient:
         for scheme in ("unix://", "http+unix://"):
             if host.startswith(scheme):
-                return UnixSocketEngine(host[len(scheme):], timeout=self.config.timeout)
+                return UnixSocketEngine(host[len(scheme):], timeout=self.timeout)
         # tcp:// (with the docker CLI's DOCKER_TLS_VERIFY and DOCKER_CERT_PATH), ssh://, npipe://:
         # the Docker SDK, imported only for them.
         import docker
@@ -384,7 +385,7 @@ class DockerCollector(SourceCollector):
 
         tls = docker.utils.kwargs_from_env().get("tls") if host.startswith("tcp://") else None
         # version="auto" asks the engine (GET /version) instead of assuming the SDK's newest API.
-        return docker.APIClient(base_url=host, version="auto", timeout=self.config.timeout, tls=tls or False,
+        return docker.APIClient(base_url=host, version="auto", timeout=self.timeout, tls=tls or False,
                                 max_pool_size=MAX_PARALLEL_STATS)
 
     def _cached_host_memory(self, client: EngineClient, deadline: float) -> int:
@@ -410,7 +411,7 @@ class DockerCollector(SourceCollector):
             raise self._engine_error(exc, what) from None
 
     def _timeout_error(self, what: str) -> CollectorError:
-        return CollectorError(f"the Docker engine at {self.host} did not answer {what} within {self.config.timeout:g}s")
+        return CollectorError(f"the Docker engine at {self.host} did not answer {what} within {self.timeout:g}s")
 
     def _as_collector_error(self, exc: Exception) -> CollectorError:
         if isinstance(exc, CollectorError):

@@ -26,7 +26,7 @@ from typing import Any
 
 from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.base import byte_count as base_byte_count
-from exporter.config import Config
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, LMStudioSection, OllamaSection
 from exporter.fetch import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def error_detail(body: bytes) -> str:
 class LLMServerCollector(SourceCollector):
     """The HTTP side shared by the LLM servers: one bounded GET of a JSON document."""
 
-    def __init__(self, config: Config, base_url: str | None):
-        super().__init__(config)
+    def __init__(self, base_url: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
         if not base_url:
             raise ValueError(f"{self.name} has no URL: leave the collector out when it is disabled")
         self.base_url = base_url.rstrip("/")
@@ -292,8 +292,8 @@ def loaded_in_lmstudio_v0(payload: Any) -> list[str]:
 class OllamaCollector(LLMServerCollector):
     name = "ollama"
 
-    def __init__(self, config: Config):
-        super().__init__(config, config.ollama_url)
+    def __init__(self, section: OllamaSection = OllamaSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(section.url, timeout)
 
     def unload_request(self, model: str, instance: str) -> tuple[str, dict, dict[str, str]]:
         """(URL, JSON body, headers) of the POST that unloads a model now (keep_alive 0)."""
@@ -313,8 +313,8 @@ class OllamaCollector(LLMServerCollector):
 class LMStudioCollector(LLMServerCollector):
     name = "lmstudio"
 
-    def __init__(self, config: Config):
-        super().__init__(config, config.lmstudio_url)
+    def __init__(self, section: LMStudioSection = LMStudioSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(section.url, timeout)
         self._v0_until = 0.0  # monotonic time until which /api/v1/models is known to answer 404
 
     @staticmethod

@@ -15,7 +15,7 @@ import sys
 import psutil
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge
-from exporter.config import ProcessGroup
+from exporter.config import DEFAULT_PROCESS_GROUPS, DEFAULT_TIMEOUT_SECONDS, ProcessGroup
 
 PROC = "/proc"
 # The psutil path (macOS and every other system) is taken on Linux too when this is True:
@@ -69,14 +69,19 @@ def _count_procfs(groups: tuple[ProcessGroup, ...], processes, rss: dict[str, in
 class ProcessCollector(SourceCollector):
     name = "process"
 
-    def __init__(self, config, source: str = "auto"):
-        super().__init__(config)
+    def __init__(self, groups: tuple[ProcessGroup, ...] = DEFAULT_PROCESS_GROUPS, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 source: str = "auto", cmdlines: bool | None = None):
+        """`cmdlines`: whether the shared walk of /proc reads every command line (the Exporter
+        passes whether any app or group matches them); by default whether a group does."""
+        super().__init__(timeout)
+        self.groups = groups
+        self.cmdlines = any(group.cmdline is not None for group in groups) if cmdlines is None else cmdlines
         # auto: /proc where there is one (Linux), else psutil; "psutil" forces the macOS path
         # anywhere, so that the suite runs it on Linux too.
         self.source = source
 
     def collect(self, deadline: Deadline | None = None):  # a local scan: nothing in it waits on a backend
-        groups = self.config.process_groups
+        groups = self.groups
         rss = {group.name: 0 for group in groups}
         count = {group.name: 0 for group in groups}
         wants_cmdline = any(group.cmdline is not None for group in groups)
@@ -86,7 +91,7 @@ class ProcessCollector(SourceCollector):
             if procfs and not USE_PSUTIL:
                 from exporter.collectors.apps import SHARED_SCAN
 
-                _count_procfs(groups, SHARED_SCAN.procfs(self.deadline(deadline), self.config), rss, count)
+                _count_procfs(groups, SHARED_SCAN.procfs(self.deadline(deadline), self.cmdlines), rss, count)
             else:
                 self._scan_psutil(groups, wants_cmdline, rss, count)
         except (psutil.Error, OSError) as exc:

@@ -15,6 +15,7 @@ import sys
 import psutil
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file, run_bounded
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, SystemSection
 
 MEMINFO_PATH = "/proc/meminfo"
 
@@ -91,9 +92,13 @@ def meminfo_pages(fields: dict[str, int], page_size: int) -> dict[str, int]:
 class SystemCollector(SourceCollector):
     name = "system"
 
+    def __init__(self, section: SystemSection = SystemSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
+        self.section = section
+
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
-        source = self.config.system_source
+        source = self.section.source
         if source == "auto":
             source = "vm_stat" if sys.platform == "darwin" else "procfs"
         if source == "vm_stat":
