@@ -59,7 +59,7 @@ class Fixed(Collector):
 
 
 @pytest.fixture(scope="module")
-def served():
+def page_server():
     """The real server of an Exporter (no backends) whose registry also holds the hostile families."""
     exporter = Exporter(parse_config("docker: {enabled: false}\nollama: {url: null}\nlmstudio: {url: null}\n"),
                         own_metrics=True)
@@ -76,8 +76,8 @@ def _same(a: float, b: float) -> bool:
 
 
 @pytest.mark.parametrize("accept", ACCEPTS)
-def test_the_page_is_the_format_asked_for_and_parses_back_to_every_sample(served, accept):
-    answer = served.get("/metrics", headers={"Accept": accept})
+def test_the_page_is_the_format_asked_for_and_parses_back_to_every_sample(page_server, accept):
+    answer = page_server.get("/metrics", headers={"Accept": accept})
     assert answer.status_code == 200
     _, content_type = choose_encoder(accept)
     assert answer.headers["Content-Type"] == content_type
@@ -124,9 +124,9 @@ def test_metrics_page_is_the_library_encoder_for_the_accept_header():
         assert metrics_page(registry, accept) == (encoder(registry), content_type)
 
 
-def test_a_gzip_page_is_the_same_page(served):
-    plain = served.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "identity"})
-    zipped = served.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+def test_a_gzip_page_is_the_same_page(page_server):
+    plain = page_server.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "identity"})
+    zipped = page_server.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
     assert "Content-Encoding" not in plain.headers
     assert zipped.headers["Content-Encoding"] == "gzip"
     # httpx decodes it; the exporter's own figures move between the two scrapes, the page's families do not.
