@@ -16,6 +16,9 @@ RUN pip install /src && rm -rf /src
 # Inside the container the exporter listens on all of the container's interfaces; the
 # compose file publishes no port for it (Prometheus scrapes it on the compose network).
 ENV AITOOLS_WEB_LISTEN_ADDRESS=0.0.0.0:8730
+# glibc's malloc for a process that runs for months (exporter/service.py MALLOC_TUNABLES):
+# two arenas, no per-thread caches; 1.4 MiB less resident memory and flatter over time.
+ENV GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0
 EXPOSE 8730
 
 # /proc/<pid>/statm, stat and cmdline and /proc/meminfo are world-readable: no root needed.

@@ -30,10 +30,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from exporter.budgets import Samples, readings
+from exporter.app import Exporter
 from exporter.collectors.base import Deadline
 from exporter.collectors.httpclient import Client
 from exporter.config import Config, NodeTarget
+from exporter.readings import Samples, readings
 
 log = logging.getLogger(__name__)
 
@@ -130,17 +131,15 @@ def duplicates_to_stop(copies: list[Container], keep_projects: tuple[str, ...]) 
 class Actions:
     """Decides and runs the fixes of the alerts of one notification (one alert group)."""
 
-    def __init__(self, config: Config, audit_path: Path | None, counters=None, clock=time.time):
-        from exporter.app import build_sources
-        from exporter.scrape import Scraper
-
+    def __init__(self, exporter: Exporter | None, config: Config, audit_path: Path | None, counters=None,
+                 clock=time.time):
+        """`exporter`: the exporter's own collectors, which re-read the state before a fix (None
+        when no fix is enabled)."""
+        self.exporter = exporter
         self.config = config
         self.audit_path = audit_path
         self.counters = counters  # callable(action, result)
         self.clock = clock
-        # The exporter's own collectors re-read the state; not built when no fix is enabled.
-        self.scraper = Scraper(build_sources(config), config.timeout) if config.actions_enabled else None
-        self.sources = {source.name: source for source in self.scraper.sources} if self.scraper else {}
         self._lock = threading.Lock()
         self._group_done: dict[str, float] = {}
         self._snapshot_done: dict[str, float] = {}
@@ -152,7 +151,7 @@ class Actions:
         """The decisions for the firing alerts of one group (resolved ones never act)."""
         wanted = [(alert, ACTION_FOR_ALERT.get(alert["labels"].get("alertname", "")))
                   for alert in alerts if alert["status"] == "firing"]
-        wanted = [(alert, action) for alert, action in wanted if action in self.config.actions_enabled]
+        wanted = [(alert, action) for alert, action in wanted if action in self.config.actions.enabled]
         if not wanted:
             return []
         decisions: list[Decision] = []
@@ -166,7 +165,7 @@ class Actions:
                                                          f"(cool-down {GROUP_COOLDOWN_SECONDS // 60} min)"))
             else:
                 try:
-                    samples = Samples(self.scraper.collect_once())
+                    samples = self.exporter.collect()
                 except Exception as exc:  # the collectors guard themselves; this is the last line
                     samples, failure = None, f"the current state could not be read: {exc}"
                 unloaded = False
@@ -209,7 +208,7 @@ class Actions:
         if samples.value("aitools_collector_success", collector="docker") != 1:
             raise StateError("Docker could not be read now: nothing is confirmed")
         copies = [c for c in containers_from(samples) if c.family == family and family]
-        to_stop, why = duplicates_to_stop(copies, self.config.actions_keep_projects)
+        to_stop, why = duplicates_to_stop(copies, self.config.actions.keep_projects)
         if not to_stop:
             names = ", ".join(f"{c.name} ({c.project or 'no compose project'})" for c in copies) or "none running"
             command = ""
@@ -220,12 +219,11 @@ class Actions:
                             f"{family or 'the alert'}: {why} (running: {names})", command)
         command = " ".join(["docker", "stop", *(c.name for c in to_stop)])
         target = ",".join(c.name for c in to_stop)
-        if self.config.actions_dry_run:
+        if self.config.actions.dry_run:
             return Decision(alertname, action, target, "dry_run", why, command)
         from exporter.collectors.docker_api import Engine
 
-        collector = self.sources.get("docker")
-        host = getattr(collector, "host", None) or self.config.docker_host
+        host = self.exporter.docker_host()
         if host is None:
             raise StateError("the Docker host is not known")
         # Each container gets STOP_SECONDS to end before it is killed, and the engine the rest.
@@ -244,7 +242,7 @@ class Actions:
         labels = alert["labels"]
         alertname, action = labels["alertname"], "unload_idle_model"
         if alertname == "AitoolsTotalOverBudget":
-            servers = [s for s in LLM_SERVERS if s in self.sources]
+            servers = [s for s in LLM_SERVERS if self.exporter.enabled(s)]
             total = next((r for r in readings(self.config, samples) if r.area == "total"), None)
             if total is None or total.ratio is None or total.ratio <= 1:
                 raise StateError(f"everything tracked is within the {self.config.total_budget_name} budget now")
@@ -252,7 +250,7 @@ class Actions:
             server = labels.get("server") or labels.get("budget", "")
             if server not in LLM_SERVERS:
                 raise StateError(f"the alert names no LLM server (budget {labels.get('budget', '')!r})")
-            if server not in self.sources:
+            if not self.exporter.enabled(server):
                 raise StateError(f"{server} is disabled in the configuration")
             if samples.value("aitools_collector_success", collector=server) != 1:
                 raise StateError(f"{server} could not be read now: nothing is confirmed")
@@ -267,7 +265,7 @@ class Actions:
         chosen, why = self._plan_unload(servers, model, alertname, samples)
         server, name, instance = chosen
         command = f"ollama stop {name}" if server == "ollama" else f"lms unload {instance}"
-        if self.config.actions_dry_run:
+        if self.config.actions.dry_run:
             return Decision(alertname, action, f"{server}/{instance}", "dry_run", why, command)
         self._post_unload(server, name, instance)
         return Decision(alertname, action, f"{server}/{instance}", "done", why, command)
@@ -321,7 +319,7 @@ class Actions:
         found: list[tuple[str, str, str, int]] = []
         now = datetime.now(timezone.utc)
         for server in servers:
-            collector = self.sources[server]
+            collector = self.exporter.llm_server(server)
             deadline = Deadline(self.config.timeout)
             try:
                 path = "/api/ps" if server == "ollama" else LMSTUDIO_V1_MODELS
@@ -343,13 +341,7 @@ class Actions:
         return [entry for entry in found if model is None or entry[1] == model]
 
     def _post_unload(self, server: str, name: str, instance: str) -> None:
-        collector = self.sources[server]
-        if server == "ollama":
-            url, body, headers = collector.base_url + "/api/generate", {"model": name, "keep_alive": 0}, {}
-        else:
-            url, body = collector.base_url + "/api/v1/models/unload", {"instance_id": instance}
-            token = collector.token()
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url, body, headers = self.exporter.llm_server(server).unload_request(name, instance)
         client = Client()
         try:
             answer = client.post_json(url, body, Deadline(max(10.0, self.config.timeout)), MAX_ANSWER_BYTES, headers)
@@ -365,7 +357,7 @@ class Actions:
 
         alertname, action = alert["labels"]["alertname"], "node_heap_snapshot"
         name = alert["labels"].get("target", "")
-        target = next((t for t in self.config.node_targets if t.name == name), None)
+        target = next((t for t in self.config.node.targets if t.name == name), None)
         if target is None:
             raise StateError(f"no Node.js target {name!r} in the configuration")
         if target.heapsnapshot_signal is None:
@@ -393,7 +385,7 @@ class Actions:
             # Without the flag SIGUSR2 would end the process.
             raise StateError(f"process {pid} does not run with --heapsnapshot-signal={target.heapsnapshot_signal} "
                              "(the signal would end it)")
-        if self.config.actions_dry_run:
+        if self.config.actions.dry_run:
             return Decision(alertname, action, name, "dry_run", "heap snapshot", command)
         os.kill(pid, getattr(signal, target.heapsnapshot_signal))
         self._snapshot_done[name] = now
@@ -406,7 +398,7 @@ class Actions:
         entry = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "alert": decision.alert,
                  "action": decision.action, "target": decision.target, "result": decision.result,
                  "reason": decision.reason, "command": decision.command, "group_key": group_key,
-                 "dry_run": self.config.actions_dry_run}
+                 "dry_run": self.config.actions.dry_run}
         if self.counters is not None:
             self.counters(decision.action, decision.result)
         log.info("action %s for %s on %s: %s (%s)", decision.action, decision.alert, decision.target,

@@ -12,7 +12,7 @@
 and, apart, Monitoring (this tool's own footprint).
 
 Each node has its memory and, where a budget applies, the budget and the share of it in
-use. The share is what counts against the budget (exporter/budgets.py `readings`), which
+use. The share is what counts against the budget (exporter/readings.py `readings`), which
 is not always the node's memory: the docker budget counts the containers, while the Docker
 app on macOS is the whole VM; the node_heap budget counts heapUsed, the node's memory is
 its RSS.
@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.budgets import (MONITORING_PROJECT, SWIFT_BUILD_GROUP, Samples, app_memory, gpu_explained,
-                              node_tracked_bytes, readings)
+from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP
 from exporter.collectors.system import activity_monitor
 from exporter.config import Config
+from exporter.readings import Samples, app_memory, gpu_explained, node_tracked_bytes, readings
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
 # other app (the user's own) becomes a top-level node of its own name, before Other.
@@ -167,7 +167,7 @@ class _Breakdown:
             children.append(Node("VM beyond its containers", overhead,
                                  note=f"Docker Desktop's VM, limit {limit / 2**30:.1f} GiB" if limit else
                                  "Docker Desktop's VM"))
-        if self.config.docker_enabled:
+        if self.config.docker.enabled:
             self.budget(node, "docker", self.counted_against("docker", containers))
         return node
 
@@ -207,8 +207,8 @@ class _Breakdown:
     # --- llm
     def llm(self) -> Node:
         servers = []
-        for server, url in (("ollama", self.config.ollama_url), ("lmstudio", self.config.lmstudio_url),
-                            ("llamacpp", self.config.llamacpp_url)):
+        for server, url in (("ollama", self.config.ollama.url), ("lmstudio", self.config.lmstudio.url),
+                            ("llamacpp", self.config.llamacpp.url)):
             if url is None:  # not asked for its models; its processes still hold memory
                 if server in self.apps:
                     servers.append(Node(SERVER_TITLES[server], self.app(server), children=self.on_gpu(server, []),

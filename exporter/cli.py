@@ -108,16 +108,15 @@ def main(ctx: click.Context, config_file, listen_address, web_config_file, log_l
 def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None,
           max_requests=None):
     """Serve /metrics, / and /healthz (the default command)."""
-    from exporter.selfmetrics import raise_open_files_limit, tune_malloc
+    from exporter.selfmetrics import raise_open_files_limit
 
-    tune_malloc()  # first: it may start the process again
     settings = _settings(ctx, config_file=config_file, listen_address=listen_address,
                          web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)
     _setup_logging(settings.get("log_level"))
     raise_open_files_limit()  # after the logging: a refusal is logged
     settings["config_file"] = _config_file(settings.get("config_file"))
     config = _load(settings["config_file"])
-    from exporter.app import build_registry
+    from exporter.app import Exporter
     from exporter.server import DEFAULT_MAX_REQUESTS, start_server
     from exporter.webconfig import WebConfigError, load_web_config
 
@@ -128,10 +127,10 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         except WebConfigError as exc:
             click.echo(f"aitools-exporter: bad web configuration: {exc}", err=True)
             sys.exit(2)
-    registry, _ = build_registry(config, own_metrics=True)
+    exporter = Exporter(config, own_metrics=True)
     address = settings.get("listen_address") or DEFAULT_LISTEN_ADDRESS
     try:
-        server = start_server(address, registry, web_config, settings.get("max_requests") or DEFAULT_MAX_REQUESTS)
+        server = start_server(address, exporter, web_config, settings.get("max_requests") or DEFAULT_MAX_REQUESTS)
     except (OSError, ValueError) as exc:
         click.echo(f"aitools-exporter: cannot listen on {address}: {exc}", err=True)
         sys.exit(1)
@@ -153,9 +152,10 @@ def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
     config = _load(_config_file(settings.get("config_file")))
+    from exporter.app import Exporter
     from exporter.snapshot import render_json, render_table, take_snapshot
 
-    result = take_snapshot(config)
+    result = take_snapshot(Exporter(config))
     click.echo(json.dumps(render_json(config, result), indent=2) if as_json else render_table(config, result))
 
 
@@ -173,9 +173,10 @@ def fit(ctx: click.Context, model: str, server: str | None, as_json: bool, confi
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
     config = _load(_config_file(settings.get("config_file")))
+    from exporter.app import Exporter
     from exporter.snapshot import FIT_EXIT, find_fit, fit_json, render_fit, take_snapshot
 
-    answer = find_fit(take_snapshot(config, first=(model,)), model, server)
+    answer = find_fit(take_snapshot(Exporter(config), first=(model,)), model, server)
     click.echo(json.dumps(fit_json(answer), indent=2) if as_json else render_fit(answer))
     ctx.exit(FIT_EXIT[answer["outcome"]])
 
@@ -229,7 +230,7 @@ def top(ctx: click.Context, interval: float, url, username, password_file, ca_fi
         feed, fixer = RemoteFeed(url, config, username, password, tls), None
     else:
         feed = LocalFeed(config)
-        fixer = Fixer(config, Path(audit_file) if audit_file else default_audit_path()) if config.actions_enabled else None
+        fixer = Fixer(config, Path(audit_file) if audit_file else default_audit_path()) if config.actions.enabled else None
     alerts = AlertFeed(tuple(alert_urls) or DEFAULT_ALERT_URLS, min(config.timeout, 2.0))
     TopApp(feed, interval, alerts, fixer).run()
 
@@ -243,7 +244,7 @@ def check_config(ctx: click.Context, config_file=None, listen_address=None, web_
     path = _config_file(settings.get("config_file"))
     config = _load(path)
     click.echo(f"{path or 'built-in defaults'}: configuration is valid (profile {config.profile}, "
-               f"{len(config.node_targets)} node targets, {len(config.process_groups)} process groups)")
+               f"{len(config.node.targets)} node targets, {len(config.process_groups)} process groups)")
 
 
 @main.command()
@@ -295,8 +296,8 @@ def receive(ctx: click.Context, audit_file=None, config_file=None, listen_addres
     log.info("aitools-exporter %s receiving Alertmanager webhooks on %s://%s:%d/ (config %s; actions %s%s; "
              "audit log %s)", __version__, "https" if web_config and web_config.ssl_context else "http",
              f"[{host}]" if ":" in host else host, port, path or "built-in defaults",
-             ", ".join(config.actions_enabled) or "none",
-             " (dry run)" if config.actions_enabled and config.actions_dry_run else "", audit)
+             ", ".join(config.actions.enabled) or "none",
+             " (dry run)" if config.actions.enabled and config.actions.dry_run else "", audit)
     _serve_until_stopped(server)
 
 

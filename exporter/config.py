@@ -7,7 +7,7 @@ the key (as a dotted path), the line in the file and the reason.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -138,32 +138,6 @@ REQUIRED_APPS = ("system", "monitoring")
 # read through the parser of the user's `apps:` (each name there with its public source).
 # Loaded at the end of this module (_default_apps); a Config made before reads it then.
 DEFAULT_APPS_FILE = "default_apps.yml"
-
-
-@dataclass(frozen=True)
-class Config:
-    profile: str = "development"
-    budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
-    node_targets: tuple[NodeTarget, ...] = ()
-    docker_enabled: bool = True
-    docker_host: str | None = None
-    ollama_url: str | None = DEFAULT_OLLAMA_URL
-    ollama_context_length: int | None = None  # null: the server's environment, else its default
-    lmstudio_url: str | None = DEFAULT_LMSTUDIO_URL
-    lmstudio_token_file: str | None = None  # read at each use (a rotated token works); else LM_API_TOKEN
-    llamacpp_url: str | None = DEFAULT_LLAMACPP_URL
-    process_groups: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
-    system_source: str = "auto"
-    timeout: float = DEFAULT_TIMEOUT_SECONDS
-    receiver_token_file: str | None = None
-    actions_dry_run: bool = True
-    actions_enabled: tuple[str, ...] = ()
-    actions_keep_projects: tuple[str, ...] = ()
-    apps: tuple[App, ...] = field(default_factory=lambda: DEFAULT_APPS)
-
-    @property
-    def total_budget_name(self) -> str:
-        return f"{self.profile}_total"
 
 
 MAX_FILE_BYTES = 256 * 1024  # a configuration file is a few hundred bytes; this is plenty
@@ -344,17 +318,177 @@ class _Reader:
         return value
 
 
+# --------------------------------------------------------------------------- the sections
+# Each section of the file is a frozen dataclass with the section's keys as its fields; a
+# field's `read` metadata checks and converts the value given for it (reader, value, dotted
+# key) and raises the reader's ConfigError naming the key and its line. `_section` reads
+# any of them: unknown keys refused, absent keys left at their defaults.
+
+def _boolean(reader: _Reader, value: Any, key: str) -> bool:
+    return reader.boolean(value, key)
+
+
+def _url(reader: _Reader, value: Any, key: str) -> str | None:
+    return reader.url(value, key)
+
+
+def _docker_host(reader: _Reader, host: Any, key: str) -> str | None:
+    if host is None:
+        return None
+    if not isinstance(host, str) or not re.match(r"^(unix|tcp|npipe|ssh|http|https)://", host):
+        raise reader.error(key, f"must be a Docker host like unix:///var/run/docker.sock or tcp://127.0.0.1:2375, not {host!r}")
+    problem = url_problem(host) if host.startswith(("tcp://", "http://", "https://")) else None
+    if problem:
+        raise reader.error(key, f"{host!r} is not a usable Docker host: {problem}")
+    return host
+
+
+def _system_source(reader: _Reader, value: Any, key: str) -> str:
+    return reader.choice(value, key, SYSTEM_SOURCES)
+
+
+def _token_file(reader: _Reader, token_file: Any, key: str) -> str | None:
+    if token_file is None:
+        return None
+    if not isinstance(token_file, str) or not token_file.strip():
+        raise reader.error(key, f"must be the path of a file holding the token, not {token_file!r}")
+    return str(Path(token_file).expanduser())
+
+
+def _lmstudio_token_file(reader: _Reader, token_file: Any, key: str) -> str | None:
+    if token_file is None:
+        return None
+    if not isinstance(token_file, str) or not token_file.strip():
+        raise reader.error(key, f"must be the path of a file holding LM Studio's API token, not {token_file!r}")
+    return str(Path(token_file).expanduser())
+
+
+def _context_length(reader: _Reader, length: Any, key: str) -> int | None:
+    if length is None:
+        return None
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 2**24:
+        raise reader.error(key, f"must be a whole number of tokens from 1 to {2**24}, not {length!r}")
+    return length
+
+
+def _action_names(reader: _Reader, enabled: Any, key: str) -> tuple[str, ...]:
+    enabled = enabled or []
+    if not isinstance(enabled, list) or not all(isinstance(name, str) for name in enabled):
+        raise reader.error(key, f"must be a list of: {', '.join(ACTIONS)}")
+    for index, name in enumerate(enabled):
+        if name not in ACTIONS:
+            raise reader.error(f"{key}[{index}]", f"unknown action {name!r}; one of: {', '.join(ACTIONS)}")
+    return tuple(dict.fromkeys(enabled))
+
+
+def _project_names(reader: _Reader, keep: Any, key: str) -> tuple[str, ...]:
+    keep = keep or []
+    if not isinstance(keep, list) or not all(isinstance(name, str) and name for name in keep):
+        raise reader.error(key, "must be a list of compose project names")
+    return tuple(keep)
+
+
+def _targets(reader: _Reader, value: Any, key: str) -> tuple[NodeTarget, ...]:
+    return _node_targets(reader, value)
+
+
+def _read(check) -> dict:
+    return {"read": check}
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    targets: tuple[NodeTarget, ...] = field(default=(), metadata=_read(_targets))
+
+
+@dataclass(frozen=True)
+class DockerSection:
+    enabled: bool = field(default=True, metadata=_read(_boolean))
+    host: str | None = field(default=None, metadata=_read(_docker_host))  # None: DOCKER_HOST, the context, the socket
+
+
+@dataclass(frozen=True)
+class OllamaSection:
+    url: str | None = field(default=DEFAULT_OLLAMA_URL, metadata=_read(_url))  # None disables
+    # null: the server's environment (OLLAMA_CONTEXT_LENGTH), else its default
+    context_length: int | None = field(default=None, metadata=_read(_context_length))
+
+
+@dataclass(frozen=True)
+class LMStudioSection:
+    url: str | None = field(default=DEFAULT_LMSTUDIO_URL, metadata=_read(_url))  # None disables
+    # read at each use (a rotated token works); else LM_API_TOKEN
+    token_file: str | None = field(default=None, metadata=_read(_lmstudio_token_file))
+
+
+@dataclass(frozen=True)
+class LlamaCppSection:
+    url: str | None = field(default=DEFAULT_LLAMACPP_URL, metadata=_read(_url))  # None disables
+
+
+@dataclass(frozen=True)
+class SystemSection:
+    source: str = field(default="auto", metadata=_read(_system_source))
+
+
+@dataclass(frozen=True)
+class ReceiverSection:
+    token_file: str | None = field(default=None, metadata=_read(_token_file))
+
+
+@dataclass(frozen=True)
+class ActionsSection:
+    dry_run: bool = field(default=True, metadata=_read(_boolean))
+    enabled: tuple[str, ...] = field(default=(), metadata=_read(_action_names))
+    keep_projects: tuple[str, ...] = field(default=(), metadata=_read(_project_names))
+
+
+DEFAULT_PROCESS_GROUPS: tuple[ProcessGroup, ...] = (ProcessGroup("swift-frontend", names=("swift-frontend",)),)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The configuration file's sections, as typed as the file is nested."""
+
+    profile: str = "development"
+    budgets: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BUDGETS))
+    node: NodeSection = NodeSection()
+    docker: DockerSection = DockerSection()
+    ollama: OllamaSection = OllamaSection()
+    lmstudio: LMStudioSection = LMStudioSection()
+    llamacpp: LlamaCppSection = LlamaCppSection()
+    process_groups: tuple[ProcessGroup, ...] = DEFAULT_PROCESS_GROUPS
+    system: SystemSection = SystemSection()
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+    receiver: ReceiverSection = ReceiverSection()
+    actions: ActionsSection = ActionsSection()
+    # DEFAULT_APPS is read at the end of this module (_default_apps): looked up when a Config is made.
+    apps: tuple[App, ...] = field(default_factory=lambda: DEFAULT_APPS)
+
+    @property
+    def total_budget_name(self) -> str:
+        return f"{self.profile}_total"
+
+
+SECTIONS = {"node": NodeSection, "docker": DockerSection, "ollama": OllamaSection, "lmstudio": LMStudioSection,
+            "llamacpp": LlamaCppSection, "system": SystemSection, "receiver": ReceiverSection, "actions": ActionsSection}
+
+
+def _section(reader: _Reader, cls, raw: Any, key: str):
+    """A section of the file as its dataclass: each key given read by its field's check."""
+    given = reader.mapping(raw, key, tuple(f.name for f in fields(cls)))
+    return cls(**{f.name: f.metadata["read"](reader, given[f.name], f"{key}.{f.name}")
+                  for f in fields(cls) if f.name in given})
+
+
 def parse_config(text: str, path: str | None = None) -> Config:
     document, lines = load_yaml(text, path)
     reader = _Reader(lines, path)
-    top = reader.mapping(document, "", (
-        "profile", "budgets", "node", "docker", "ollama", "lmstudio", "process_groups", "system", "timeout",
-        "receiver", "actions", "apps", "llamacpp"))
+    top = reader.mapping(document, "", tuple(f.name for f in fields(Config)))
 
     values: dict[str, Any] = {}
     if "profile" in top:
         values["profile"] = reader.choice(top["profile"], "profile", PROFILES)
-
     budgets = dict(DEFAULT_BUDGETS)
     for name, raw in reader.mapping(top.get("budgets"), "budgets", tuple(DEFAULT_BUDGETS)).items():
         try:
@@ -362,87 +496,23 @@ def parse_config(text: str, path: str | None = None) -> Config:
         except ValueError as exc:
             raise reader.error(f"budgets.{name}", str(exc)) from None
     values["budgets"] = budgets
-
-    node = reader.mapping(top.get("node"), "node", ("targets",))
-    values["node_targets"] = _node_targets(reader, node.get("targets"))
-
-    docker = reader.mapping(top.get("docker"), "docker", ("enabled", "host"))
-    if "enabled" in docker:
-        values["docker_enabled"] = reader.boolean(docker["enabled"], "docker.enabled")
-    if docker.get("host") is not None:
-        host = docker["host"]
-        if not isinstance(host, str) or not re.match(r"^(unix|tcp|npipe|ssh|http|https)://", host):
-            raise reader.error("docker.host", f"must be a Docker host like unix:///var/run/docker.sock or tcp://127.0.0.1:2375, not {host!r}")
-        problem = url_problem(host) if host.startswith(("tcp://", "http://", "https://")) else None
-        if problem:
-            raise reader.error("docker.host", f"{host!r} is not a usable Docker host: {problem}")
-        values["docker_host"] = host
-
-    for server in ("ollama", "lmstudio", "llamacpp"):
-        if server in top:
-            allowed = {"ollama": ("url", "context_length"), "lmstudio": ("url", "token_file")}.get(server, ("url",))
-            section = reader.mapping(top[server], server, allowed)
-            if "url" in section:
-                values[f"{server}_url"] = reader.url(section["url"], f"{server}.url")
-            token_file = section.get("token_file")
-            if token_file is not None:
-                if not isinstance(token_file, str) or not token_file.strip():
-                    raise reader.error("lmstudio.token_file",
-                                       f"must be the path of a file holding LM Studio's API token, not {token_file!r}")
-                values["lmstudio_token_file"] = str(Path(token_file).expanduser())
-            if section.get("context_length") is not None:
-                length = section["context_length"]
-                if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 2**24:
-                    raise reader.error("ollama.context_length",
-                                       f"must be a whole number of tokens from 1 to {2**24}, not {length!r}")
-                values["ollama_context_length"] = length
-            # A section left empty (`ollama:` alone) keeps the default URL.
-
+    for name in ("node", "docker", "ollama", "lmstudio", "llamacpp"):
+        values[name] = _section(reader, SECTIONS[name], top.get(name), name)
     values["process_groups"] = _process_groups(reader, top.get("process_groups"))
-
-    system = reader.mapping(top.get("system"), "system", ("source",))
-    if "source" in system:
-        values["system_source"] = reader.choice(system["source"], "system.source", SYSTEM_SOURCES)
-
+    values["system"] = _section(reader, SystemSection, top.get("system"), "system")
     values["apps"] = _apps(reader, top.get("apps"))
-
     if "timeout" in top:
         try:
             values["timeout"] = parse_duration(top["timeout"])
         except ValueError as exc:
             raise reader.error("timeout", str(exc)) from None
-    values.update(_receiver_and_actions(reader, top))
-    return Config(**values)
-
-
-def _receiver_and_actions(reader: _Reader, top: dict) -> dict[str, Any]:
-    """`receiver: {token_file}` and `actions: {dry_run, enabled, keep_projects}` (aitools-exporter receive)."""
-    values: dict[str, Any] = {}
-    receiver = reader.mapping(top.get("receiver"), "receiver", ("token_file",))
-    token_file = receiver.get("token_file")
-    if token_file is not None:
-        if not isinstance(token_file, str) or not token_file.strip():
-            raise reader.error("receiver.token_file", f"must be the path of a file holding the token, not {token_file!r}")
-        values["receiver_token_file"] = str(Path(token_file).expanduser())
-    actions = reader.mapping(top.get("actions"), "actions", ("dry_run", "enabled", "keep_projects"))
-    if "dry_run" in actions:
-        values["actions_dry_run"] = reader.boolean(actions["dry_run"], "actions.dry_run")
-    enabled = actions.get("enabled") or []
-    if not isinstance(enabled, list) or not all(isinstance(name, str) for name in enabled):
-        raise reader.error("actions.enabled", f"must be a list of: {', '.join(ACTIONS)}")
-    for index, name in enumerate(enabled):
-        if name not in ACTIONS:
-            raise reader.error(f"actions.enabled[{index}]", f"unknown action {name!r}; one of: {', '.join(ACTIONS)}")
-    values["actions_enabled"] = tuple(dict.fromkeys(enabled))
-    keep = actions.get("keep_projects") or []
-    if not isinstance(keep, list) or not all(isinstance(name, str) and name for name in keep):
-        raise reader.error("actions.keep_projects", "must be a list of compose project names")
-    values["actions_keep_projects"] = tuple(keep)
-    if values["actions_enabled"] and token_file is None:
+    for name in ("receiver", "actions"):
+        values[name] = _section(reader, SECTIONS[name], top.get(name), name)
+    if values["actions"].enabled and values["receiver"].token_file is None:
         raise reader.error("actions.enabled" if "actions" in top else "actions",
                            "receiver.token_file is required when any action is enabled: "
                            "the receiver must know the request comes from your Alertmanager")
-    return values
+    return Config(**values)
 
 
 def _heapsnapshot_keys(reader: _Reader, item: dict, key: str) -> dict[str, Any]:
@@ -510,7 +580,7 @@ def _node_targets(reader: _Reader, raw: Any) -> tuple[NodeTarget, ...]:
 
 def _process_groups(reader: _Reader, raw: Any) -> tuple[ProcessGroup, ...]:
     """Groups from the file are merged over the default swift-frontend group; `name: null` removes one."""
-    groups = {group.name: group for group in Config().process_groups}
+    groups = {group.name: group for group in DEFAULT_PROCESS_GROUPS}
     for name, spec in reader.mapping(raw, "process_groups").items():
         key = f"process_groups.{name}"
         if not _LABEL_SAFE_NAME.match(name):

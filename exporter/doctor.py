@@ -130,8 +130,8 @@ class Doctor:
         from exporter.receiver import read_token
 
         checks = []
-        for key, path in (("receiver.token_file", self.config.receiver_token_file),
-                          ("lmstudio.token_file", self.config.lmstudio_token_file)):
+        for key, path in (("receiver.token_file", self.config.receiver.token_file),
+                          ("lmstudio.token_file", self.config.lmstudio.token_file)):
             if path is None:
                 continue
             try:
@@ -152,9 +152,10 @@ class Doctor:
                       "aitools-exporter service install")]
 
     def sources(self) -> list[Check]:
+        from exporter.app import Exporter
         from exporter.snapshot import take_snapshot
 
-        snapshot = take_snapshot(self.config)
+        snapshot = take_snapshot(Exporter(self.config))
         fixes = {"docker": "docker context ls  # then set docker.host to the engine's socket",
                  "ollama": "ollama ps  # then set ollama.url to where it answers",
                  "lmstudio": "lms server status  # a refused token: put LM Studio's API token in lmstudio.token_file",
@@ -165,7 +166,7 @@ class Doctor:
                 continue  # disabled in the configuration
             error = snapshot.collector_errors[name]
             running = snapshot.samples.value("aitools_collector_source_running", collector=name)
-            if name == "node" and not self.config.node_targets:
+            if name == "node" and not self.config.node.targets:
                 checks.append(Check("source node", True, "no targets in node.targets"))
             elif error is None:
                 checks.append(Check(f"source {name}", True, "found"))
@@ -285,7 +286,7 @@ class Doctor:
         # A body the receiver refuses (400) only after it has taken the token: nothing is shown.
         answer = request(str(hook.get("url")).replace("host.docker.internal", "127.0.0.1")
                       .replace("host-gateway", "127.0.0.1"), "POST", headers, b"{}")
-        ours = self.config.receiver_token_file or "receiver.token_file"
+        ours = self.config.receiver.token_file or "receiver.token_file"
         if answer.status == 400:
             return Check("receiver token", True, f"the receiver takes the token of {where}")
         if answer.status == 401:

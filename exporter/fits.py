@@ -31,8 +31,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from exporter.budgets import Samples
 from exporter.estimate import Estimate, NoEstimate, largest_context
+from exporter.readings import Samples
 
 # The memory kept free when asking whether a model fits: 10 % of physical memory (6.4 GB
 # of 64 GB). It is where the AitoolsSystemMemoryLow warning starts, so a model that fits

@@ -4,7 +4,7 @@ Plain HTML and CSS in one document: no script, no external asset, nothing fetche
 anywhere. It refreshes itself (meta refresh every REFRESH_SECONDS) and shows every budget
 with a bar of its share, the breakdown tree and which installed models fit now: the same
 figures as `aitools-exporter snapshot`, built by the same code (exporter/snapshot.py
-`snapshot_of`) from one collection through the server's registry.
+`snapshot_of`) from one collection of the server's Exporter (exporter/app.py).
 
 Cost: a page is one collection, shared with any /metrics scrape running at the same time
 (the Scraper coalesces concurrent collections), and a page built less than
@@ -22,20 +22,17 @@ import threading
 import time
 import weakref
 
-from prometheus_client.registry import CollectorRegistry
-
 from exporter import __version__
+from exporter.app import Exporter
 from exporter.breakdown import Node
-from exporter.budgets import BudgetCollector, Samples
 from exporter.fits import MEMORY_RESERVE_FRACTION
-from exporter.scrape import Scraper
-from exporter.snapshot import Snapshot, _status, estimates_of, human_bytes, snapshot_of
+from exporter.snapshot import Snapshot, _status, human_bytes, snapshot_of
 
 REFRESH_SECONDS = 30
 REUSE_SECONDS = 5.0
 
 _lock = threading.Lock()
-_last: "weakref.WeakKeyDictionary[CollectorRegistry, tuple[float, bytes]]" = weakref.WeakKeyDictionary()
+_last: "weakref.WeakKeyDictionary[Exporter, tuple[float, bytes]]" = weakref.WeakKeyDictionary()
 
 STYLE = """
 body{font:14px/1.4 -apple-system,system-ui,"Segoe UI",sans-serif;margin:1.5em auto;max-width:64em;padding:0 1em;color:#1d1d1f;background:#fff}
@@ -49,32 +46,17 @@ th{font-weight:600;color:#444}td.num{text-align:right;font-variant-numeric:tabul
 """
 
 
-def _parts(registry: CollectorRegistry) -> tuple[object | None, Scraper | None]:
-    """The configuration (from the BudgetCollector) and the Scraper registered in the registry."""
-    config = scraper = None
-    for collector in list(getattr(registry, "_collector_to_names", {})):
-        if isinstance(collector, BudgetCollector):
-            config = collector.config
-        elif isinstance(collector, Scraper):
-            scraper = collector
-    return config, scraper
-
-
-def page(registry: CollectorRegistry) -> bytes:
-    """The landing page for the registry the server serves."""
+def page(exporter: Exporter) -> bytes:
+    """The landing page of the exporter the server serves."""
     with _lock:
         now = time.monotonic()
-        cached = _last.get(registry)
+        cached = _last.get(exporter)
         if cached is not None and now - cached[0] < REUSE_SECONDS:
             return cached[1]
-        config, scraper = _parts(registry)
-        if config is None:
-            body = render_links_only()
-        else:
-            samples = Samples(registry.collect())
-            body = render(config, snapshot_of(config, samples, scraper.last_errors() if scraper else {},
-                                              estimates_of(scraper.sources) if scraper else {}))
-        _last[registry] = (time.monotonic(), body)
+        samples = exporter.collect()
+        body = render(exporter.config, snapshot_of(exporter.config, samples, exporter.last_errors(),
+                                                   exporter.estimates()))
+        _last[exporter] = (time.monotonic(), body)
         return body
 
 

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from exporter import __version__
 from exporter.actions import RESULTS, Actions, Decision
+from exporter.app import Exporter
 from exporter.config import ACTIONS, Config
 from exporter.notify import Notification, Notifier
 from exporter.server import ExporterServer, Handler, start_server
@@ -137,9 +138,12 @@ class Receiver:
         for action in ACTIONS:
             for result in RESULTS:
                 self.actions_total.labels(action, result)
-        self.token = read_token(config.receiver_token_file)
+        self.token = read_token(config.receiver.token_file)
         self.notifier = notifier or Notifier()
-        self.actions = Actions(config, audit_path, counters=lambda a, r: self.actions_total.labels(a, r).inc())
+        # The exporter's own collectors re-read the state before a fix; not built when no fix is enabled.
+        exporter = Exporter(config) if config.actions.enabled else None
+        self.actions = Actions(exporter, config, audit_path,
+                               counters=lambda a, r: self.actions_total.labels(a, r).inc())
         self.queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
         self.pending = 0
         self._pending_lock = threading.Lock()
@@ -179,7 +183,7 @@ class Receiver:
 
     def process(self, payload: dict) -> None:
         decisions = []
-        if payload["status"] == "firing" and self.config.actions_enabled:
+        if payload["status"] == "firing" and self.config.actions.enabled:
             decisions = self.actions.handle(payload["groupKey"], payload["alerts"])
         result = self.notifier.show(compose_notification(payload, decisions))
         self.notifications.labels(result).inc()
@@ -269,5 +273,5 @@ def start_receiver(address: str, receiver: Receiver, web_config: WebConfig | Non
     if web_config is not None and web_config.users:
         raise ValueError("basic_auth_users of --web.config.file are for serve: the receiver checks the bearer "
                          "token of receiver.token_file")
-    return start_server(address, None, web_config, MAX_REQUESTS, ReceiverHandler, receiver, MAX_CONNECTIONS,
+    return start_server(address, receiver, web_config, MAX_REQUESTS, ReceiverHandler, MAX_CONNECTIONS,
                         name="receiver-http")

@@ -13,7 +13,6 @@ fixed set of daemon threads kept across scrapes (exporter/workers.py).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import threading
@@ -112,20 +111,11 @@ def _merge(page: dict[str, Metric], families: list[Metric]) -> int:
     return dropped
 
 
-def takes_deadline(source: SourceCollector) -> bool:
-    """Whether the collector's collect() takes the scrape's deadline. One with nothing to wait
-    for (a local scan) may keep prometheus_client's plain collect(self)."""
-    try:
-        return "deadline" in inspect.signature(source.collect).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _run_source(source: SourceCollector, deadline: Deadline, with_deadline: bool = True) -> SourceResult:
+def _run_source(source: SourceCollector, deadline: Deadline) -> SourceResult:
     start = time.perf_counter()
     result = SourceResult()
     try:
-        for family in (source.collect(deadline) if with_deadline else source.collect()):
+        for family in source.collect(deadline):
             family, dropped = _sanitise(family)
             result.families.append(family)
             result.dropped += dropped
@@ -150,7 +140,6 @@ class Scraper(Collector):
         self.sources = sources
         self.timeout = timeout
         self._workers = Workers(len(sources), "collector")
-        self._with_deadline = {source.name: takes_deadline(source) for source in sources}
         self._running: dict[str, Future] = {}
         self._last_error: dict[str, str | None] = {}
         # Concurrent scrapes share one collection instead of each hitting every backend.
@@ -187,8 +176,7 @@ class Scraper(Collector):
             if previous is not None and not previous.done():
                 busy.add(source.name)  # still stuck on an earlier scrape: don't pile up threads
                 continue
-            futures[source.name] = self._running[source.name] = self._workers.submit(
-                _run_source, source, deadline, self._with_deadline[source.name])
+            futures[source.name] = self._running[source.name] = self._workers.submit(_run_source, source, deadline)
         wait(futures.values(), timeout=deadline.left() + SCRAPE_MARGIN_SECONDS)
 
         page: dict[str, Metric] = {}

@@ -8,10 +8,8 @@ on every system.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import subprocess
-import sys
 
 import psutil
 from prometheus_client import gc_collector, platform_collector
@@ -70,36 +68,3 @@ def raise_open_files_limit() -> None:
         log.warning("could not raise the open-files limit (kept %s): %s",
                     resource.getrlimit(resource.RLIMIT_NOFILE)[0], exc)
 
-
-# glibc's allocator, for a process that runs for months: two arenas instead of up to
-# eight per core, and no per-thread caches of freed blocks.
-MALLOC_TUNABLES = "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
-
-
-def tune_malloc() -> None:
-    """Start this process again (exec: same pid, same arguments) with MALLOC_TUNABLES, which
-    glibc reads only when a program starts. glibc gives threads that allocate at once arenas
-    of their own and each thread a cache of freed blocks it keeps for itself: with the
-    collectors' worker threads the exporter's resident memory grew by some 0.4 MB between the
-    200th and the 1,000th scrape before it settled, and stayed 1.3 MB higher. With them:
-    +0.03 MB, for the same CPU (measured on issue 13's workstation, README Performance).
-    Nothing happens where GLIBC_TUNABLES is set already (the user's choice, or this process
-    after the exec), without glibc (macOS, musl), or when the exec fails."""
-    if "GLIBC_TUNABLES" in os.environ:
-        return
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return
-    except (ValueError, OSError):
-        return
-    argv = getattr(sys, "orig_argv", None)
-    program = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    ours = (os.path.basename(program) == "aitools-exporter"
-            or program == os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py"))
-    if not argv or not ours:  # called from another program (a test runner): not ours to restart
-        return
-    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
-    try:
-        os.execv(sys.executable, [sys.executable, *argv[1:]])
-    except OSError:
-        pass  # it goes on with glibc's defaults

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import collections
 import errno
-import functools
 import gzip
-import html
 import io
 import logging
 import queue
@@ -21,11 +19,11 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import CollectorRegistry
 
 from exporter import __version__
-from exporter.exposition import openmetrics_page
+from exporter.app import Exporter
+from exporter.landing import page, render_links_only
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -49,29 +47,11 @@ WRITE_TIMEOUT_SECONDS = 30.0
 MAX_CONNECTIONS = 1024
 ACCEPT_PAUSE_SECONDS = 0.1
 
-LANDING_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>aitools memory exporter</title></head>
-<body>
-<h1>aitools memory exporter</h1>
-<p>Memory budgets of this workstation, for Prometheus. Version {version}.</p>
-<ul>
-<li><a href="metrics">Metrics</a></li>
-<li><a href="healthz">Health</a></li>
-</ul>
-</body></html>
-"""
-
-
-def metrics_encoder(accept: str):
-    """prometheus_client's choice of format and content type for the Accept header; an
-    OpenMetrics 1.0.0 page (what Prometheus asks for) written by exporter/exposition.py,
-    which writes the library's bytes in less time (and hands it anything it does not know)."""
+def metrics_page(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """The registry's page and its content type in the format the Accept header asks for,
+    as prometheus_client chooses and writes it (Prometheus text 0.0.4, or OpenMetrics)."""
     encoder, content_type = choose_encoder(accept)
-    if (isinstance(encoder, functools.partial) and encoder.func is openmetrics.generate_latest
-            and encoder.keywords.get("escaping") in (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)
-            and encoder.keywords.get("version") == "1.0.0"):
-        encoder = functools.partial(openmetrics_page, library=encoder)
-    return encoder, content_type
+    return encoder(registry), content_type
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -153,9 +133,8 @@ class Handler(BaseHTTPRequestHandler):
                 pass
 
     def send_metrics(self, registry: CollectorRegistry) -> None:
-        encoder, content_type = metrics_encoder(self.headers.get("Accept", ""))
         try:
-            body = encoder(registry)
+            body, content_type = metrics_page(registry, self.headers.get("Accept", ""))
         except Exception:  # the collectors guard themselves; this is the last line
             log.exception("building the metrics page failed")
             self.send_page(500, b"internal error while collecting metrics\n")
@@ -172,6 +151,10 @@ class ExporterHandler(Handler):
 
     server_version = f"aitools-exporter/{__version__}"
 
+    @property
+    def exporter(self) -> Exporter:
+        return self.server.app
+
     def do_GET(self) -> None:
         if not self.server.web_config.authorized(self.headers.get("Authorization")):
             self.send_page(401, b"unauthorized\n",
@@ -179,14 +162,13 @@ class ExporterHandler(Handler):
             return
         path = urlsplit(self.path).path
         if path == "/metrics":
-            self.send_metrics(self.server.registry)
+            self.send_metrics(self.exporter.registry)
         elif path == "/":
-            from exporter.landing import page  # the breakdown page (exporter/landing.py)
             try:
-                body = page(self.server.registry)
+                body = page(self.exporter)  # the breakdown page (exporter/landing.py)
             except Exception:  # never worse than the plain page of links
                 log.exception("building the landing page failed")
-                body = LANDING_PAGE.format(version=html.escape(__version__)).encode()
+                body = render_links_only()
             self.send_page(200, body, "text/html; charset=utf-8")
         elif path == "/healthz":
             self.send_page(200, b"ok\n")
@@ -250,18 +232,17 @@ class ExporterServer:
     pauses accepting briefly instead of spinning.
 
     `handler` is the site served (ExporterHandler, or the receiver's), `app` what it serves
-    beside `registry`; `max_connections` lowers the cap of waiting connections;
+    (the Exporter, or the receiver's Receiver); `max_connections` lowers the cap of waiting connections;
     `header_timeout` may be set before serving.
     """
 
     address_family = socket.AF_INET
 
-    def __init__(self, address: tuple[str, int], registry: CollectorRegistry | None, web_config: WebConfig | None = None,
-                 max_requests: int = DEFAULT_MAX_REQUESTS, handler: type[Handler] = ExporterHandler, app=None,
+    def __init__(self, address: tuple[str, int], app, web_config: WebConfig | None = None,
+                 max_requests: int = DEFAULT_MAX_REQUESTS, handler: type[Handler] = ExporterHandler,
                  max_connections: int | None = None):
-        self.registry = registry
+        self.app = app  # what the handler serves: the Exporter (ExporterHandler), the receiver's Receiver
         self.handler = handler
-        self.app = app  # what the handler serves beside the registry (the receiver's Receiver)
         self.web_config = web_config or WebConfig()
         self.max_requests = max(1, max_requests)
         self.max_connections = min(max_connections or MAX_CONNECTIONS, _connection_cap())
@@ -289,7 +270,6 @@ class ExporterServer:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._paused_until = 0.0
-        self.rejected = 0  # answered 503: all workers busy
 
     # --- the front -------------------------------------------------------------------
 
@@ -402,7 +382,6 @@ class ExporterServer:
                     self._workers.append(worker)
                     worker.start()
         if busy:
-            self.rejected += 1
             self._refuse(connection, 503, "Service Unavailable", registered=False,
                          body=f"too many requests in flight (--web.max-requests={self.max_requests})\n")
             return
@@ -570,12 +549,13 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def start_server(address: str, registry: CollectorRegistry | None, web_config: WebConfig | None = None,
-                 max_requests: int = DEFAULT_MAX_REQUESTS, handler: type[Handler] = ExporterHandler, app=None,
+def start_server(address: str, app, web_config: WebConfig | None = None,
+                 max_requests: int = DEFAULT_MAX_REQUESTS, handler: type[Handler] = ExporterHandler,
                  max_connections: int | None = None, name: str = "http") -> ExporterServer:
-    """The server on `address` ('127.0.0.1:8730', '[::1]:8730', ':8730'), serving on a thread of its own."""
+    """The server on `address` ('127.0.0.1:8730', '[::1]:8730', ':8730'), serving `app` (an
+    Exporter, or what `handler` serves) on a thread of its own."""
     host, port = parse_listen_address(address)
     server_class = ExporterServerIPv6 if ":" in host else ExporterServer
-    server = server_class((host, port), registry, web_config, max_requests, handler, app, max_connections)
+    server = server_class((host, port), app, web_config, max_requests, handler, max_connections)
     threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server

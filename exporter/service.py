@@ -299,6 +299,14 @@ def systemd_quote(word: str) -> str:
     return f'"{escaped}"'
 
 
+# glibc's allocator for a process that runs for months: two arenas instead of up to eight
+# per core, and no per-thread caches of freed blocks. glibc reads GLIBC_TUNABLES only when a
+# program starts, so it is set where the process is started: here and in the Dockerfile.
+# Measured on a served exporter (1,000 scrapes, README Performance): resident memory 33.5
+# instead of 34.9 MiB, growing 0.1 instead of 0.2-0.4 MiB between the 200th and 1,000th.
+MALLOC_TUNABLES = "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
+
+
 def unit_for(service: Service, config: Path, receive_address: str | None) -> str:
     exec_start = " ".join(systemd_quote(word) for word in program_arguments(service, config, receive_address))
     return (
@@ -307,6 +315,7 @@ def unit_for(service: Service, config: Path, receive_address: str | None) -> str
         "\n"
         "[Service]\n"
         "Type=simple\n"
+        f"Environment=GLIBC_TUNABLES={MALLOC_TUNABLES}\n"
         f"ExecStart={exec_start}\n"
         # The same log file as on macOS, so that `service status` reads its last error on both.
         f"StandardOutput=append:{str(logs_dir() / _log_name(service)).replace('%', '%%')}\n"

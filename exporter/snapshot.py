@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from exporter.app import build_registry
+from exporter.app import Exporter
 from exporter.breakdown import Node, build_tree, human_bytes
-from exporter.budgets import Reading, Samples, readings
 from exporter.config import Config
 from exporter.fits import MEMORY_RESERVE_FRACTION, ModelFit, model_fit, model_fits
+from exporter.readings import Reading, Samples, readings
 
 
 @dataclass
@@ -31,20 +31,10 @@ def snapshot_of(config: Config, samples: Samples, collector_errors: dict[str, st
                     model_fits(samples, estimates), dict(estimates or {}))
 
 
-def estimates_of(sources) -> dict:
-    """The LLM collectors' estimates of their last collection, by (server, model)."""
-    return {(source.name, model): found for source in sources
-            for model, found in getattr(source, "last_estimates", {}).items()}
-
-
-def take_snapshot(config: Config, first: tuple[str, ...] = ()) -> Snapshot:
+def take_snapshot(exporter: Exporter, first: tuple[str, ...] = ()) -> Snapshot:
     """One collection; `first`: models whose estimate is read before the others'."""
-    registry, scraper = build_registry(config)
-    for source in scraper.sources:
-        if hasattr(source, "first"):
-            source.first = first
-    samples = Samples(registry.collect())
-    return snapshot_of(config, samples, scraper.last_errors(), estimates_of(scraper.sources))
+    exporter.read_first(first)
+    return snapshot_of(exporter.config, exporter.collect(), exporter.last_errors(), exporter.estimates())
 
 
 # `aitools-exporter fit` exit codes (../shared/CONTRACT.md)

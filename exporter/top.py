@@ -37,12 +37,13 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 
 from exporter.actions import Actions, Decision, containers_from, duplicates_to_stop
+from exporter.app import Exporter
 from exporter.breakdown import Node
-from exporter.budgets import Samples
 from exporter.collectors.base import CollectorError, Deadline
 from exporter.config import Config
 from exporter.collectors.httpclient import Client
-from exporter.snapshot import Snapshot, estimates_of, human_bytes, printable, snapshot_of
+from exporter.readings import Samples
+from exporter.snapshot import Snapshot, human_bytes, printable, snapshot_of, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,11 @@ class LocalFeed:
     local = True
 
     def __init__(self, config: Config):
-        from exporter.app import build_registry
-
         self.config = config
-        self.registry, self.scraper = build_registry(config)
+        self.exporter = Exporter(config)
 
     def read(self) -> Snapshot:
-        samples = Samples(self.registry.collect())
-        return snapshot_of(self.config, samples, self.scraper.last_errors(), estimates_of(self.scraper.sources))
+        return take_snapshot(self.exporter)
 
 
 def config_from_samples(samples: Samples, base: Config) -> Config:
@@ -84,9 +82,9 @@ def config_from_samples(samples: Samples, base: Config) -> Config:
     return dataclasses.replace(
         base, budgets=budgets,
         profile=profiles[0] if profiles and profiles[0] in ("development", "production") else base.profile,
-        docker_enabled=samples.value("aitools_docker_up") is not None,
-        ollama_url=base.ollama_url if "ollama" in servers else None,
-        lmstudio_url=base.lmstudio_url if "lmstudio" in servers else None)
+        docker=dataclasses.replace(base.docker, enabled=samples.value("aitools_docker_up") is not None),
+        ollama=dataclasses.replace(base.ollama, url=base.ollama.url if "ollama" in servers else None),
+        lmstudio=dataclasses.replace(base.lmstudio, url=base.lmstudio.url if "lmstudio" in servers else None))
 
 
 def _basic_auth(username: str | None, password: str | None) -> dict[str, str]:
@@ -323,7 +321,7 @@ def available_fixes(config: Config, snapshot: Snapshot | None) -> list[Fix]:
     """The fixes the configuration enables whose condition the current figures show."""
     if snapshot is None:
         return []
-    enabled, samples = config.actions_enabled, snapshot.samples
+    enabled, samples = config.actions.enabled, snapshot.samples
     fixes: list[Fix] = []
     if "unload_idle_model" in enabled:
         for reading in snapshot.readings:
@@ -341,11 +339,11 @@ def available_fixes(config: Config, snapshot: Snapshot | None) -> list[Fix]:
             if container.family:
                 families.setdefault(container.family, []).append(container)
         for family, copies in sorted(families.items()):
-            if duplicates_to_stop(copies, config.actions_keep_projects)[0]:
+            if duplicates_to_stop(copies, config.actions.keep_projects)[0]:
                 fixes.append(Fix("stop_duplicate_container", family, _alert("AitoolsDuplicateService", family=family),
                                  f"stop the duplicate {family} container"))
     if "node_heap_snapshot" in enabled:
-        for target in config.node_targets:
+        for target in config.node.targets:
             if target.heapsnapshot_signal and samples.value("aitools_node_target_up", target=target.name) == 1:
                 fixes.append(Fix("node_heap_snapshot", target.name,
                                  _alert("AitoolsNodeHeapLeakSuspected", target=target.name),
@@ -358,8 +356,10 @@ class Fixer:
 
     def __init__(self, config: Config, audit_path: Path | None):
         self.config = config
-        self.actions = Actions(config, audit_path)
-        self.preview_actions = Actions(dataclasses.replace(config, actions_dry_run=True), None)
+        exporter = Exporter(config)  # the collectors both re-read the state with
+        self.actions = Actions(exporter, config, audit_path)
+        dry_run = dataclasses.replace(config, actions=dataclasses.replace(config.actions, dry_run=True))
+        self.preview_actions = Actions(exporter, dry_run, None)
 
     def preview(self, fix: Fix) -> Decision:
         decisions = self.preview_actions.handle(f"top-preview:{time.monotonic()}", [fix.alert])
@@ -627,7 +627,7 @@ class TopApp(App):
             self.message = f"{fix.action}: {preview.sentence()}"
             self.show()
             return
-        dry = self.fixer.config.actions_dry_run
+        dry = self.fixer.config.actions.dry_run
         text = (f"{fix.title}\n\nWhat will be done: {preview.command or preview.target}\nWhy: {preview.reason}\n"
                 + ("\nThe configuration says dry run (actions.dry_run): it will be logged, not done." if dry else ""))
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from exporter.budgets import generated_rules  # noqa: E402
+from exporter.budget_rules import generated_rules  # noqa: E402
 from exporter.config import DEFAULT_BUDGETS, parse_size  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "prometheus"))

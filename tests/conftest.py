@@ -28,3 +28,64 @@ def missing_realpart(reason: str):
     if UNDER_CI:
         pytest.fail(f"real part missing under CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+# --- the fast tier ------------------------------------------------------------------------
+# `pytest --fast` runs only the tests that need no real part (no Docker engine, Prometheus,
+# Alertmanager, Chromium, Node or stand-in processes, no exporter started as a process):
+# under a minute, for every change. The full suite (`bash tests/run-all.sh`, what .ci/run
+# runs) runs everything. A test needs a real part when it uses one of these fixtures, sits in
+# one of these modules, or is marked `realpart` itself; such tests get the `realpart` marker
+# here, so `-m realpart` / `-m "not realpart"` select the same split.
+REAL_PART_FIXTURES = {
+    "docker_engine", "engine", "held_container", "secret_container", "stack", "fired",   # Docker engine
+    "node_steady", "node_leaky", "start_node", "node_with_signal",                       # Node processes
+    "swift_frontend", "app_processes", "user_stack", "hostile_processes",                # process trees
+    "prometheus_with_rules", "running_alertmanager",                                     # Prometheus, Alertmanager
+    "guarded_exporter", "exporter", "served", "receiver_for",                            # the exporter/receiver as a process or server with backends
+}
+REAL_PART_MODULES = {
+    "test_end_to_end",            # Docker, Prometheus, Alertmanager, Node, the exporter: the whole stack
+    "test_alertmanager",          # Alertmanager and amtool
+    "test_receiver_alertmanager",  # Alertmanager posting to the receiver
+    "test_load_and_long_run",     # the exporter served for minutes
+    "test_core_attacks",          # the exporter as a process, attacked
+    "test_web_access",            # the exporter as a process with TLS and auth
+    "test_cli_and_server",        # the command run as users run it
+    "test_compose",               # docker-compose, nginx, Alertmanager
+    "test_service",               # systemd-analyze, launchctl stand-ins, the services started
+    "test_faults",                # Docker, Node and the exporter with injected faults
+    "test_kept_connections",      # Node processes
+    "test_deadline",              # Node and the backends held at once
+    "test_secrets",               # Docker containers with secrets
+    "test_dashboards",            # promtool and Prometheus on the dashboards' queries
+    "test_proc_table",            # process trees started and walked
+    "test_process_paths",         # processes started under odd paths
+    "test_hostile_regex",         # processes with huge command lines
+    "test_rules",                 # promtool and Prometheus evaluating the rules
+}
+# No real part, but minutes of work: property-based fuzzing (hypothesis, hundreds of
+# examples through stand-in servers) and bcrypt at its real cost. Full suite only.
+FULL_SUITE_MODULES = {"test_parser_properties", "test_properties_system_config", "test_hostile_auth"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fast", action="store_true",
+                     help="only the fast tier: tests that need no real part (see tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    kept, dropped = [], []
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        if (module in REAL_PART_MODULES or REAL_PART_FIXTURES.intersection(item.fixturenames)
+                or item.get_closest_marker("realpart")):
+            if not item.get_closest_marker("realpart"):
+                item.add_marker(pytest.mark.realpart)
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if config.getoption("--fast"):
+        slow = [item for item in kept if item.module.__name__.rsplit(".", 1)[-1] in FULL_SUITE_MODULES]
+        config.hook.pytest_deselected(items=dropped + slow)
+        items[:] = [item for item in kept if item not in slow]

@@ -20,7 +20,7 @@ from exporter.collectors import proctable
 from exporter.collectors.apps import BUDGET_APPS, OTHER, TOP_PROGRAMS, AppsCollector, assign, budget_apps, kernel_memory_procfs
 from exporter.collectors.base import Deadline
 from exporter.collectors.system import parse_meminfo, parse_vm_stat
-from exporter.config import DEFAULT_APPS, App, Config, ConfigError, parse_config
+from exporter.config import App, Config, ConfigError, DEFAULT_APPS, DockerSection, SystemSection, parse_config
 
 MiB = 2**20
 DATA = Path(__file__).parent / "data"
@@ -102,7 +102,7 @@ def user_stack(app_processes):
 
 def test_each_app_is_what_psutil_reads_of_its_processes(user_stack, source):
     config = parse_config("apps:\n  ml-service: {cmdline: 'uvicorn embeddings_service'}\n")
-    collector = AppsCollector(config)
+    collector = AppsCollector(config.apps, config.docker, config.timeout)
     memory, count, processes, assignments, figures, _ = collector.read()
     for app, root in (("ide", user_stack["ide"]), ("xcode", user_stack["xcode"]), ("ml-service", user_stack["ml"])):
         members = tree(root)
@@ -125,9 +125,9 @@ def test_each_app_is_what_psutil_reads_of_its_processes(user_stack, source):
 
 def test_the_macos_reader_puts_the_processes_in_the_apps_procfs_does(user_stack, monkeypatch, tmp_path):
     monkeypatch.setenv(proctable.SOURCE_ENV, "procfs")
-    fast = AppsCollector(Config()).read()
+    fast = AppsCollector().read()
     request_macos(monkeypatch, tmp_path)
-    slow = AppsCollector(Config()).read()
+    slow = AppsCollector().read()
     assert fast.figures.keys() == {"resident_less_shared"} and slow.figures.keys() == {"resident"}
     for app in ("ide", "xcode"):  # the processes' resident sets here: at least their private memory
         assert fast.memory[app] - 2 * MiB <= slow.memory[app], app
@@ -146,7 +146,7 @@ def request_macos(monkeypatch, folder: Path) -> None:
 
 
 def test_every_process_is_in_exactly_one_app(user_stack, source):
-    memory, count, processes, assignments, figures, _ = AppsCollector(Config()).read()
+    memory, count, processes, assignments, figures, _ = AppsCollector().read()
     pids = [proc.pid for proc in processes]
     assert len(pids) == len(set(pids))
     assert set(assignments) == set(pids)
@@ -167,7 +167,7 @@ def used_memory() -> int:
 
 def test_the_apps_add_up_to_the_used_memory_within_the_tolerance(user_stack):
     before = used_memory()
-    result = samples(AppsCollector(Config()))
+    result = samples(AppsCollector())
     after = used_memory()
     # The LLM apps hold the model files their servers map: page cache to the kernel, left out
     # of the used memory; the apps less those files are what the used memory counts.
@@ -180,7 +180,7 @@ def test_the_apps_add_up_to_the_used_memory_within_the_tolerance(user_stack):
 
 
 def test_system_holds_the_kernels_memory():
-    memory, count, processes, assignments, _, _ = AppsCollector(Config()).read()
+    memory, count, processes, assignments, _, _ = AppsCollector().read()
     fields = parse_meminfo(Path("/proc/meminfo").read_text())
     kernel = sum(fields.get(name, 0) for name in apps_module.KERNEL_MEMINFO_FIELDS)
     processes_of_system = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
@@ -191,7 +191,7 @@ def test_system_holds_the_kernels_memory():
 
 def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_processes):
     root = app_processes.start("ollama", 5, children=[app_processes.command("runner-x", 12)], expect=2)
-    memory, count, processes, assignments, _, _ = AppsCollector(Config()).read()
+    memory, count, processes, assignments, _, _ = AppsCollector().read()
     child = root.children()[0]
     assert assignments[child.pid].app == "ollama"
     assert count["ollama"] == 2 and memory["ollama"] >= 17 * MiB
@@ -204,7 +204,7 @@ def test_unclaimed_children_take_their_ancestors_app_but_not_systems(app_process
 def test_the_apps_of_an_unchanged_process_table_are_kept_and_a_change_makes_them_anew(app_processes):
     """AppsCollector keeps the last assignment while the processes (pid, parent, name,
     command line), the apps and the bundle are the same; a new process makes it anew."""
-    collector = AppsCollector(Config())
+    collector = AppsCollector()
     first = collector.read()[3]
     for _ in range(20):  # the machine's other processes may come and go: wait for a steady table
         again = collector.read()[3]
@@ -222,7 +222,7 @@ def test_the_apps_of_an_unchanged_process_table_are_kept_and_a_change_makes_them
 def _system_names():
     system = next(app for app in DEFAULT_APPS if app.name == "system")
     return {name for name in system.names if not name.endswith("*")} | {
-        proc.name for proc in AppsCollector(Config()).read()[2]
+        proc.name for proc in AppsCollector().read()[2]
         if any(proc.name.startswith(prefix[:-1]) for prefix in system.names if prefix.endswith("*"))}
 
 
@@ -238,8 +238,8 @@ def test_labels_stay_bounded_with_a_thousand_differently_named_programs(tmp_path
         while len(programs := [p for p in psutil.process_iter(["name"]) if re.fullmatch(r"prog\d{4}", p.info["name"] or "")]) < 1000:
             assert time.monotonic() < deadline, "the thousand programs did not start"
             time.sleep(0.1)
-        memory, count, processes, assignments, _, _ = AppsCollector(Config()).read()
-        result = samples(AppsCollector(Config()))
+        memory, count, processes, assignments, _, _ = AppsCollector().read()
+        result = samples(AppsCollector())
         labels = set(app_memory(result))
         configured = {app.name for app in Config().apps}
         extra = labels - configured - {OTHER}
@@ -258,7 +258,7 @@ def test_labels_stay_bounded_with_a_thousand_differently_named_programs(tmp_path
 
 def test_top_programs_are_the_largest_unclaimed(app_processes):
     big = app_processes.start("bigprogram", 60, orphan=True)
-    memory, count, processes, assignments, _, _ = AppsCollector(Config()).read()
+    memory, count, processes, assignments, _, _ = AppsCollector().read()
     assert assignments[big.pid].app is None
     assert count["bigprogram"] == 1
     assert abs(memory["bigprogram"] - private(big)) <= 2 * MiB
@@ -268,7 +268,7 @@ def test_top_programs_are_the_largest_unclaimed(app_processes):
 
 def test_macos_kernel_memory_is_wired_plus_compressor_from_vm_stat(macos_reader):
     page_size, pages = parse_vm_stat((DATA / "vm_stat_apple_silicon.txt").read_text())
-    memory, count, processes, assignments, figures, _ = AppsCollector(Config()).read()
+    memory, count, processes, assignments, figures, _ = AppsCollector().read()
     of_processes = sum(proc.memory for proc in processes if assignments[proc.pid].app == "system")
     # Resident sets (no footprint read): the compressor's pages are in no process's figure.
     assert figures.get("footprint", 0) == 0
@@ -289,7 +289,7 @@ def test_macos_footprints_are_the_apps_figure_and_the_compressor_is_left_to_them
     footprints = {member.pid: (member.memory_info().rss, (100 + index) * MiB) for index, member in enumerate(members)}
     function, _ = stand_in_libproc(footprints, denied=set(), others=errno.EPERM)  # the others: not the user's
     monkeypatch.setattr(proctable.process_table(), "reader", proctable.MacReader(proctable.footprint_reader(function)))
-    collector = AppsCollector(Config())
+    collector = AppsCollector()
     memory, count, processes, assignments, figures, _ = collector.read()
     assert count["ollama"] >= 2
     of_ollama = [proc for proc in processes if assignments[proc.pid].app == "ollama"]
@@ -310,12 +310,12 @@ def test_the_scrapes_one_vm_stat_serves_the_apps_and_the_system(macos_reader, tm
 
     runs = tmp_path / "runs"
     (tmp_path / "vm_stat").write_text(f"#!/bin/sh\necho run >> '{runs}'\ncat '{DATA / 'vm_stat_apple_silicon.txt'}'\n")
-    config = Config(system_source="vm_stat")
+    config = Config(system=SystemSection(source="vm_stat"))
     scrape = Deadline(3.0)
-    list(SystemCollector(config).collect(scrape))
-    AppsCollector(config).read(scrape)
+    list(SystemCollector(config.system, config.timeout).collect(scrape))
+    AppsCollector(config.apps, config.docker, config.timeout).read(scrape)
     assert runs.read_text().count("run") == 1
-    AppsCollector(config).read(Deadline(3.0))  # another scrape: run again
+    AppsCollector(config.apps, config.docker, config.timeout).read(Deadline(3.0))  # another scrape: run again
     assert runs.read_text().count("run") == 2
 
 
@@ -351,8 +351,8 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         while b"renamed" not in container.logs():
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        config = Config(docker_host=docker_engine.host)
-        memory, count, processes, assignments, _, _ = AppsCollector(config).read()
+        config = Config(docker=DockerSection(host=docker_engine.host))
+        memory, count, processes, assignments, _, _ = AppsCollector(config.apps, config.docker, config.timeout).read()
         by_pid = {proc.pid: proc for proc in processes}
 
         def members(container_id):
@@ -382,11 +382,11 @@ def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_
         expected = sum(private(psutil.Process(pid)) for pid in docker_pids if psutil.pid_exists(pid))
         assert abs(memory["docker"] - expected) <= 2 * MiB * len(docker_pids)
         # Without the engine's answer the bundle is not told apart: its containers count as docker.
-        blind = AppsCollector(Config(docker_host="unix:///nonexistent.sock")).read()[3]
+        blind = AppsCollector(docker=DockerSection(host="unix:///nonexistent.sock")).read()[3]
         assert {blind[pid].app for pid in bundle_pids if pid in blind} == {"docker"}
         # The engine is asked again only when the containers' shims change (labels of a running
         # container cannot): a second bundle container started later is told apart at once.
-        collector = AppsCollector(config)
+        collector = AppsCollector(config.apps, config.docker, config.timeout)
         asked = []
         real_ask = collector._bundle_container_ids
         collector._bundle_container_ids = lambda deadline: asked.append(1) or real_ask(deadline)
@@ -440,7 +440,7 @@ def test_bad_apps_config_names_the_key(text, key, reason):
 
 
 def test_budget_info_publishes_which_apps_each_total_counts():
-    result = samples(AppsCollector(Config()))
+    result = samples(AppsCollector())
     info = {(dict(labels)["app"], dict(labels)["budget"]) for (name, labels), value in result.items()
             if name == "aitools_app_budget_info" and value == 1}
     assert info == {(app, budget) for budget, apps in BUDGET_APPS.items() for app in apps}
@@ -452,7 +452,7 @@ def test_a_docker_vm_process_is_docker_and_flags_the_containers_as_inside_it(app
     # Docker Desktop's VM (qemu-system-* on Intel Macs and Linux; a name longer than the
     # kernel keeps, read whole from the command line) with no container shims beside it.
     vm = app_processes.start("qemu-system-aarch64", 30, orphan=True)
-    collector = AppsCollector(Config())
+    collector = AppsCollector()
     memory, count, processes, assignments, _, _ = collector.read()
     assert assignments[vm.pid].app == "docker"
     result = samples(collector)
@@ -485,7 +485,7 @@ def test_figures_match_netdata_apps_plugin_on_the_same_processes(app_processes):
     with plugin:
         theirs = plugin.passes(2)[-1]  # the first pass may miss what started during it
         config = parse_config(f"apps:\n  editor: {{names: [{root}, {helper}, {gpu}]}}\n  ml-service: {{names: [{service}]}}\n")
-        memory, count, processes, assignments, _, _ = AppsCollector(config).read()
+        memory, count, processes, assignments, _, _ = AppsCollector(config.apps, config.docker, config.timeout).read()
     # Both put the unnamed worker in its ancestors' group.
     assert {assignments[m.pid].app for m in tree(tree_root)} == {"editor"} and count["editor"] == 4
     # "real memory without shared" against resident less shared: the same pages.
@@ -523,7 +523,7 @@ def test_the_default_apps_claim_lm_studios_node_and_the_model_servers_on_the_rea
     mlx = app_processes.start("python3", 6, tag="python -m mlx_lm.server --model mlx-community/Qwen3-4B-4bit",
                               orphan=True)
     build_service = app_processes.start("SWBBuildService", 6, orphan=True)
-    _, _, processes, assignments, _, _ = AppsCollector(Config()).read()
+    _, _, processes, assignments, _, _ = AppsCollector().read()
     by_pid = {proc.pid: proc for proc in processes}
     assert by_pid[lmstudio_node.pid].name == "node"
     assert {name: assignments[process.pid].app for name, process in (

@@ -16,10 +16,10 @@ import re
 import pytest
 from prometheus_client.core import GaugeMetricFamily
 
-from exporter.app import build_registry
+from exporter.app import Exporter
 from exporter.breakdown import Node, build_tree
-from exporter.budgets import Samples
-from exporter.config import Config
+from exporter.config import Config, DockerSection, LMStudioSection, OllamaSection
+from exporter.readings import Samples
 from exporter.snapshot import human_bytes, render_json, render_table, snapshot_of
 from tests.test_cli_and_server import run_cli
 
@@ -38,7 +38,7 @@ def llm_config(ollama_standin, lmstudio_standin, **extra) -> Config:
     ollama_standin.load("nomic-embed-text:latest", size=580_000_000)
     ollama_standin.install("mistral:7b", size_on_disk=4_113_301_824)
     lmstudio_standin.load("qwen/qwen3-4b-2507", size_bytes=2_500_000_000, instances=2)
-    return Config(ollama_url=ollama_standin.url, lmstudio_url=lmstudio_standin.url, **extra)
+    return Config(ollama=OllamaSection(url=ollama_standin.url), lmstudio=LMStudioSection(url=lmstudio_standin.url), **extra)
 
 
 def test_tree_figures_are_the_collected_samples(docker_engine, swift_frontend, ollama_standin, lmstudio_standin):
@@ -55,12 +55,12 @@ def test_tree_figures_are_the_collected_samples(docker_engine, swift_frontend, o
             created.append(docker_engine.run(name, hold_mb=held, labels=labels,
                                              memory_limit="64m" if name == "supabase-db" else None))
         swift_frontend.start(hold_mb=60)
-        config = llm_config(ollama_standin, lmstudio_standin, docker_host=docker_engine.host)
-        registry, scraper = build_registry(config)
+        config = llm_config(ollama_standin, lmstudio_standin, docker=DockerSection(host=docker_engine.host))
+        exporter = Exporter(config)
         # The tree from the sources alone (the apps collector's figures left out; the test
         # below gives the tree the apps).
-        samples = Samples(family for family in registry.collect() if not family.name.startswith("aitools_app_"))
-        snapshot = snapshot_of(config, samples, scraper.last_errors())
+        samples = Samples(family for family in exporter.registry.collect() if not family.name.startswith("aitools_app_"))
+        snapshot = snapshot_of(config, samples, exporter.last_errors())
     finally:
         for container in created:
             docker_engine.client.api.remove_container(container, force=True)
@@ -136,10 +136,10 @@ APPS = {"docker": 9.1 * GB, "node": 0.8 * GB, "xcode": 5.5 * GB, "ide": 3.7 * GB
 
 def test_tree_takes_the_apps_figures_where_the_samples_have_them(swift_frontend, ollama_standin, lmstudio_standin):
     swift_frontend.start(hold_mb=40)
-    config = llm_config(ollama_standin, lmstudio_standin, docker_enabled=False)
+    config = llm_config(ollama_standin, lmstudio_standin, docker=DockerSection(enabled=False))
     lmstudio_standin.mode = "http500"  # running but unreadable: its app is measured, its loaded models are not
-    registry, scraper = build_registry(config)
-    samples = Samples(with_apps(registry.collect(), APPS))
+    exporter = Exporter(config)
+    samples = Samples(with_apps(exporter.registry.collect(), APPS))
 
     tree, monitoring = build_tree(config, samples)
 
@@ -213,9 +213,9 @@ def test_names_from_outside_cannot_drive_the_terminal(ollama_standin, lmstudio_s
     hostile = "evil\x1b[2J\x1b]0;pwned\x07\nsecond-line:7b"
     ollama_standin.load(hostile, size=10**9)
     ollama_standin.install("also\x1b[31mred:7b", size_on_disk=10**9)
-    config = Config(ollama_url=ollama_standin.url, lmstudio_url=None, docker_enabled=False)
-    registry, scraper = build_registry(config)
-    table = render_table(config, snapshot_of(config, Samples(registry.collect()), scraper.last_errors()))
+    config = Config(ollama=OllamaSection(url=ollama_standin.url), lmstudio=LMStudioSection(url=None), docker=DockerSection(enabled=False))
+    exporter = Exporter(config)
+    table = render_table(config, snapshot_of(config, exporter.collect(), exporter.last_errors()))
     assert "\x1b" not in table and "\x07" not in table
     assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\nsecond-line:7b" in table
     assert "also\\x1b[31mred:7b  1.7 GB at context 4096: fits now" in table  # 1 GB file + KV cache + buffers
@@ -233,7 +233,7 @@ def test_no_node_shows_less_than_its_children_and_says_which_figure_it_shows():
     """llama.cpp's server reports 428 MB for its model while its processes hold 120 MB (its
     weights not read in yet); the apps with a mapped model are more than the used memory
     (the model's file pages are page cache to the kernel)."""
-    config = Config(ollama_url=None, lmstudio_url=None, docker_enabled=False)
+    config = Config(ollama=OllamaSection(url=None), lmstudio=LMStudioSection(url=None), docker=DockerSection(enabled=False))
     samples = Samples([
         gauge_family("aitools_app_memory_bytes", ["app"], {("llamacpp",): 120e6, ("system",): 900e6,
                                                            ("other",): 300e6, ("monitoring",): 50e6}),

@@ -173,33 +173,3 @@ def test_snapshot_table_and_json(tmp_path, swift_frontend):
     assert "aitools_system_memory_total_bytes" in names
     total = next(r for r in data["readings"] if r["area"] == "total")
     assert total["budget"] == "development_total" and total["used_bytes"] >= swift["used_bytes"]
-
-
-def test_the_metrics_encoder_writes_what_the_library_chooses_for_every_accept_header():
-    """server.metrics_encoder: the library's format and content type for each Accept header;
-    for Prometheus's OpenMetrics (escaping=underscores) the same bytes by the faster path."""
-    from prometheus_client.exposition import choose_encoder
-    from prometheus_client.openmetrics import exposition as openmetrics
-
-    from exporter.app import build_registry
-    from exporter.config import parse_config
-    from exporter.server import metrics_encoder
-
-    registry, _ = build_registry(parse_config("docker:\n  enabled: false\n"), own_metrics=True)
-    families = list(registry.collect())
-
-    class Page:
-        def collect(self):
-            return families
-
-    prometheus = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-                  "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
-    for accept in (prometheus, "", "text/plain", "application/openmetrics-text",
-                   "application/openmetrics-text;version=1.0.0;escaping=values", "text/plain;version=1.0.0"):
-        ours, content_type = metrics_encoder(accept)
-        library, library_type = choose_encoder(accept)
-        assert content_type == library_type
-        assert ours(Page()) == library(Page()), accept
-    faster, _ = metrics_encoder(prometheus)
-    assert faster.func.__module__ == "exporter.exposition"
-    assert faster.keywords["library"].keywords["escaping"] == openmetrics.UNDERSCORES

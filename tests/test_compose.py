@@ -298,6 +298,8 @@ def test_dockerfile_installs_the_package_and_runs_the_exporter():
     assert len(re.findall(r"^FROM ", dockerfile, re.MULTILINE)) == 1
     assert re.search(r"^RUN pip install /src\b", dockerfile, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["aitools-exporter"\]', dockerfile, re.MULTILINE)
+    from exporter.service import MALLOC_TUNABLES  # glibc reads them at start: the image sets them as the unit does
+    assert re.search(rf"^ENV GLIBC_TUNABLES={re.escape(MALLOC_TUNABLES)}$", dockerfile, re.MULTILINE)
     assert re.search(r"^USER (?!root|0\b)", dockerfile, re.MULTILINE), "not root"
     for copied in re.findall(r"^COPY (?!--from=)(.+) \S+$", dockerfile, re.MULTILINE):
         for source in copied.split():
@@ -555,12 +557,12 @@ PARALLEL_CONTAINERS = 40  # more than the 32 calls nginx carried at worker_conne
 def test_parallel_stats_calls_of_the_exporter_go_through_the_real_proxy(proxy, held_container, docker_engine):
     """The docker collector's stats calls, all at once, through compose's nginx: every one answered."""
     from exporter.collectors.docker import MAX_PARALLEL_STATS, DockerCollector
-    from exporter.config import Config
+    from exporter.config import Config, DockerSection
 
     names = [f"proxy-parallel-{index}" for index in range(PARALLEL_CONTAINERS)]
     started = [docker_engine.run(name, "redis:7") for name in names]
     try:
-        collector = DockerCollector(Config(docker_host=f"tcp://127.0.0.1:{proxy}", timeout=30))
+        collector = DockerCollector(DockerSection(host=f"tcp://127.0.0.1:{proxy}"), timeout=30)
         collector.cgroup_root = None  # as in the exporter's container: every figure through the stats API
         families = {family.name: family for family in collector.collect()}
         usage = {sample.labels["name"]: sample.value

@@ -14,12 +14,12 @@ def test_defaults_are_the_contract_defaults():
         "ollama": 8_000_000_000, "lmstudio": 16_000_000_000, "swift_build": 6_000_000_000,
         "development_total": 20_000_000_000, "production_total": 8_000_000_000,
     }
-    assert config.node_targets == ()
-    assert config.docker_enabled and config.docker_host is None
-    assert config.ollama_url == "http://127.0.0.1:11434"
-    assert config.lmstudio_url == "http://127.0.0.1:1234"
+    assert config.node.targets == ()
+    assert config.docker.enabled and config.docker.host is None
+    assert config.ollama.url == "http://127.0.0.1:11434"
+    assert config.lmstudio.url == "http://127.0.0.1:1234"
     assert [(g.name, g.names) for g in config.process_groups] == [("swift-frontend", ("swift-frontend",))]
-    assert config.system_source == "auto"
+    assert config.system.source == "auto"
     assert config.timeout == 3.0
 
 
@@ -71,15 +71,15 @@ def test_a_full_file():
     assert config.profile == "production" and config.total_budget_name == "production_total"
     assert config.budgets["node_heap"] == 150 * 2**20 and config.budgets["docker"] == 4 * 10**9
     assert config.budgets["ollama"] == DEFAULT_BUDGETS["ollama"]
-    assert [(t.name, t.url, t.inspector) for t in config.node_targets] == [
+    assert [(t.name, t.url, t.inspector) for t in config.node.targets] == [
         ("api", "http://127.0.0.1:3000/memory", None), ("worker", None, "127.0.0.1:9229")]
-    assert not config.docker_enabled and config.docker_host == "tcp://127.0.0.1:2375"
-    assert config.ollama_url is None and config.lmstudio_url == "http://127.0.0.1:1234"
+    assert not config.docker.enabled and config.docker.host == "tcp://127.0.0.1:2375"
+    assert config.ollama.url is None and config.lmstudio.url == "http://127.0.0.1:1234"
     groups = {g.name: g for g in config.process_groups}
     assert set(groups) == {"swift-frontend", "python-ml", "xcode"}
     assert groups["python-ml"].cmdline.search("python -m uvicorn app:main")
     assert groups["xcode"].names == ("Xcode", "XCBBuildService")
-    assert config.system_source == "vm_stat" and config.timeout == 1.5
+    assert config.system.source == "vm_stat" and config.timeout == 1.5
 
 
 def test_default_group_can_be_removed():
@@ -134,7 +134,7 @@ def test_node_target_heap_limit():
         "    - {name: api, url: 'http://127.0.0.1:3000/memory', heap_limit: 4GiB}\n"
         "    - {name: dbg, inspector: '127.0.0.1:9229', heap_limit: 2048MiB}\n"
         "    - {name: web, url: 'http://127.0.0.1:3001/metrics'}\n")
-    assert [t.heap_limit for t in config.node_targets] == [4 * 2**30, 2048 * 2**20, None]
+    assert [t.heap_limit for t in config.node.targets] == [4 * 2**30, 2048 * 2**20, None]
     for bad in ("0", "-1", "lots", "true"):
         with pytest.raises(ConfigError) as error:
             parse_config(f"node:\n  targets:\n    - {{name: api, url: 'http://127.0.0.1:3000/', heap_limit: {bad}}}\n")

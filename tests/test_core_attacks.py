@@ -309,11 +309,11 @@ def _answers(port: int) -> bool:
 
 
 def test_the_server_listens_on_ipv6_loopback_and_stops_at_once():
-    from prometheus_client import CollectorRegistry
-
+    from exporter.app import Exporter
+    from exporter.config import parse_config
     from exporter.server import start_server
 
-    server = start_server("[::1]:0", CollectorRegistry())
+    server = start_server("[::1]:0", Exporter(parse_config(QUIET)))
     try:
         answer = httpx.get(f"http://[::1]:{server.server_address[1]}/healthz", timeout=5)
     finally:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.app import build_sources
-from exporter.config import Config, NodeTarget
+from exporter.app import source_collectors
+from exporter.config import Config, DockerSection, LMStudioSection, NodeSection, NodeTarget, OllamaSection, SystemSection
 from exporter.scrape import SCRAPE_MARGIN_SECONDS, Scraper
 from tests.parts.llm_standins import LMStudioStandin, OllamaStandin
 
@@ -91,9 +91,7 @@ def slow_everything(tmp_path, monkeypatch, node_steady):
             script = bin_dir / name
             script.write_text(f"#!/bin/sh\nsleep {half:.2f}\n{output}\n")
             script.chmod(0o755)
-        return Config(node_targets=(NodeTarget("api", url=node_steady.url(f"/fail/slow?ms={int(seconds * 1000)}")),),
-                      docker_host=f"unix://{tmp_path / 'docker.sock'}", ollama_url=ollama.url,
-                      lmstudio_url=lmstudio.url, system_source="vm_stat", timeout=TIMEOUT)
+        return Config(node=NodeSection(targets=(NodeTarget("api", url=node_steady.url(f"/fail/slow?ms={int(seconds * 1000)}")),)), docker=DockerSection(host=f"unix://{tmp_path / 'docker.sock'}"), ollama=OllamaSection(url=ollama.url), lmstudio=LMStudioSection(url=lmstudio.url), system=SystemSection(source="vm_stat"), timeout=TIMEOUT)
 
     yield set_delay
     engine.shutdown()
@@ -103,7 +101,7 @@ def slow_everything(tmp_path, monkeypatch, node_steady):
 
 
 def scrape(config: Config) -> tuple[dict, float, dict]:
-    scraper = Scraper(build_sources(config), config.timeout)
+    scraper = Scraper(source_collectors(config), config.timeout)
     started = time.monotonic()
     families = scraper.collect_once()
     took = time.monotonic() - started

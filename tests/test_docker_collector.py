@@ -21,7 +21,7 @@ import pytest
 
 from exporter.collectors.base import CollectorError, SourceNotRunning
 from exporter.collectors.docker import DockerCollector, image_family, memory_usage, resolve_docker_host
-from exporter.config import Config
+from exporter.config import Config, DockerSection
 from exporter.scrape import Scraper
 from tests.conftest import missing_realpart
 from tests.parts.docker_engine import DockerEngine, EngineUnavailable
@@ -93,7 +93,7 @@ def containers(docker_engine):
 @pytest.fixture(params=["cgroup files", "stats API"])
 def collector(request, docker_engine):
     """Both ways of reading: the cgroup files where visible, and the engine's stats API."""
-    collector = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+    collector = DockerCollector(DockerSection(host=docker_engine.host), timeout=3)
     if request.param == "stats API":
         collector.cgroup_root = None
     elif collector.cgroup_root is None:
@@ -179,7 +179,7 @@ def test_containers_that_are_not_running_are_left_out(containers, collector):
 
 def test_host_found_from_docker_host_when_not_configured(docker_engine, containers, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
-    collector = DockerCollector(Config(timeout=3))
+    collector = DockerCollector(timeout=3)
     families, error = collect(collector)
     assert error is None and docker_up(families) == 1
     assert collector.host == docker_engine.host
@@ -195,7 +195,7 @@ def test_stopped_engine_gives_docker_up_0_and_a_clear_error():
         missing_realpart(f"cannot start a Docker engine: {exc}")
     host = engine.host
     try:
-        collector = DockerCollector(Config(docker_host=host, timeout=2))
+        collector = DockerCollector(DockerSection(host=host), timeout=2)
         families, error = collect(collector)
         assert error is None and docker_up(families) == 1
         assert families[USAGE] == []
@@ -292,7 +292,7 @@ def stand_in():
 
 
 def stand_in_collector(engine: StandInEngine, timeout: float = 2) -> DockerCollector:
-    return DockerCollector(Config(docker_host=engine.host, timeout=timeout))
+    return DockerCollector(DockerSection(host=engine.host), timeout=timeout)
 
 
 def test_stand_in_readings(stand_in):
@@ -417,7 +417,7 @@ def test_nothing_listening_on_the_socket():
         path = f"{folder}/docker.sock"
         with socket.socket(socket.AF_UNIX) as dead:
             dead.bind(path)  # the file exists; nobody accepts
-        families, error = collect(DockerCollector(Config(docker_host=f"unix://{path}", timeout=1)))
+        families, error = collect(DockerCollector(DockerSection(host=f"unix://{path}"), timeout=1))
     assert docker_up(families) == 0
     assert str(error) == f"cannot reach the Docker engine at unix://{path}: connection refused"
     assert isinstance(error, SourceNotRunning)  # Docker Desktop quit: not running, not failing
@@ -425,11 +425,11 @@ def test_nothing_listening_on_the_socket():
 
 def test_no_socket_at_the_path(tmp_path):
     host = f"unix://{tmp_path}/docker.sock"
-    families, error = collect(DockerCollector(Config(docker_host=host, timeout=1)))
+    families, error = collect(DockerCollector(DockerSection(host=host), timeout=1))
     assert docker_up(families) == 0
     assert str(error) == f"cannot reach the Docker engine at {host}: no socket there (is the engine running?)"
     assert isinstance(error, SourceNotRunning)
-    scraper = Scraper([DockerCollector(Config(docker_host=host, timeout=1))], timeout=1)
+    scraper = Scraper([DockerCollector(DockerSection(host=host), timeout=1)], timeout=1)
     samples = {(s.name, tuple(s.labels.items())): s.value for f in scraper.collect_once() for s in f.samples}
     assert samples[("aitools_collector_success", (("collector", "docker"),))] == 0
     assert samples[("aitools_collector_source_running", (("collector", "docker"),))] == 0
@@ -437,7 +437,7 @@ def test_no_socket_at_the_path(tmp_path):
 
 def test_scrape_publishes_docker_up_0_when_the_engine_is_unreachable(tmp_path):
     """The orchestrator keeps what a collector yielded before its CollectorError."""
-    scraper = Scraper([DockerCollector(Config(docker_host=f"unix://{tmp_path}/docker.sock", timeout=1))], timeout=1)
+    scraper = Scraper([DockerCollector(DockerSection(host=f"unix://{tmp_path}/docker.sock"), timeout=1)], timeout=1)
     samples = {sample.name: sample for family in scraper.collect_once() for sample in family.samples}
     assert samples["aitools_docker_up"].value == 0
     assert samples["aitools_collector_success"].labels == {"collector": "docker"}
@@ -601,8 +601,8 @@ def test_cgroup_files_give_the_engines_figures(docker_engine, containers):
     found = {name: cgroup_memory(CGROUP_ROOT, container_id) for name, container_id in ours.items()}
     if any(figures is None for figures in found.values()):
         missing_realpart("the engine's memory cgroups are not visible under /sys/fs/cgroup")
-    fast = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
-    through_api = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+    fast = DockerCollector(DockerSection(host=docker_engine.host), timeout=3)
+    through_api = DockerCollector(DockerSection(host=docker_engine.host), timeout=3)
     through_api.cgroup_root = None
     fast_usage = by_container(collect(fast)[0][USAGE])
     api_usage = by_container(collect(through_api)[0][USAGE])
@@ -622,7 +622,7 @@ def test_cgroup_figures_follow_a_container_and_a_stopped_one_is_gone(docker_engi
 
     if cgroup_memory(CGROUP_ROOT, containers["supabase-realtime"]) is None:
         missing_realpart("the engine's memory cgroups are not visible under /sys/fs/cgroup")
-    collector = DockerCollector(Config(docker_host=docker_engine.host, timeout=3))
+    collector = DockerCollector(DockerSection(host=docker_engine.host), timeout=3)
     before = by_container(collect(collector)[0][USAGE])["supabase-realtime"][1]
     container = docker_engine.client.containers.get(containers["supabase-realtime"])
     container.exec_run(["sh", "-c", "dd if=/dev/zero of=/dev/shm/more bs=1M count=20 2>/dev/null"])

@@ -1,97 +1,134 @@
-"""exporter/exposition.py writes the OpenMetrics page byte for byte as prometheus_client
-does (the library's encoder for what Prometheus negotiates, escaping=underscores), and
-hands the library every page it does not know how to write."""
+"""What the /metrics page must be, for every format a scraper can ask for.
+
+The page is written by prometheus_client (exporter/server.py `metrics_page`: the
+library's `choose_encoder` and its encoder). Served by the real HTTP server, for each
+Accept header the page has the content type the library chooses, parses back with the
+parser of that format to every sample it was given (hostile label values and odd numbers
+included), has only legacy metric and label names, and an OpenMetrics page ends with
+`# EOF`.
+"""
 
 from __future__ import annotations
 
+import math
+
+import httpx
 import pytest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.openmetrics import exposition as openmetrics
-from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+from prometheus_client.registry import Collector, CollectorRegistry
 
-from exporter.exposition import openmetrics_page
+from exporter.app import Exporter
+from exporter.config import parse_config
+from exporter.server import metrics_page, start_server
+
+PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+                     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+ACCEPTS = [PROMETHEUS_ACCEPT, "", "text/plain", "*/*", "application/openmetrics-text",
+           "application/openmetrics-text;version=1.0.0"]
+
+HOSTILE_VALUES = ['plain', 'with "quotes"', "back\\slash", "new\nline", "ünïcödé ✓", "", "{}=,", "tab\there",
+                  "\\n literally", "\"\\\n", "# EOF", "a} 1\nfake_metric 2"]
+NUMBERS = [0.0, 1.0, 2.5, 1e21, 123456789.0, 1234567.0, 9.9e-05, float(2**63), 36.5 * 2**20, 3.0,
+           float("inf"), float("nan")]
 
 
-class Page:
+def hostile_families() -> list[Metric]:
+    names = GaugeMetricFamily("aitools_test_bytes", 'Docs with "quotes", a back\\slash\nand a newline.',
+                              labels=["name", "image"])
+    for index, value in enumerate(HOSTILE_VALUES):
+        names.add_metric([value, f"image-{index}"], float(index))
+    numbers = GaugeMetricFamily("aitools_test_numbers", "Odd numbers.", labels=["index"])
+    for index, number in enumerate(NUMBERS):
+        numbers.add_metric([str(index)], number)
+    counter = CounterMetricFamily("aitools_test_events", "Events.", labels=["kind"])
+    counter.add_metric(["a"], 3)
+    unlabelled = GaugeMetricFamily("aitools_test_up", "Up.", value=1)
+    empty = GaugeMetricFamily("aitools_test_empty", "No samples.", labels=["x"])
+    return [names, numbers, counter, unlabelled, empty]
+
+
+class Fixed(Collector):
     def __init__(self, families):
         self.families = families
 
     def collect(self):
-        return list(self.families)
+        return hostile_families()
 
 
-def library(registry) -> bytes:
-    return openmetrics.generate_latest(registry, escaping=openmetrics.UNDERSCORES, version="1.0.0")
+@pytest.fixture(scope="module")
+def page_server():
+    """The real server of an Exporter (no backends) whose registry also holds the hostile families."""
+    exporter = Exporter(parse_config("docker: {enabled: false}\nollama: {url: null}\nlmstudio: {url: null}\n"),
+                        own_metrics=True)
+    exporter.registry.register(Fixed(hostile_families()))
+    server = start_server("127.0.0.1:0", exporter)
+    host, port = server.server_address[:2]
+    with httpx.Client(base_url=f"http://{host}:{port}", timeout=10) as client:
+        yield client
+    server.shutdown()
 
 
-HOSTILE_VALUES = ['plain', 'with "quotes"', "back\\slash", "new\nline", "ünïcödé ✓", "", "{}=,", "tab\there",
-                  "\\n literally", "\"\\\n"]
-NUMBERS = [0.0, -0.0, 1.0, 2.5, 1e21, 123456789.0, 1234567.0, 9.9e-05, float("inf"), float("-inf"), float("nan"),
-           2**63, 36.5 * 2**20, 3]
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def hostile_families() -> list[Metric]:
-    gauge = GaugeMetricFamily("aitools_test_bytes", 'Docs with "quotes", a back\\slash\nand a newline.',
-                              labels=["name", "image"])
-    for index, value in enumerate(HOSTILE_VALUES):
-        gauge.add_metric([value, f"image-{index}"], NUMBERS[index % len(NUMBERS)])
-    numbers = GaugeMetricFamily("aitools_test_numbers", "", labels=["index"])
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_the_page_is_the_format_asked_for_and_parses_back_to_every_sample(page_server, accept):
+    answer = page_server.get("/metrics", headers={"Accept": accept})
+    assert answer.status_code == 200
+    _, content_type = choose_encoder(accept)
+    assert answer.headers["Content-Type"] == content_type
+    openmetrics = content_type.startswith("application/openmetrics-text")
+    text = answer.content.decode("utf-8")
+    if openmetrics:
+        assert text.endswith("\n# EOF\n") and text.splitlines().count("# EOF") == 1
+    else:
+        assert text.startswith("# HELP ") and "# EOF" not in text.splitlines()
+    families = {family.name: family for family in (parse_openmetrics if openmetrics else parse_text)(text)}
+
+    # Every hostile label value comes back exactly, on its own line: nothing was injected.
+    names = families["aitools_test_bytes"]
+    assert names.type == "gauge"
+    assert names.documentation == 'Docs with "quotes", a back\\slash\nand a newline.'
+    assert sorted((s.labels["name"], s.labels["image"], s.value) for s in names.samples) == sorted(
+        (value, f"image-{index}", float(index)) for index, value in enumerate(HOSTILE_VALUES))
+    assert "fake_metric" not in families
+
+    numbers = {s.labels["index"]: s.value for s in families["aitools_test_numbers"].samples}
+    assert len(numbers) == len(NUMBERS)
     for index, number in enumerate(NUMBERS):
-        numbers.add_metric([str(index)], number)
-    counter = CounterMetricFamily("aitools_test_events", "Events.", labels=["kind"], created=1700000000.5)
-    counter.add_metric(["a"], 3, created=1700000000.25)
-    unlabelled = GaugeMetricFamily("aitools_test_up", "Up.", value=1)
-    empty = GaugeMetricFamily("aitools_test_empty", "No samples.", labels=["x"])
-    with_unit = GaugeMetricFamily("aitools_test_seconds", "A unit.", unit="seconds", value=0.25)
-    many_labels = GaugeMetricFamily("aitools_test_sorted", "Labels in any order.", labels=["z", "a", "m", "_b"])
-    many_labels.add_metric(["1", "2", "3", "4"], 5)
-    info = InfoMetricFamily("aitools_test_build", "Build.", value={"version": "1.0", "revision": "abc\"d"})
-    return [gauge, numbers, counter, unlabelled, empty, with_unit, many_labels, info]
+        assert _same(numbers[str(index)], number), (index, numbers[str(index)], number)
+
+    events = families["aitools_test_events"]
+    assert events.type == "counter"
+    assert [(s.name, s.labels, s.value) for s in events.samples] == [("aitools_test_events_total", {"kind": "a"}, 3.0)]
+    assert [s.value for s in families["aitools_test_up"].samples] == [1.0]
+    assert families["aitools_test_empty"].samples == []
+    assert families["aitools_collector_success"].samples and families["process_resident_memory_bytes"].samples
+
+    # Legacy names only: what Prometheus 2.x reads without any escaping scheme.
+    for family in families.values():
+        for sample in family.samples:
+            assert sample.name.replace("_", "a").isalnum() and sample.name.isascii(), sample.name
+            assert all(label.replace("_", "a").isalnum() and label.isascii() for label in sample.labels)
 
 
-def test_a_hostile_page_is_written_as_the_library_writes_it():
-    families = hostile_families()
-    ours = openmetrics_page(Page(families), library=lambda registry: pytest.fail("handed to the library"))
-    assert ours == library(Page(families))
-    assert ours.endswith(b"# EOF\n") and b'name="new\\nline"' in ours
+def test_metrics_page_is_the_library_encoder_for_the_accept_header():
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Fixed(hostile_families()))
+    for accept in ACCEPTS:
+        encoder, content_type = choose_encoder(accept)
+        assert metrics_page(registry, accept) == (encoder(registry), content_type)
 
 
-@pytest.mark.parametrize("odd", ["colon", "utf8_name", "utf8_label", "timestamp", "exemplar", "no_value"])
-def test_what_it_does_not_write_goes_to_the_library(odd):
-    family = GaugeMetricFamily("aitools_test_odd", "Odd.", labels=["x"])
-    family.add_metric(["1"], 1.0)
-    if odd == "colon":
-        family = GaugeMetricFamily("aitools:test_odd", "A colon, which underscores escaping rewrites.", value=1)
-    elif odd == "utf8_name":
-        family = GaugeMetricFamily("aitools_tëst", "Not a legacy name.", value=1)
-    elif odd == "utf8_label":
-        family.samples.append(Sample("aitools_test_odd", {"lä": "1"}, 2.0))
-    elif odd == "timestamp":
-        family.samples.append(Sample("aitools_test_odd", {"x": "2"}, 2.0, timestamp=1700000000))
-    elif odd == "exemplar":
-        family = CounterMetricFamily("aitools_test_odd", "Exemplar.", labels=["x"])
-        family.samples.append(Sample("aitools_test_odd_total", {"x": "1"}, 1.0,
-                                     exemplar=Exemplar({"trace_id": "abc"}, 1.0, 1700000000)))
-    elif odd == "no_value":
-        family.samples.append(Sample("aitools_test_odd", {"x": "3"}, None))
-    families = hostile_families() + [family]
-    handed = []
-
-    def spy(registry):
-        handed.append(list(registry.collect()))
-        return library(registry)
-
-    assert openmetrics_page(Page(families), library=spy) == library(Page(families))
-    assert handed and len(handed[0]) == len(families)  # the whole collection, collected once
-
-
-def test_the_registry_is_collected_once():
-    calls = []
-
-    class Counting(Page):
-        def collect(self):
-            calls.append(1)
-            return super().collect()
-
-    openmetrics_page(Counting(hostile_families()), library=library)
-    assert len(calls) == 1
+def test_a_gzip_page_is_the_same_page(page_server):
+    plain = page_server.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "identity"})
+    zipped = page_server.get("/metrics", headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in plain.headers
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    # httpx decodes it; the exporter's own figures move between the two scrapes, the page's families do not.
+    names = [[family.name for family in parse_openmetrics(answer.text)] for answer in (plain, zipped)]
+    assert names[0] == names[1] and "aitools_test_bytes" in names[1]

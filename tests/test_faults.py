@@ -37,7 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collectors.node import NodeCollector
-from exporter.config import Config, NodeTarget
+from exporter.config import Config, NodeSection, NodeTarget
 from exporter.scrape import Scraper
 from tests.conftest import missing_realpart
 from tests.parts.docker_engine import DockerEngine, EngineUnavailable
@@ -443,8 +443,8 @@ def test_a_truncated_answer_is_one_reason_whatever_its_length(caplog):
                                    b"Content-Length: %d\r\n\r\n{\"heapUsed\": " % length + b"1" * (length // 3))
 
     threading.Thread(target=serve, daemon=True).start()
-    config = Config(node_targets=(NodeTarget("api", url=f"http://127.0.0.1:{port}/memory"),), timeout=TIMEOUT)
-    scraper = Scraper([NodeCollector(config)], timeout=TIMEOUT)
+    config = Config(node=NodeSection(targets=(NodeTarget("api", url=f"http://127.0.0.1:{port}/memory"),)), timeout=TIMEOUT)
+    scraper = Scraper([NodeCollector(config.node, config.timeout)], timeout=TIMEOUT)
     try:
         with caplog.at_level(logging.INFO, logger="exporter.scrape"):
             for _ in range(5):

@@ -123,8 +123,8 @@ def test_a_file_over_the_size_cap_is_refused_unread(tmp_path):
 def test_anchors_without_aliases_and_the_nesting_the_file_needs_still_load():
     config = parse_config("profile: &p production\nnode:\n  targets:\n    - {name: api, url: 'http://[::1]:3000/m'}\n")
     assert config.profile == "production"
-    assert config.node_targets[0].url == "http://[::1]:3000/m"
-    assert parse_config("docker: {host: 'tcp://127.0.0.1:2375'}\n").docker_host == "tcp://127.0.0.1:2375"
+    assert config.node.targets[0].url == "http://[::1]:3000/m"
+    assert parse_config("docker: {host: 'tcp://127.0.0.1:2375'}\n").docker.host == "tcp://127.0.0.1:2375"
 
 
 @pytest.mark.parametrize("text, where, reason", [

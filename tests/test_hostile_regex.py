@@ -143,7 +143,7 @@ def test_a_long_program_name_is_still_found_when_its_command_line_is_cut(tmp_pat
         time.sleep(0.3)
         config = Config(process_groups=(ProcessGroup("long", names=(name,)),
                                         ProcessGroup("cut", cmdline=compile_pattern(f"{name} -c import time"))))
-        found = {(s.name, s.labels["group"]): s.value for f in ProcessCollector(config).collect() for s in f.samples}
+        found = {(s.name, s.labels["group"]): s.value for f in ProcessCollector(config.process_groups, config.timeout).collect() for s in f.samples}
         assert found[("aitools_process_group_processes", "long")] == 1
         assert found[("aitools_process_group_processes", "cut")] == 1
         assert found[("aitools_process_group_rss_bytes", "long")] == pytest.approx(

@@ -21,7 +21,7 @@ from exporter.collectors.base import Deadline, SourceNotRunning
 from exporter.collectors.docker import DockerCollector
 from exporter.collectors.docker_api import Engine, UnsupportedHost, tls_from_env
 from exporter.collectors.httpclient import Client, HTTPError, NotRunning
-from exporter.config import Config
+from exporter.config import DockerSection
 
 
 class Server:
@@ -250,7 +250,7 @@ def test_ssh_hosts_are_refused_with_the_way_round():
     assert "forward the engine's socket (ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock me@build-box)" in str(
         refused.value)
     families = {}
-    collector = DockerCollector(Config(docker_host="ssh://me@build-box", timeout=1))
+    collector = DockerCollector(DockerSection(host="ssh://me@build-box"), 1)
     with pytest.raises(Exception) as failed:
         for family in collector.collect():
             families[family.name] = family
@@ -302,7 +302,7 @@ def test_docker_over_tcp_reads_what_the_unix_socket_reads(docker_engine):
     relay = TCPToUnix(docker_engine.socket_path)
     try:
         def usage(host: str) -> dict:
-            collector = DockerCollector(Config(docker_host=host, timeout=5))
+            collector = DockerCollector(DockerSection(host=host), 5)
             collector.cgroup_root = None  # through the engine's stats API
             families = {family.name: family for family in collector.collect()}
             assert families["aitools_docker_up"].samples[0].value == 1

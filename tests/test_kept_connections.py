@@ -8,7 +8,7 @@ import threading
 
 from exporter.collectors.llm import OllamaCollector
 from exporter.collectors.node import NodeCollector
-from exporter.config import Config, NodeTarget
+from exporter.config import Config, NodeSection, NodeTarget, OllamaSection
 from exporter.scrape import Scraper
 
 
@@ -22,7 +22,7 @@ def idle_connections(pool) -> list:
 
 
 def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(node_steady):
-    collector = NodeCollector(Config(node_targets=(NodeTarget("json", url=node_steady.url("/memory")),
+    collector = NodeCollector(NodeSection(targets=(NodeTarget("json", url=node_steady.url("/memory")),
                                                    NodeTarget("prom", url=node_steady.url("/metrics")),
                                                    NodeTarget("debug", inspector=node_steady.inspector_address))))
     assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
@@ -49,7 +49,7 @@ def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(no
 
 def test_llm_connection_is_kept_across_scrapes(ollama_standin):
     ollama_standin.load("llama3.1:8b", size=4_900_000_000)
-    collector = OllamaCollector(Config(ollama_url=ollama_standin.url, timeout=2))
+    collector = OllamaCollector(OllamaSection(url=ollama_standin.url), timeout=2)
     list(collector.collect())
     [connection] = idle_connections(collector.http)
     for _ in range(5):
@@ -62,10 +62,9 @@ def test_llm_connection_is_kept_across_scrapes(ollama_standin):
 
 
 def test_no_thread_is_started_per_scrape(node_steady, ollama_standin):
-    config = Config(node_targets=(NodeTarget("json", url=node_steady.url("/memory")),
-                                  NodeTarget("debug", inspector=node_steady.inspector_address)),
-                    ollama_url=ollama_standin.url, timeout=2)
-    scraper = Scraper([NodeCollector(config), OllamaCollector(config)], config.timeout)
+    config = Config(node=NodeSection(targets=(NodeTarget("json", url=node_steady.url("/memory")),
+                                  NodeTarget("debug", inspector=node_steady.inspector_address))), ollama=OllamaSection(url=ollama_standin.url), timeout=2)
+    scraper = Scraper([NodeCollector(config.node, config.timeout), OllamaCollector(config.ollama, config.timeout)], config.timeout)
     for _ in range(10):
         scraper.collect_once()
     started = threading.active_count()

@@ -223,10 +223,10 @@ def test_landing_page_reuses_a_fresh_collection(served):
     assert first == second and len(ollama.requests) == before + len(asked)
 
 
-def test_a_registry_without_the_exporters_collectors_gets_the_page_of_links():
-    from prometheus_client.registry import CollectorRegistry
+def test_the_page_of_links_served_when_the_breakdown_cannot_be_built():
+    from exporter import __version__
+    from exporter.landing import render_links_only
 
-    from exporter.landing import page
-
-    body = page(CollectorRegistry()).decode()
+    body = render_links_only().decode()
     assert 'href="metrics"' in body and 'href="healthz"' in body and "<script" not in body
+    assert f"Version {__version__}." in body

@@ -15,7 +15,7 @@ import pytest
 from exporter.collectors import llamacpp as llamacpp_module
 from exporter.collectors.base import CollectorError, SourceNotRunning
 from exporter.collectors.llamacpp import LlamaCppCollector, shown_name
-from exporter.config import DEFAULT_LLAMACPP_URL, Config, parse_config
+from exporter.config import DEFAULT_LLAMACPP_URL, Config, LlamaCppSection, parse_config
 from tests.parts.llm_standins import Standin
 
 
@@ -59,7 +59,7 @@ def server():
 
 
 def test_a_server_with_its_model_and_slots(server):
-    families, error = collect(LlamaCppCollector(Config(llamacpp_url=server.url)))
+    families, error = collect(LlamaCppCollector(LlamaCppSection(url=server.url)))
     assert error is None
     model = (("model", "qwen2.5-coder-7b-q4_k_m.gguf"), ("server", "llamacpp"))
     assert families["aitools_llm_server_up"] == {(("server", "llamacpp"),): 1.0}
@@ -80,7 +80,7 @@ def test_an_alias_is_the_models_name():
                                     (200, {"status": "ok"}), (500, "Internal Server Error")])
 def test_another_program_on_the_port_is_not_running_and_is_left_alone_a_while(answer, monkeypatch):
     with Answers({"/props": answer}) as other:
-        collector = LlamaCppCollector(Config(llamacpp_url=other.url))
+        collector = LlamaCppCollector(LlamaCppSection(url=other.url))
         families, error = collect(collector)
         assert isinstance(error, SourceNotRunning) and "not a llama.cpp server" in str(error)
         assert families["aitools_llm_server_up"] == {(("server", "llamacpp"),): 0.0}
@@ -97,7 +97,7 @@ def test_another_program_on_the_port_is_not_running_and_is_left_alone_a_while(an
 def test_loading_its_model_is_up_with_nothing_loaded_yet():
     loading = {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
     with Answers({"/props": (503, loading), "/health": (503, loading)}) as server:
-        families, error = collect(LlamaCppCollector(Config(llamacpp_url=server.url)))
+        families, error = collect(LlamaCppCollector(LlamaCppSection(url=server.url)))
     assert error is None
     assert families["aitools_llm_server_up"] == {(("server", "llamacpp"),): 1.0}
     assert families["aitools_llm_model_loaded_bytes"] == {}
@@ -105,7 +105,7 @@ def test_loading_its_model_is_up_with_nothing_loaded_yet():
 
 def test_asleep_its_model_is_unloaded(server):
     server.answers["/props"] = (200, dict(PROPS, is_sleeping=True))
-    families, error = collect(LlamaCppCollector(Config(llamacpp_url=server.url)))
+    families, error = collect(LlamaCppCollector(LlamaCppSection(url=server.url)))
     assert error is None and families["aitools_llm_model_loaded_bytes"] == {}
     assert families["aitools_llm_server_slots"] == {(("server", "llamacpp"),): 2.0}
 
@@ -119,7 +119,7 @@ def test_a_router_counts_its_loaded_models_only():
         {"id": "qwen", "status": {"value": "unloaded"}},
         {"id": "asleep", "status": {"value": "sleeping"}, "meta": {"size": 10**9}}]}
     with Answers({"/props": (200, router_props), "/models": (200, listed)}) as router:
-        families, error = collect(LlamaCppCollector(Config(llamacpp_url=router.url)))
+        families, error = collect(LlamaCppCollector(LlamaCppSection(url=router.url)))
     assert error is None
     assert families["aitools_llm_model_loaded_bytes"] == {
         (("model", "ggml-org/gemma-3-4b-it-GGUF:Q4_K_M"), ("server", "llamacpp")): 2489757856.0}
@@ -129,7 +129,7 @@ def test_a_router_counts_its_loaded_models_only():
 def test_an_api_key_is_named_as_the_reason(server):
     server.answers["/props"] = (401, {"error": {"code": 401, "message": "Invalid API Key",
                                                 "type": "authentication_error"}})
-    families, error = collect(LlamaCppCollector(Config(llamacpp_url=server.url)))
+    families, error = collect(LlamaCppCollector(LlamaCppSection(url=server.url)))
     assert isinstance(error, CollectorError) and not isinstance(error, SourceNotRunning)
     assert "Invalid API Key" in str(error) and "--api-key" in str(error)
     assert families["aitools_llm_server_up"] == {(("server", "llamacpp"),): 1.0}
@@ -139,24 +139,24 @@ def test_slots_turned_off_reads_busy_slots_from_metrics(server):
     server.answers["/props"] = (200, dict(PROPS, endpoint_slots=False, endpoint_metrics=True))
     server.answers["/metrics"] = (200, "# HELP llamacpp:requests_processing Number of requests processing.\n"
                                        "# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 2\n")
-    families, error = collect(LlamaCppCollector(Config(llamacpp_url=server.url)))
+    families, error = collect(LlamaCppCollector(LlamaCppSection(url=server.url)))
     assert error is None and families["aitools_llm_server_slots_busy"] == {(("server", "llamacpp"),): 2.0}
     assert "/slots" not in [path for path, _ in server.requests]
 
 
 def test_bad_model_entries_are_skipped_not_published(server):
     server.answers["/v1/models"] = (200, {"data": [{"id": "x", "meta": {"size": -1}}, {"id": 5}, "junk"]})
-    collector = LlamaCppCollector(Config(llamacpp_url=server.url))
+    collector = LlamaCppCollector(LlamaCppSection(url=server.url))
     families, error = collect(collector)
     assert error is None and families["aitools_llm_model_loaded_bytes"] == {} and collector.skipped_entries == 3
 
 
 def test_config_url_default_and_null():
-    assert Config().llamacpp_url == DEFAULT_LLAMACPP_URL == "http://127.0.0.1:8080"
-    assert parse_config("llamacpp: {url: null}\n").llamacpp_url is None
-    assert parse_config("llamacpp: {url: 'http://127.0.0.1:8081'}\n").llamacpp_url == "http://127.0.0.1:8081"
-    from exporter.app import build_sources
-    assert "llamacpp" not in [source.name for source in build_sources(parse_config("llamacpp: {url: null}\n"))]
+    assert Config().llamacpp.url == DEFAULT_LLAMACPP_URL == "http://127.0.0.1:8080"
+    assert parse_config("llamacpp: {url: null}\n").llamacpp.url is None
+    assert parse_config("llamacpp: {url: 'http://127.0.0.1:8081'}\n").llamacpp.url == "http://127.0.0.1:8081"
+    from exporter.app import Exporter
+    assert not Exporter(parse_config("llamacpp: {url: null}\n")).enabled("llamacpp")
 
 
 def test_a_loaded_llamacpp_model_is_in_the_fit_plans():
@@ -164,7 +164,7 @@ def test_a_loaded_llamacpp_model_is_in_the_fit_plans():
     Ollama's own model is not enough, llama.cpp's loaded model makes the room."""
     from prometheus_client.core import GaugeMetricFamily
 
-    from exporter.budgets import Samples
+    from exporter.readings import Samples
     from exporter.fits import model_fits
 
     def family(name, labels, rows):

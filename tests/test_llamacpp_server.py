@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.app import build_registry
+from exporter.app import Exporter
 from exporter.breakdown import build_tree
-from exporter.budgets import Samples
 from exporter.collectors.apps import AppsCollector
 from exporter.collectors.llamacpp import LlamaCppCollector
-from exporter.config import Config
+from exporter.config import Config, DockerSection, LlamaCppSection, LMStudioSection, OllamaSection
 from exporter.snapshot import render_table, snapshot_of
 from tests.conftest import missing_realpart
 from tests.parts.llama_cpp import (FEW_HUNDRED_MB, LlamaRouter, LlamaServer, llama_server_binary, process_status,
@@ -42,13 +41,14 @@ def server(tmp_path_factory):
 
 
 def config_for(server: LlamaServer) -> Config:
-    return Config(llamacpp_url=server.url, ollama_url=None, lmstudio_url=None, docker_enabled=False)
+    return Config(llamacpp=LlamaCppSection(url=server.url), ollama=OllamaSection(url=None), lmstudio=LMStudioSection(url=None),
+                  docker=DockerSection(enabled=False))
 
 
 def test_the_llm_app_holds_the_servers_mapped_weights_and_anonymous_memory(server):
     pid = server.process.pid
     reported = server.get_json("/v1/models")["data"][0]["meta"]["size"]
-    memory, count, processes, assignments, _, models = AppsCollector(config_for(server)).read()
+    memory, count, processes, assignments, _, models = AppsCollector(config_for(server).apps).read()
     status = process_status(pid)
     ours = next(proc for proc in processes if proc.pid == pid)
     assert assignments[pid].app == "llamacpp"
@@ -73,7 +73,7 @@ def test_the_collector_reports_the_model_as_the_server_does(server):
     listed = server.get_json("/v1/models")["data"][0]
     props = server.get_json("/props")
     families = {family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
-                for family in LlamaCppCollector(config_for(server)).collect()}
+                for family in LlamaCppCollector(config_for(server).llamacpp).collect()}
     model = (("model", server.model.name), ("server", "llamacpp"))
     assert families["aitools_llm_server_up"] == {(("server", "llamacpp"),): 1.0}
     assert families["aitools_llm_model_loaded_bytes"] == {model: float(listed["meta"]["size"])}
@@ -87,8 +87,8 @@ def test_the_collector_reports_the_model_as_the_server_does(server):
 
 def test_the_tree_shows_the_model_under_its_server_and_no_node_below_its_children(server):
     config = config_for(server)
-    registry, scraper = build_registry(config)
-    samples = Samples(registry.collect())
+    exporter = Exporter(config)
+    samples = exporter.collect()
     reported = server.get_json("/v1/models")["data"][0]["meta"]["size"]
     tree, monitoring = build_tree(config, samples)
     llm = next(child for child in tree.children if child.name == "LLM services")
@@ -101,7 +101,7 @@ def test_the_tree_shows_the_model_under_its_server_and_no_node_below_its_childre
             parts = sum(child.bytes for child in item.children if child.bytes is not None)
             assert item.bytes is None and not parts or item.bytes >= parts, item.name
     # The table a person reads.
-    table = render_table(config, snapshot_of(config, samples, scraper.last_errors()))
+    table = render_table(config, snapshot_of(config, samples, exporter.last_errors()))
     assert "llama.cpp" in table and server.model.name in table
 
 
@@ -118,7 +118,7 @@ def test_a_second_server_on_the_same_model_adds_its_own_memory_not_the_model_aga
     check of tests/test_apps_collector.py takes out of the apps before it compares them
     with the used memory, which leaves page cache out."""
     def ours(pids):
-        memory, count, processes, assignments, _, models = AppsCollector(config_for(server)).read()
+        memory, count, processes, assignments, _, models = AppsCollector(config_for(server).apps).read()
         anonymous = sum(proc.memory for proc in processes if proc.pid in pids)
         return anonymous, models.files[str(server.model)][1], models.by_app["llamacpp"]
 
@@ -143,14 +143,14 @@ def test_a_router_counts_the_model_it_loaded_and_its_childs_mapped_weights(serve
     (folder / "tiny.gguf").symlink_to(server.model)
     with LlamaRouter(server.binary, folder) as router:
         families = {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
-                    for f in LlamaCppCollector(config_for(router)).collect()}
+                    for f in LlamaCppCollector(config_for(router).llamacpp).collect()}
         assert families["aitools_llm_model_loaded_bytes"] == {}  # listed, not loaded
         entry = router.load("tiny")
         families = {f.name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
-                    for f in LlamaCppCollector(config_for(router)).collect()}
+                    for f in LlamaCppCollector(config_for(router).llamacpp).collect()}
         assert families["aitools_llm_model_loaded_bytes"] == {
             (("model", "tiny"), ("server", "llamacpp")): float(entry["meta"]["size"])}
-        memory, count, processes, assignments, _, models = AppsCollector(config_for(router)).read()
+        memory, count, processes, assignments, _, models = AppsCollector(config_for(router).apps).read()
         children = [proc for proc in processes if proc.ppid == router.process.pid]
         assert children and {assignments[proc.pid].app for proc in children} == {"llamacpp"}
         # The model file is the one the module's server maps too: counted once, the larger share.

@@ -12,7 +12,7 @@ import pytest
 from exporter.collectors import llm
 from exporter.collectors.base import CollectorError
 from exporter.collectors.llm import LMStudioCollector, OllamaCollector
-from exporter.config import Config
+from exporter.config import Config, LMStudioSection, OllamaSection
 from exporter.scrape import SCRAPE_MARGIN_SECONDS, Scraper
 from tests.parts.llm_standins import OllamaStandin
 
@@ -52,11 +52,11 @@ def collect(collector) -> Collected:
 
 
 def ollama(standin) -> OllamaCollector:
-    return OllamaCollector(Config(ollama_url=standin.url, timeout=TIMEOUT))
+    return OllamaCollector(OllamaSection(url=standin.url), timeout=TIMEOUT)
 
 
 def lmstudio(standin) -> LMStudioCollector:
-    return LMStudioCollector(Config(lmstudio_url=standin.url, timeout=TIMEOUT))
+    return LMStudioCollector(LMStudioSection(url=standin.url), timeout=TIMEOUT)
 
 
 @pytest.fixture(autouse=True)
@@ -239,13 +239,13 @@ def test_chunked_answers_are_read(server):
 
 
 def test_unusable_url_is_down_with_a_reason():
-    collector = OllamaCollector(Config(ollama_url="http://[::1", timeout=TIMEOUT))
+    collector = OllamaCollector(OllamaSection(url="http://[::1"), timeout=TIMEOUT)
     result = collect(collector)
     assert (result.up, result.error) == (0, "ollama at http://[::1: not a usable URL: Invalid IPv6 URL")
 
 
 def test_unresolvable_host_is_down_with_a_reason():
-    collector = OllamaCollector(Config(ollama_url="http://no-such-host.invalid:11434", timeout=TIMEOUT))
+    collector = OllamaCollector(OllamaSection(url="http://no-such-host.invalid:11434"), timeout=TIMEOUT)
     result = collect(collector)
     assert result.up == 0
     assert result.error.startswith("ollama at http://no-such-host.invalid:11434: ")
@@ -446,8 +446,8 @@ def scrape(scraper: Scraper) -> dict[tuple[str, tuple], float]:
 def test_scraper_marks_each_llm_collector_succeeded_or_failed(ollama_standin, lmstudio_standin):
     ollama_standin.load("llama3.1:8b", size=4_900_000_000)
     lmstudio_standin.load("qwen/qwen3-4b-2507", size_bytes=2_500_000_000)
-    config = Config(ollama_url=ollama_standin.url, lmstudio_url=lmstudio_standin.url, timeout=TIMEOUT)
-    scraper = Scraper([OllamaCollector(config), LMStudioCollector(config)], TIMEOUT)
+    config = Config(ollama=OllamaSection(url=ollama_standin.url), lmstudio=LMStudioSection(url=lmstudio_standin.url), timeout=TIMEOUT)
+    scraper = Scraper([OllamaCollector(config.ollama, config.timeout), LMStudioCollector(config.lmstudio, config.timeout)], TIMEOUT)
 
     healthy = scrape(scraper)
     ollama_standin.mode = "refused"

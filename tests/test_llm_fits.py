@@ -17,11 +17,11 @@ import psutil
 import pytest
 import yaml
 
-from exporter.app import build_registry
-from exporter.budgets import Samples
-from exporter.config import Config
+from exporter.app import Exporter
+from exporter.config import Config, DockerSection, LMStudioSection, OllamaSection
 from exporter.fits import MEMORY_RESERVE_FRACTION, Loaded, Rooms, model_fits, plan
-from exporter.snapshot import estimates_of, render_json, render_table, snapshot_of
+from exporter.readings import Samples
+from exporter.snapshot import render_json, render_table, snapshot_of
 from tests.parts.show_payloads import GEMMA3_4B, QWEN25_7B
 from tests.test_rules import LLM_RULES, PROMETHEUS_DIR, promtool
 
@@ -67,12 +67,13 @@ def collect_with_models(ollama_standin, lmstudio_standin):
     lmstudio_standin.download("text-embedding-nomic-embed-text-v1.5", size_bytes=84_110_000, type="embedding")
     lmstudio_standin.download("meta/llama-3.1-405b", size_bytes=huge)
     # Ollama's budget leaves 3.6 GB: gemma3:4b's 3.3 GB file would fit, its 3.7 GB loaded size does not.
-    config = Config(ollama_url=ollama_standin.url, lmstudio_url=lmstudio_standin.url, docker_enabled=False,
+    config = Config(ollama=OllamaSection(url=ollama_standin.url), lmstudio=LMStudioSection(url=lmstudio_standin.url),
+                    docker=DockerSection(enabled=False),
                     budgets={**Config().budgets, "ollama": 9_600_000_000, "lmstudio": 4 * huge})
-    registry, scraper = build_registry(config)
+    exporter = Exporter(config)
     # 5 Ollama models: /api/show is read 4 per scrape, the fifth at the next.
-    list(next(source for source in scraper.sources if source.name == "ollama").collect())
-    return config, Samples(registry.collect()), scraper
+    list(exporter.llm_server("ollama").collect())
+    return config, exporter.collect(), exporter
 
 
 def test_show_is_read_a_few_models_per_scrape_and_cached_by_digest(ollama_standin):
@@ -80,7 +81,7 @@ def test_show_is_read_a_few_models_per_scrape_and_cached_by_digest(ollama_standi
 
     for number in range(6):
         ollama_standin.install(f"model{number}:7b", size_on_disk=GB)
-    collector = OllamaCollector(Config(ollama_url=ollama_standin.url))
+    collector = OllamaCollector(OllamaSection(url=ollama_standin.url))
     shows = lambda: sum(path == "/api/show" for path, _ in ollama_standin.requests)  # noqa: E731
     list(collector.collect())
     assert shows() == MAX_SHOW_CALLS_PER_SCRAPE == 4
@@ -97,7 +98,7 @@ def test_show_is_read_a_few_models_per_scrape_and_cached_by_digest(ollama_standi
 
 
 def test_which_installed_models_fit_with_real_standins(ollama_standin, lmstudio_standin):
-    config, samples, scraper = collect_with_models(ollama_standin, lmstudio_standin)
+    config, samples, exporter = collect_with_models(ollama_standin, lmstudio_standin)
     assert samples.value("aitools_system_memory_available_bytes") > 8 * GB, "this test needs some free memory"
 
     estimated = {labels["model"]: value for labels, value in samples.all("aitools_llm_model_estimated_bytes")}
@@ -132,7 +133,7 @@ def test_which_installed_models_fit_with_real_standins(ollama_standin, lmstudio_
     assert "never fits: needs" in never.verdict and "ollama budget 9.6 GB" in never.verdict
 
     # The snapshot shows the same, for people and for scripts.
-    snapshot = snapshot_of(config, samples, scraper.last_errors(), estimates_of(scraper.sources))
+    snapshot = snapshot_of(config, samples, exporter.last_errors(), exporter.estimates())
     table = render_table(config, snapshot)
     assert "ollama    gemma3:4b  3.7 GB at context 4096: fits once ollama/llama3.1:8b unloaded" in table
     assert "ollama    mamba:2.8b  1.6 GB (file size, no estimate): fits now" in table
@@ -297,14 +298,14 @@ def test_the_context_and_slots_come_from_the_ollama_servers_own_environment(olla
         time.sleep(0.5)
         assert server.poll() is None, "the stand-in `ollama serve` process did not start"
         ollama_standin.install("llama3:8b", size_on_disk=4_661_224_676)
-        collector = OllamaCollector(Config(ollama_url=ollama_standin.url))
+        collector = OllamaCollector(OllamaSection(url=ollama_standin.url))
         list(collector.collect())
         found = collector.last_estimates["llama3:8b"]
         assert (found.context_length, found.parallel, found.cache_type) == (8192, 2, "q8_0")  # 16384 capped at 8192
         assert any("OLLAMA_CONTEXT_LENGTH of the server process" in note for note in found.assumed)
         assert found.kv_bytes == 2 * 8192 * 32 * 8 * 256 * 34 // 32  # two slots of 8192 cells at q8_0
         # The configuration's ollama.context_length wins over the environment.
-        configured = OllamaCollector(Config(ollama_url=ollama_standin.url, ollama_context_length=2048))
+        configured = OllamaCollector(OllamaSection(url=ollama_standin.url, context_length=2048))
         list(configured.collect())
         assert configured.last_estimates["llama3:8b"].context_length == 2048
     finally:
@@ -315,8 +316,8 @@ def test_the_context_and_slots_come_from_the_ollama_servers_own_environment(olla
 def test_ollama_context_length_in_the_configuration():
     from exporter.config import ConfigError, parse_config
 
-    assert parse_config("ollama: {context_length: 32768}").ollama_context_length == 32768
-    assert parse_config("ollama: {url: null}").ollama_context_length is None
+    assert parse_config("ollama: {context_length: 32768}").ollama.context_length == 32768
+    assert parse_config("ollama: {url: null}").ollama.context_length is None
     for bad in ("0", "-1", "4096.5", "'4096'", "true", str(2**25)):
         with pytest.raises(ConfigError, match="ollama.context_length"):
             parse_config(f"ollama: {{context_length: {bad}}}")
@@ -358,7 +359,7 @@ def test_a_slow_show_costs_only_the_estimates_within_the_scrapes_deadline(ollama
     ollama_standin.load("llama3.1:8b", size=6 * GB)
     ollama_standin.install("qwen2.5:7b", size_on_disk=4_683_087_232)
     ollama_standin.path_modes = {"/api/show": "slow"}  # answers after 10 s
-    collector = OllamaCollector(Config(ollama_url=ollama_standin.url, timeout=1.0))
+    collector = OllamaCollector(OllamaSection(url=ollama_standin.url), 1.0)
     started = time.monotonic()
     families = {family.name: family for family in collector.collect()}
     took = time.monotonic() - started

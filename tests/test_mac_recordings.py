@@ -13,7 +13,7 @@ from exporter.collectors.base import CollectorError, SourceNotRunning
 from exporter.collectors.gpu import GPUCollector, default_gpu_limit, parse_in_use
 from exporter.collectors.macos import parse_swapusage
 from exporter.collectors.system import SystemCollector, activity_monitor, parse_vm_stat_counts
-from exporter.config import Config
+from exporter.config import Config, DockerSection, LMStudioSection, OllamaSection, SystemSection
 from tests.parts import recorded_mac
 
 GiB, MiB = 2**30, 2**20
@@ -58,7 +58,7 @@ def test_activity_monitors_figures_from_the_recorded_vm_stat(mac):
 
 
 def test_the_system_collector_on_the_recorded_mac(mac):
-    result = samples(SystemCollector(Config(system_source="vm_stat")))
+    result = samples(SystemCollector(SystemSection(source="vm_stat")))
     commands = mac["commands"]
     page_size, pages, counters = parse_vm_stat_counts(commands["vm_stat"]["stdout"])
     swap = parse_swapusage(commands["sysctl -n vm.swapusage"]["stdout"])
@@ -94,7 +94,7 @@ def test_a_key_the_mac_lacks_leaves_out_only_its_figure(mac, tmp_path, monkeypat
                                    if key not in ("sysctl -n kern.memorystatus_level", "sysctl -n vm.swapusage")}}
     folder = recorded_mac.install(lacking, tmp_path / "lacking")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    result = samples(SystemCollector(Config(system_source="vm_stat")))
+    result = samples(SystemCollector(SystemSection(source="vm_stat")))
     assert ("aitools_system_memory_free_ratio", ()) not in result
     assert result[("aitools_system_memory_pressure_level", ())] in (1, 2, 4)
     assert result[("aitools_system_memory_total_bytes", ())] == int(mac["commands"]["sysctl -n hw.memsize"]["stdout"])
@@ -103,7 +103,7 @@ def test_a_key_the_mac_lacks_leaves_out_only_its_figure(mac, tmp_path, monkeypat
 
 
 def test_the_gpu_collector_on_the_recorded_mac(mac):
-    result = samples(GPUCollector(Config()))
+    result = samples(GPUCollector())
     assert result[("aitools_gpu_memory_wired_bytes", ())] == mac["expected"]["gpu"]["wired"]
     assert result[("aitools_gpu_memory_limit_bytes", ())] == mac["expected"]["gpu"]["limit"]
 
@@ -113,7 +113,7 @@ def test_a_set_wired_limit_is_the_ceiling(mac, tmp_path, monkeypatch):
                                                                                         "returncode": 0}}}
     folder = recorded_mac.install(raised, tmp_path / "raised")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    assert samples(GPUCollector(Config()))[("aitools_gpu_memory_limit_bytes", ())] == 57344 * MiB
+    assert samples(GPUCollector())[("aitools_gpu_memory_limit_bytes", ())] == 57344 * MiB
 
 
 def test_a_mac_without_the_iogpu_key_gets_the_default_ceiling(mac, tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_a_mac_without_the_iogpu_key_gets_the_default_ceiling(mac, tmp_path, mon
                                  if key not in ("sysctl -n iogpu.wired_limit_mb",)}}
     folder = recorded_mac.install(older, tmp_path / "older")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    result = samples(GPUCollector(Config()))
+    result = samples(GPUCollector())
     # iogpu.* unknown: the default for the machine's memory stands.
     assert result[("aitools_gpu_memory_limit_bytes", ())] == mac["expected"]["gpu"]["limit"]
 
@@ -129,7 +129,7 @@ def test_a_mac_without_the_iogpu_key_gets_the_default_ceiling(mac, tmp_path, mon
 def test_no_ioreg_is_no_gpu_not_a_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SourceNotRunning, match="ioreg not found"):
-        list(GPUCollector(Config()).collect())
+        list(GPUCollector().collect())
 
 
 @pytest.mark.parametrize("output, expected", [
@@ -175,7 +175,7 @@ def test_a_value_that_is_not_the_keys_leaves_out_its_figure(mac, tmp_path, monke
     odd = {**mac, "commands": {**mac["commands"], key: {"stdout": answer, "returncode": 0}}}
     folder = recorded_mac.install(odd, tmp_path / "odd")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    result = samples(SystemCollector(Config(system_source="vm_stat")))
+    result = samples(SystemCollector(SystemSection(source="vm_stat")))
     assert (absent, ()) not in result
     assert result[("aitools_system_memory_total_bytes", ())] == int(mac["commands"]["sysctl -n hw.memsize"]["stdout"])
 
@@ -200,7 +200,7 @@ def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_st
     from prometheus_client.core import GaugeMetricFamily
 
     from exporter.breakdown import build_tree
-    from exporter.budgets import Samples
+    from exporter.readings import Samples
     from exporter.collectors.docker import DockerCollector
     from exporter.collectors.llm import OllamaCollector
     from tests.test_docker_collector import StandInEngine
@@ -215,10 +215,11 @@ def test_the_whole_recorded_mac_adds_up_with_the_gpu_under_ollama(mac, ollama_st
             ollama_standin.running[model["name"]] = model
         for model in mac["http"]["ollama GET /api/tags"]["body"]["models"]:
             ollama_standin.installed[model["name"]] = model
-        config = Config(system_source="vm_stat", docker_host=engine.host, docker_enabled=docker,
-                        ollama_url=ollama_standin.url, lmstudio_url=None)
-        collectors = (SystemCollector(config), GPUCollector(config), OllamaCollector(config),
-                      *((DockerCollector(config),) if docker else ()))
+        config = Config(system=SystemSection(source="vm_stat"), docker=DockerSection(enabled=docker, host=engine.host),
+                        ollama=OllamaSection(url=ollama_standin.url), lmstudio=LMStudioSection(url=None))
+        collectors = (SystemCollector(config.system, config.timeout), GPUCollector(config.timeout),
+                      OllamaCollector(config.ollama, config.timeout),
+                      *((DockerCollector(config.docker, config.timeout),) if docker else ()))
         families = [family for collector in collectors for family in collector.collect()]
     finally:
         engine.close()
@@ -264,4 +265,4 @@ def test_an_accelerator_without_the_figure_is_no_gpu_and_a_failing_ioreg_fails(m
     folder = recorded_mac.install(other, tmp_path / "other")
     monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(error, match=reason):
-        list(GPUCollector(Config()).collect())
+        list(GPUCollector().collect())

@@ -18,7 +18,6 @@ import pytest
 from exporter.collectors.apps import AppsCollector
 from exporter.collectors.base import Deadline
 from exporter.collectors.mapped import MappedFile, MappedModelReader, is_model_file, parse_smaps
-from exporter.config import Config
 from tests.parts.app_processes import readable
 
 MiB = 2**20
@@ -68,7 +67,7 @@ def test_a_mapped_model_counts_with_its_server_once(app_processes, tmp_path):
         handle.write(os.urandom(96 * MiB))
     first = start_mapper(app_processes, "llama-server", model, anon=8)
     second = start_mapper(app_processes, "llama-server", model, anon=8)  # a second server on the same file
-    collector = AppsCollector(Config())
+    collector = AppsCollector()
     memory, count, processes, assignments, _, models = collector.read()
     assert assignments[first.pid].app == assignments[second.pid].app == "llamacpp"
     resident = max(file_pages(first.pid, model), file_pages(second.pid, model))
@@ -93,7 +92,7 @@ def test_processes_outside_the_llm_apps_are_not_read(app_processes, tmp_path):
     with open(model, "wb") as handle:
         handle.write(os.urandom(40 * MiB))
     editor = start_mapper(app_processes, "Cursor", model, anon=4)
-    collector = AppsCollector(Config())
+    collector = AppsCollector()
     memory, count, processes, assignments, _, models = collector.read()
     assert assignments[editor.pid].app == "ide"
     assert str(model) not in models.files  # the IDE's mapped file is page cache, as before

@@ -22,7 +22,7 @@ from exporter.collectors.node import (
     parse_metrics_text,
     plausible_bytes,
 )
-from exporter.config import Config, NodeTarget
+from exporter.config import Config, NodeSection, NodeTarget
 from exporter.scrape import Scraper
 
 MiB = 2**20
@@ -34,7 +34,7 @@ FAMILIES = ("aitools_node_heap_used_bytes", "aitools_node_heap_total_bytes", "ai
 
 def run_collect(targets: list[NodeTarget], timeout: float = 3.0) -> tuple[dict[str, dict[str, float]], str | None, float]:
     """({family: {target: value}}, the CollectorError message or None, seconds taken)."""
-    collector = NodeCollector(Config(node_targets=tuple(targets), timeout=timeout))
+    collector = NodeCollector(NodeSection(targets=tuple(targets)), timeout=timeout)
     families: dict[str, dict[str, float]] = {}
     error = None
     started = time.monotonic()
@@ -359,7 +359,7 @@ def test_targets_that_are_all_stopped_are_a_source_not_running_and_a_failing_one
     refused_address = refused_url.split("/")[2]
 
     def scrape(targets):
-        scraper = Scraper([NodeCollector(Config(node_targets=tuple(targets), timeout=2.0))], timeout=2.0)
+        scraper = Scraper([NodeCollector(NodeSection(targets=tuple(targets)), timeout=2.0)], timeout=2.0)
         return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                 for family in scraper.collect_once() for sample in family.samples}
 
@@ -450,9 +450,9 @@ def test_a_stopped_process_times_out_within_the_timeout(start_node):
 
 
 def test_orchestrator_keeps_the_published_targets_and_marks_the_collector_failed(node_steady, refused_url):
-    config = Config(node_targets=(NodeTarget("good", url=node_steady.url("/memory")),
-                                  NodeTarget("api", url=refused_url)), timeout=2.0)
-    scraper = Scraper([NodeCollector(config)], timeout=config.timeout)
+    config = Config(node=NodeSection(targets=(NodeTarget("good", url=node_steady.url("/memory")),
+                                  NodeTarget("api", url=refused_url))), timeout=2.0)
+    scraper = Scraper([NodeCollector(config.node, config.timeout)], timeout=config.timeout)
     samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
                for family in scraper.collect_once() for sample in family.samples}
 

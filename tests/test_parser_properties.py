@@ -56,7 +56,7 @@ from exporter.collectors.node import (
     parse_memory_json,
     parse_metrics_text,
 )
-from exporter.config import Config
+from exporter.config import Config, OllamaSection
 from exporter.scrape import MAX_LABEL_VALUE_LENGTH, MAX_SERIES_PER_FAMILY, Scraper
 from tests.parts.llm_standins import OllamaStandin
 
@@ -473,7 +473,7 @@ def test_hostile_ollama_cannot_flood_or_poison_the_scrape(hostile_ollama, payloa
         installed = parse_ollama_tags(parse_json(body))  # the stand-in answers /api/tags alike
     except Unreadable:
         expected = None
-    scraper = Scraper([OllamaCollector(Config(ollama_url=hostile_ollama.url, timeout=5))], timeout=5)
+    scraper = Scraper([OllamaCollector(OllamaSection(url=hostile_ollama.url), timeout=5)], timeout=5)
 
     text, openmetrics = expose(scraper)  # the whole page encodes: no label value can break it
 
@@ -538,7 +538,7 @@ def test_any_sample_a_collector_yields_is_published_sanely_or_dropped_and_counte
     class Yielding(SourceCollector):
         name = "yielding"
 
-        def collect(self):
+        def collect(self, deadline=None):
             family = gauge("test_yielded_bytes", "test", ["model"])
             for label, value in samples:
                 family.add_metric([label], value)

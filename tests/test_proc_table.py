@@ -602,10 +602,10 @@ def glibc() -> bool:
 @pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
 @pytest.mark.parametrize("tuned", [True, False])
 def test_the_malloc_tunables_keep_two_arenas_and_no_thread_caches(tuned):
-    """What serve starts itself with: glibc's arenas (malloc_info's <heap> elements) with
+    """What the service unit and the Dockerfile start serve with: glibc's arenas (malloc_info's <heap> elements) with
     eight threads allocating at once are two, and no thread keeps a cache of freed blocks;
     without, more arenas and thread caches."""
-    from exporter.selfmetrics import MALLOC_TUNABLES
+    from exporter.service import MALLOC_TUNABLES
 
     env = {key: value for key, value in os.environ.items() if key not in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX")}
     if tuned:
@@ -617,28 +617,3 @@ def test_the_malloc_tunables_keep_two_arenas_and_no_thread_caches(tuned):
         assert 1 <= heaps <= 2 and freed >= 7 * 1000, done.stdout[:300]
     else:
         assert heaps > 2 and freed == 0, done.stdout[:300]
-
-
-@pytest.mark.skipif(not glibc(), reason="glibc's malloc only")
-def test_serve_restarts_itself_once_with_the_malloc_tunables_and_keeps_the_users():
-    from exporter.selfmetrics import MALLOC_TUNABLES
-    from tests.parts.exporter_process import ExporterProcess
-
-    def environ(pid: int) -> dict[str, str]:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            pairs = [item.decode().split("=", 1) for item in handle.read().split(b"\0") if b"=" in item]
-        return dict(pairs)
-
-    plain = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
-    for preset, expected in ((None, MALLOC_TUNABLES), ("glibc.malloc.arena_max=4", "glibc.malloc.arena_max=4")):
-        env = dict(plain, **({"GLIBC_TUNABLES": preset} if preset else {}))
-        exporter = ExporterProcess("docker:\n  enabled: false\n", env=env)
-        try:
-            exporter.wait_ready()
-            assert exporter.scrape().status_code == 200
-            # The same process (exec keeps the pid), started once more with the tunables set
-            # (glibc cuts the variable at the first ':' as it parses it, in place).
-            assert expected.startswith(environ(exporter.process.pid).get("GLIBC_TUNABLES"))
-            assert psutil.Process(exporter.process.pid).cmdline()[1:4] == ["-m", "exporter", "--web.listen-address"]
-        finally:
-            exporter.stop()

@@ -13,7 +13,7 @@ from exporter.patterns import compile_pattern
 
 def readings(config):
     found = {}
-    for family in ProcessCollector(config).collect():
+    for family in ProcessCollector(config.process_groups, config.timeout).collect():
         for sample in family.samples:
             found[(sample.name, sample.labels["group"])] = sample.value
     return found

@@ -15,7 +15,7 @@ import pytest
 
 from exporter.collectors import proctable
 from exporter.collectors.process import ProcessCollector
-from exporter.config import Config, ProcessGroup
+from exporter.config import Config, ProcessGroup, SystemSection
 from exporter.patterns import compile_pattern
 from tests.parts.processes import NamedProcesses
 
@@ -35,7 +35,8 @@ def readings(monkeypatch):
     def read(source: str, config: Config) -> dict:
         monkeypatch.setenv(proctable.SOURCE_ENV, source)
         return {(sample.name, sample.labels["group"]): sample.value
-                for family in ProcessCollector(config).collect() for sample in family.samples}
+                for family in ProcessCollector(config.process_groups, config.timeout).collect()
+                for sample in family.samples}
     return read
 
 
@@ -88,8 +89,10 @@ def test_apps_and_process_collectors_share_one_walk_per_scrape(monkeypatch, swif
     walks = []
     real_read = reader.read
     monkeypatch.setattr(reader, "read", lambda wants: walks.append(wants) or real_read(wants))
-    config = Config(system_source="vm_stat" if source == "macos" else "procfs")
-    scraper = Scraper([ProcessCollector(config), AppsCollector(config), SystemCollector(config)], timeout=5)
+    config = Config(system=SystemSection(source="vm_stat" if source == "macos" else "procfs"))
+    scraper = Scraper([ProcessCollector(config.process_groups, config.timeout),
+                       AppsCollector(config.apps, config.docker, config.timeout),
+                       SystemCollector(config.system, config.timeout)], timeout=5)
     for _ in range(3):
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in scraper.collect_once() for s in family.samples}

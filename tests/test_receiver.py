@@ -317,9 +317,9 @@ def test_token_file_is_required_when_an_action_is_enabled():
         parse_config("receiver: {token_file: /t}\nactions: {enabled: [rm_everything]}\n")
     config = parse_config("receiver: {token_file: /t}\nactions: {enabled: [node_heap_snapshot], dry_run: false, "
                           "keep_projects: [supabase]}\n")
-    assert config.actions_enabled == ("node_heap_snapshot",) and config.actions_dry_run is False
-    assert config.actions_keep_projects == ("supabase",)
-    assert parse_config("").actions_dry_run is True and parse_config("").actions_enabled == ()
+    assert config.actions.enabled == ("node_heap_snapshot",) and config.actions.dry_run is False
+    assert config.actions.keep_projects == ("supabase",)
+    assert parse_config("").actions.dry_run is True and parse_config("").actions.enabled == ()
 
 
 def test_node_target_heapsnapshot_keys():
@@ -327,7 +327,7 @@ def test_node_target_heapsnapshot_keys():
 
     config = parse_config("node: {targets: [{name: api, url: 'http://127.0.0.1:1/m', heapsnapshot_signal: SIGUSR2, "
                           "pidfile: /run/api.pid}]}\n")
-    assert config.node_targets[0].heapsnapshot_signal == "SIGUSR2" and config.node_targets[0].pidfile == "/run/api.pid"
+    assert config.node.targets[0].heapsnapshot_signal == "SIGUSR2" and config.node.targets[0].pidfile == "/run/api.pid"
     for bad, reason in (("heapsnapshot_signal: SIGKILL, pid: 5", "must be one of SIGUSR2"),
                         ("heapsnapshot_signal: SIGUSR2", "needs the target's pid or pidfile"),
                         ("pid: 5", "pid and pidfile are for heapsnapshot_signal"),

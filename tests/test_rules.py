@@ -623,7 +623,8 @@ def test_committed_budget_usage_rules_are_the_generated_ones():
     """prometheus/build.py writes the budget-usage rules from exporter/budgets.py (USAGE)."""
     out = subprocess.run([sys.executable, str(PROMETHEUS_DIR / "build.py"), "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    from exporter.budgets import USAGE, generated_rules
+    from exporter.budget_rules import generated_rules
+    from exporter.budgets import USAGE
 
     recorded = [rule for rule in rules() if rule.get("record", "").startswith("aitools:budget_usage_bytes")
                 or rule.get("record", "").startswith("aitools:budget_source_")]
@@ -640,12 +641,13 @@ def test_committed_leak_cases_are_the_generated_ones(tmp_path):
 
 
 def test_snapshot_counts_what_the_rules_count(tmp_path):
-    """`snapshot` (exporter/budgets.py usage_now) and the recording rules, both from USAGE,
+    """`snapshot` (exporter/readings.py usage_now) and the recording rules, both from USAGE,
     give the same usage for the same samples: fresh figures summed, 0 for a clean read with
     nothing in it or a source that is not running, nothing for a source that failed."""
     from prometheus_client.metrics_core import GaugeMetricFamily
 
-    from exporter.budgets import USAGE, Samples, usage_now
+    from exporter.budgets import USAGE
+    from exporter.readings import Samples, usage_now
 
     readings = {
         "aitools_node_heap_used_bytes": [({"target": "api"}, 150e6), ({"target": "web"}, 90e6)],

@@ -16,7 +16,7 @@ class Source(SourceCollector):
         self.behaviour = behaviour
         self.calls = 0
 
-    def collect(self):
+    def collect(self, deadline=None):
         self.calls += 1
         yield from self.behaviour(self)
 

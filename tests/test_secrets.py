@@ -210,4 +210,4 @@ def test_lmstudio_token_file_must_be_a_path(tmp_path):
     with pytest.raises(ConfigError, match="lmstudio.token_file"):
         load_config(path)
     path.write_text("lmstudio:\n  token_file: ~/.config/aitools/lmstudio.token\n")
-    assert load_config(path).lmstudio_token_file == os.path.expanduser("~/.config/aitools/lmstudio.token")
+    assert load_config(path).lmstudio.token_file == os.path.expanduser("~/.config/aitools/lmstudio.token")

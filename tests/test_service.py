@@ -76,7 +76,7 @@ def test_macos_install_writes_launch_agents_and_bootstraps_them(home, recorders)
     ]
     # The default configuration: created with the defaults, valid, with the token beside it.
     loaded = load_config(config)
-    assert loaded.receiver_token_file == str(token) and loaded.actions_dry_run is True and loaded.actions_enabled == ()
+    assert loaded.receiver.token_file == str(token) and loaded.actions.dry_run is True and loaded.actions.enabled == ()
     assert len(token.read_text()) >= 40 and "\n" not in token.read_text()
     assert config.stat().st_mode & 0o777 == 0o600 and config.parent.stat().st_mode & 0o777 == 0o700
     assert f"created the configuration {config}" in done.stdout
@@ -172,6 +172,8 @@ def test_linux_install_writes_user_units_that_systemd_verifies(home, recorders, 
     quoted_config = '"' + str(config).replace("%", "%%") + '"'
     assert f'"receive" "--config.file" {quoted_config} "--web.listen-address" "172.17.0.1:8731"' in receiver_unit
     assert "WantedBy=default.target" in receiver_unit and "Restart=always" in receiver_unit
+    for name in names:  # glibc reads its tunables only at start: the unit sets them
+        assert "Environment=GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0\n" in (units / name).read_text()
 
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

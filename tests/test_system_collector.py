@@ -10,7 +10,7 @@ import pytest
 
 from exporter.collectors.base import CollectorError
 from exporter.collectors.system import SystemCollector, meminfo_pages, parse_meminfo, parse_vm_stat
-from exporter.config import Config
+from exporter.config import Config, SystemSection
 
 DATA = Path(__file__).parent / "data"
 
@@ -24,7 +24,7 @@ def pages(result):
 
 
 def test_procfs_against_meminfo_and_psutil():
-    result = values(SystemCollector(Config(system_source="procfs")))
+    result = values(SystemCollector(SystemSection(source="procfs")))
     memory = psutil.virtual_memory()
     page_size = os.sysconf("SC_PAGE_SIZE")
     assert result[("aitools_system_page_size_bytes", ())] == page_size
@@ -39,8 +39,8 @@ def test_procfs_against_meminfo_and_psutil():
 
 
 def test_auto_on_linux_is_procfs():
-    auto = values(SystemCollector(Config()))
-    procfs = values(SystemCollector(Config(system_source="procfs")))
+    auto = values(SystemCollector())
+    procfs = values(SystemCollector(SystemSection(source="procfs")))
     assert auto.keys() == procfs.keys()
     assert ("aitools_system_memory_pressure_level", ()) not in auto  # a macOS reading only
     for key, value in procfs.items():
@@ -86,7 +86,7 @@ RECORDED_PAGES = {
 @pytest.mark.parametrize("recording, page_size", [("vm_stat_apple_silicon.txt", 16384), ("vm_stat_intel.txt", 4096)])
 def test_vm_stat_source_reads_the_recorded_output(fake_path, recording, page_size):
     install_vm_stat(fake_path, f"cat '{DATA / recording}'\n")
-    result = values(SystemCollector(Config(system_source="vm_stat")))
+    result = values(SystemCollector(SystemSection(source="vm_stat")))
     assert result[("aitools_system_page_size_bytes", ())] == page_size
     # The numbers as the recording prints them (compressed: "Pages occupied by compressor").
     assert pages(result) == RECORDED_PAGES[recording]
@@ -102,7 +102,7 @@ def test_memory_pressure_from_sysctl_where_it_answers(fake_path, answer, level):
     # Answers only the exact argv the collector must use: `sysctl -n kern.memorystatus_vm_pressure_level`.
     sysctl.write_text(f'#!/bin/sh\n[ "$1 $2 $#" = "-n kern.memorystatus_vm_pressure_level 2" ] && echo {answer}\n')
     sysctl.chmod(0o755)
-    result = values(SystemCollector(Config(system_source="vm_stat")))
+    result = values(SystemCollector(SystemSection(source="vm_stat")))
     assert result.get(("aitools_system_memory_pressure_level", ())) == level
     assert pages(result) == RECORDED_PAGES["vm_stat_apple_silicon.txt"]
 
@@ -118,11 +118,11 @@ def test_vm_stat_failures_are_clear(fake_path, script, reason):
     install_vm_stat(fake_path, script)
     started = time.monotonic()
     with pytest.raises(CollectorError, match=reason):
-        list(SystemCollector(Config(system_source="vm_stat", timeout=0.5)).collect())
+        list(SystemCollector(SystemSection(source="vm_stat"), timeout=0.5).collect())
     assert time.monotonic() - started < 2
 
 
 def test_vm_stat_missing(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(CollectorError, match="vm_stat not found on PATH"):
-        list(SystemCollector(Config(system_source="vm_stat")).collect())
+        list(SystemCollector(SystemSection(source="vm_stat")).collect())

@@ -42,7 +42,7 @@ from exporter.collectors.base import CollectorError, Deadline, SourceCollector, 
 from exporter.collectors.mapped import LLM_APPS, MappedModelReader, MappedModels
 from exporter.collectors.proctable import FOOTPRINT, SHIM_PREFIX, Proc, process_table, wants_cmdlines
 from exporter.collectors.system import read_vm_stat
-from exporter.config import DEFAULT_APPS, App, Config
+from exporter.config import DEFAULT_APPS, DEFAULT_TIMEOUT_SECONDS, App, DockerSection
 
 MEMINFO = "/proc/meminfo"
 TOP_PROGRAMS = 10
@@ -247,8 +247,14 @@ class AppsReading(NamedTuple):
 class AppsCollector(SourceCollector):
     name = "apps"
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, apps: tuple[App, ...] = DEFAULT_APPS, docker: DockerSection = DockerSection(),
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS, cmdlines: bool | None = None):
+        """`docker`: where the bundle's containers are asked for; `cmdlines`: whether the
+        process table reads every command line (the Exporter passes whether any app or process
+        group matches them); by default whether an app does."""
+        super().__init__(timeout)
+        self.apps, self.docker = apps, docker
+        self.cmdlines = wants_cmdlines(apps) if cmdlines is None else cmdlines
         self._engine = None
         self._shims: frozenset[str] | None = None  # the shims' command lines of the last answer
         self._bundle: frozenset[str] = frozenset()
@@ -257,8 +263,8 @@ class AppsCollector(SourceCollector):
 
     def read(self, deadline: Deadline | None = None) -> AppsReading:
         deadline = self.deadline(deadline)
-        apps = self.config.apps
-        scan = process_table().scan(deadline, wants_cmdlines(self.config))
+        apps = self.apps
+        scan = process_table().scan(deadline, self.cmdlines)
         processes, figures = scan.processes, scan.figures()
         try:
             if scan.platform == "darwin":
@@ -305,7 +311,7 @@ class AppsCollector(SourceCollector):
             memory_family.add_metric([app], float(memory[app]))
             count_family.add_metric([app], float(count[app]))
         info = gauge("aitools_app_budget_info", "1 for each app that the total budget counts.", ["app", "budget"])
-        for budget, names in budget_apps(self.config.apps).items():
+        for budget, names in budget_apps(self.apps).items():
             for name in names:
                 info.add_metric([name, budget], 1.0)
         in_vm = not any(proc.name.startswith(SHIM_PREFIX) for proc in processes) and any(
@@ -336,16 +342,16 @@ class AppsCollector(SourceCollector):
         """The ids of the running containers of the monitoring bundle, from the engine; none
         when Docker is disabled, None when the engine does not answer (their processes then
         count as docker this scrape, and it is asked again at the next)."""
-        if not self.config.docker_enabled:
+        if not self.docker.enabled:
             return frozenset()
         from exporter.collectors.docker import resolve_docker_host
         from exporter.collectors.docker_api import Engine
 
         # At most a second of the scrape's time: the figures do not wait for the labels.
-        deadline = Deadline(min(self.config.timeout, 1.0), at=min(deadline.at, time.monotonic() + 1.0))
+        deadline = Deadline(min(self.timeout, 1.0), at=min(deadline.at, time.monotonic() + 1.0))
         try:
             if self._engine is None:
-                host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
+                host = self.docker.host or resolve_docker_host(os.environ, Path.home(), sys.platform)
                 self._engine = Engine(host, deadline)
             listed = self._engine.containers(deadline, filters={"label": [BUNDLE_LABEL], "status": ["running"]})
             return frozenset(item["Id"] for item in listed if isinstance(item, dict) and isinstance(item.get("Id"), str))

@@ -8,9 +8,13 @@ One deadline: the scraper (exporter/scrape.py) makes one `Deadline` per scrape a
 it to every collector; every blocking call a collector makes (a socket read or write, a
 subprocess, a wait for its own workers) takes its timeout from `deadline.remaining()`, so
 sub-calls share the time that is left instead of each getting the whole timeout. Called
-without one (tests, `snapshot`), a collector makes its own from `config.timeout`. A
-collector with nothing to wait for (a local scan) may keep the plain `collect(self)`: the
-scraper passes the deadline only to a collect() that has a `deadline` parameter.
+without one (tests), a collector makes its own from its `timeout`.
+
+Each collector is given its own section of the configuration (exporter/config.py) and the
+timeout, never the whole configuration.
+
+This is the bottom of the exporter's layers: it imports nothing of the exporter but the
+configuration's types; every collector, the scraper and the app build on it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import ClassVar
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.config import Config
+from exporter.config import DEFAULT_TIMEOUT_SECONDS
 
 # Sizes are int64 in every backend's API; anything larger is garbage, not a reading.
 MAX_BYTE_COUNT = 2**63
@@ -68,15 +72,15 @@ class Deadline:
 class SourceCollector(Collector):
     name: ClassVar[str]
 
-    def __init__(self, config: Config):
-        self.config = config
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        self.timeout = timeout
 
     def collect(self, deadline: Deadline | None = None) -> Iterable[Metric]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def deadline(self, deadline: Deadline | None) -> Deadline:
-        """The scrape's deadline, or one of `config.timeout` from now when called on its own."""
-        return deadline if deadline is not None else Deadline(self.config.timeout)
+        """The scrape's deadline, or one of `timeout` from now when called on its own."""
+        return deadline if deadline is not None else Deadline(self.timeout)
 
 
 def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:

@@ -33,7 +33,7 @@ from exporter.collectors.base import (CollectorError, Deadline, SourceCollector,
                                       gauge, read_small_file)
 from exporter.collectors.docker_api import Engine, EngineAPIError, EngineNotFound, MalformedEngineAnswer, version_lt
 from exporter.collectors.httpclient import HTTPError, NotRunning
-from exporter.config import Config
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, DockerSection
 from exporter.workers import Workers
 
 # The engine answers stats from a loop that samples the containers it is asked about
@@ -277,8 +277,9 @@ def _host_memory(info: Any) -> int:
 class DockerCollector(SourceCollector):
     name = "docker"
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, section: DockerSection = DockerSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
+        self.section = section
         self.host: str | None = None
         self._client: Engine | None = None
         self._host_memory: int | None = None
@@ -328,7 +329,7 @@ class DockerCollector(SourceCollector):
             family.add_metric([], float(machine))
             yield family
 
-    def _machine_memory(self, client: EngineClient, deadline: float) -> int | None:
+    def _machine_memory(self, client: Engine, deadline: Deadline) -> int | None:
         """/info MemTotal (read every few minutes), or None when the engine does not tell it:
         the containers' figures stand without it."""
         try:
@@ -380,7 +381,7 @@ class DockerCollector(SourceCollector):
     def _connected_client(self, deadline: Deadline) -> Engine:
         """The client of earlier scrapes (its kept connections make a scrape fast), or a new one."""
         if self._client is None:
-            self.host = self.config.docker_host or resolve_docker_host(os.environ, Path.home(), sys.platform)
+            self.host = self.section.host or resolve_docker_host(os.environ, Path.home(), sys.platform)
             self._client = self._call("GET /version", Engine, self.host, deadline)
             self._host_memory = None
         return self._client
@@ -404,7 +405,7 @@ class DockerCollector(SourceCollector):
             raise self._engine_error(exc, what) from None
 
     def _timeout_error(self, what: str) -> CollectorError:
-        return CollectorError(f"the Docker engine at {self.host} did not answer {what} within {self.config.timeout:g}s")
+        return CollectorError(f"the Docker engine at {self.host} did not answer {what} within {self.timeout:g}s")
 
     def _as_collector_error(self, exc: Exception) -> CollectorError:
         if isinstance(exc, CollectorError):

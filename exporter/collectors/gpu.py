@@ -25,6 +25,7 @@ import shutil
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge, run_bounded
 from exporter.collectors.macos import sysctl_int
+from exporter.config import DEFAULT_TIMEOUT_SECONDS
 
 IOREG_ARGV = ("ioreg", "-r", "-d", "1", "-w", "0", "-c", "IOAccelerator")
 # `"In use system memory"=N`: the closing quote right after "memory" leaves the "(driver)" variant out.
@@ -54,8 +55,8 @@ def parse_in_use(output: bytes) -> int | None:
 class GPUCollector(SourceCollector):
     name = "gpu"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
         self._memsize: int | None = None  # hw.memsize, read until it answers once (it never changes)
 
     def collect(self, deadline: Deadline | None = None):

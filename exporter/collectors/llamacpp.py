@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collectors.base import Deadline, gauge
 from exporter.collectors.llm import LLMServerCollector, ModelReading, Unreadable, byte_count, model_name
-from exporter.config import Config
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, LlamaCppSection
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def busy_from_metrics(text: str) -> int | None:
 class LlamaCppCollector(LLMServerCollector):
     name = SERVER
 
-    def __init__(self, config: Config):
-        super().__init__(config, config.llamacpp_url)
+    def __init__(self, section: LlamaCppSection = LlamaCppSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(section.url, timeout)
         self._foreign: tuple[float, str] | None = None  # (until when, why) another program answers there
 
     def read_models(self, deadline: Deadline) -> LlamaCppReading:

@@ -30,7 +30,7 @@ from typing import Any
 from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.base import byte_count as base_byte_count
 from exporter.collectors.httpclient import Client
-from exporter.config import Config
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, LMStudioSection, OllamaSection
 from exporter.estimate import Estimate, NoEstimate, OllamaSettings, estimate_lmstudio, estimate_ollama
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,8 @@ def error_detail(body: bytes) -> str:
 class LLMServerCollector(SourceCollector):
     """The HTTP side shared by the LLM servers: one bounded GET of a JSON document."""
 
-    def __init__(self, config: Config, base_url: str | None):
-        super().__init__(config)
+    def __init__(self, base_url: str | None, timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
         if not base_url:
             raise ValueError(f"{self.name} has no URL: leave the collector out when it is disabled")
         self.base_url = base_url.rstrip("/")
@@ -402,8 +402,9 @@ def gpu_memory_bytes() -> int | None:
 class OllamaCollector(LLMServerCollector):
     name = "ollama"
 
-    def __init__(self, config: Config):
-        super().__init__(config, config.ollama_url)
+    def __init__(self, section: OllamaSection = OllamaSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(section.url, timeout)
+        self.context_length = section.context_length  # ollama.context_length: None leaves it to the server
         self._shows: dict[str, Any] = {}   # /api/show answers by digest (or by name without one)
         self._settings: OllamaSettings | None = None
         self._settings_at = 0.0
@@ -415,7 +416,7 @@ class OllamaCollector(LLMServerCollector):
         now = time.monotonic()
         stale = self._settings is None or now - self._settings_at > SETTINGS_REREAD_SECONDS
         if stale and deadline is not None and deadline.left() < SHOW_MIN_SECONDS_LEFT:
-            return self._settings or OllamaSettings.from_environment({}, self.config.ollama_context_length,
+            return self._settings or OllamaSettings.from_environment({}, self.context_length,
                                                                      gpu_memory_bytes())
         if stale:
             try:
@@ -423,10 +424,14 @@ class OllamaCollector(LLMServerCollector):
             except Exception as exc:  # a process table that cannot be read costs only the environment
                 log.debug("ollama: server environment not read: %s", exc)
                 environ = {}
-            self._settings = OllamaSettings.from_environment(environ, self.config.ollama_context_length,
+            self._settings = OllamaSettings.from_environment(environ, self.context_length,
                                                              gpu_memory_bytes())
             self._settings_at = now
         return self._settings
+
+    def unload_request(self, model: str, instance: str) -> tuple[str, dict, dict[str, str]]:
+        """(URL, JSON body, headers) of the POST that unloads a model now (keep_alive 0)."""
+        return self.base_url + "/api/generate", {"model": model, "keep_alive": 0}, {}
 
     def read_models(self, deadline: Deadline) -> ModelReading:
         reading = parse_ollama_ps(self.get_json("/api/ps", deadline))
@@ -494,16 +499,17 @@ class OllamaCollector(LLMServerCollector):
 class LMStudioCollector(LLMServerCollector):
     name = "lmstudio"
 
-    def __init__(self, config: Config):
-        super().__init__(config, config.lmstudio_url)
+    def __init__(self, section: LMStudioSection = LMStudioSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(section.url, timeout)
         self._v0_until = 0.0  # monotonic time until which /api/v1/models is known to answer 404
+        self.token_file = section.token_file
         self._sent_token: str | None = None
 
     def token(self) -> str | None:
         """LM Studio's API token: lmstudio.token_file, read at each use (a rotated token works at
         the next scrape), else LM_API_TOKEN. Its content is never logged; a file that cannot be
         read raises Unreadable naming the file only."""
-        path = self.config.lmstudio_token_file
+        path = self.token_file
         if path is None:
             # A token read from a file often ends in a newline; it is not part of the token.
             return os.environ.get("LM_API_TOKEN", "").strip() or None
@@ -524,7 +530,7 @@ class LMStudioCollector(LLMServerCollector):
         return token
 
     def token_source(self) -> str:
-        path = self.config.lmstudio_token_file
+        path = self.token_file
         return f"lmstudio.token_file {path}" if path else "LM_API_TOKEN"
 
     def secrets(self) -> list[str]:
@@ -534,6 +540,12 @@ class LMStudioCollector(LLMServerCollector):
         except Unreadable:
             current = None
         return [token for token in {self._sent_token, current} if token]
+
+    def unload_request(self, model: str, instance: str) -> tuple[str, dict, dict[str, str]]:
+        """(URL, JSON body, headers) of the POST that unloads a loaded instance (LM Studio 0.4+)."""
+        token = self.token()
+        return (self.base_url + "/api/v1/models/unload", {"instance_id": instance},
+                {"Authorization": f"Bearer {token}"} if token else {})
 
     def read_models(self, deadline: Deadline) -> ModelReading:
         if time.monotonic() >= self._v0_until:

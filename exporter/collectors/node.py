@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge
 from exporter.collectors.httpclient import Client, TimedSocket, connect
-from exporter.config import Config, NodeTarget
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, NodeSection, NodeTarget
 from exporter.workers import Workers
 
 # A hostile or broken target must not exhaust the exporter's memory.
@@ -408,19 +408,20 @@ class NotRunning(str):
 class NodeCollector(SourceCollector):
     name = "node"
 
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, section: NodeSection = NodeSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
+        self.section = section
         # Kept across scrapes: the connections to the url targets and the inspectors' WebSockets,
         # and the threads that read the targets in parallel.
         self.http = Client(headers={"Accept": ACCEPT})
         self._inspectors = {target.name: InspectorSession(target.inspector, self.http)
-                            for target in config.node_targets if target.inspector is not None}
-        self._workers = Workers(min(len(config.node_targets), MAX_PARALLEL_TARGETS), "node-target")
+                            for target in section.targets if target.inspector is not None}
+        self._workers = Workers(min(len(section.targets), MAX_PARALLEL_TARGETS), "node-target")
         self._reading: dict[str, Future] = {}
 
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
-        targets = self.config.node_targets
+        targets = self.section.targets
         outcomes = self._read_all(targets, deadline)
 
         labels = ["target"]

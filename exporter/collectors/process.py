@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from exporter.collectors.base import Deadline, SourceCollector, gauge
 from exporter.collectors.proctable import Proc, process_table, wants_cmdlines
-from exporter.config import ProcessGroup
+from exporter.config import DEFAULT_PROCESS_GROUPS, DEFAULT_TIMEOUT_SECONDS, ProcessGroup
 
 
 def count_groups(groups: tuple[ProcessGroup, ...], processes: list[Proc], footprints: bool
@@ -42,9 +42,17 @@ def count_groups(groups: tuple[ProcessGroup, ...], processes: list[Proc], footpr
 class ProcessCollector(SourceCollector):
     name = "process"
 
+    def __init__(self, groups: tuple[ProcessGroup, ...] = DEFAULT_PROCESS_GROUPS, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 cmdlines: bool | None = None):
+        """`cmdlines`: whether the process table reads every command line (the Exporter
+        passes whether any app or group matches them); by default whether a group does."""
+        super().__init__(timeout)
+        self.groups = groups
+        self.cmdlines = wants_cmdlines((), groups) if cmdlines is None else cmdlines
+
     def collect(self, deadline: Deadline | None = None):
-        groups = self.config.process_groups
-        scan = process_table().scan(self.deadline(deadline), wants_cmdlines(self.config))
+        groups = self.groups
+        scan = process_table().scan(self.deadline(deadline), self.cmdlines)
         memory, count = count_groups(groups, scan.processes, footprints=scan.platform == "darwin")
 
         rss_family = gauge("aitools_process_group_rss_bytes",

@@ -39,7 +39,7 @@ from typing import Protocol
 import psutil
 
 from exporter.collectors.base import CollectorError, Deadline, read_from_start, read_small_file
-from exporter.config import Config
+from exporter.config import App, ProcessGroup
 from exporter.patterns import CMDLINE_LIMIT
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,9 @@ class Scan:
         return counts
 
 
-def wants_cmdlines(config: Config) -> bool:
+def wants_cmdlines(apps: tuple[App, ...], groups: tuple[ProcessGroup, ...] = ()) -> bool:
     """Whether a walk must read every command line: an app or a process group matches them."""
-    return (any(app.cmdline is not None for app in config.apps)
-            or any(group.cmdline is not None for group in config.process_groups))
+    return any(app.cmdline is not None for app in apps) or any(group.cmdline is not None for group in groups)
 
 
 def cmdline_text(data: bytes) -> str:

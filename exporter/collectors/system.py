@@ -43,6 +43,7 @@ from prometheus_client.metrics_core import CounterMetricFamily
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file, run_bounded
 from exporter.collectors.macos import parse_swapusage, sysctl, sysctl_int
+from exporter.config import DEFAULT_TIMEOUT_SECONDS, SystemSection
 
 MEMINFO_PATH = "/proc/meminfo"
 
@@ -195,13 +196,14 @@ def meminfo_pages(fields: dict[str, int], page_size: int) -> dict[str, int]:
 class SystemCollector(SourceCollector):
     name = "system"
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, section: SystemSection = SystemSection(), timeout: float = DEFAULT_TIMEOUT_SECONDS):
+        super().__init__(timeout)
+        self.section = section
         self._memsize: int | None = None  # hw.memsize, read until it answers once (it never changes)
 
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
-        source = self.config.system_source
+        source = self.section.source
         if source == "auto":
             source = "vm_stat" if sys.platform == "darwin" else "procfs"
         reading = self._read_vm_stat(deadline) if source == "vm_stat" else self._read_procfs()

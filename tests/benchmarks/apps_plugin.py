@@ -34,14 +34,14 @@ from tests.parts.apps_plugin import AppsPlugin  # noqa: E402
 OURS = """
 import json, os, sys, time
 from exporter.collectors.apps import AppsCollector
-from exporter.config import Config
+from exporter.config import DockerSection
 
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 passes = int(sys.argv[1])
-collector = AppsCollector(Config(docker_enabled=False))
+collector = AppsCollector(docker=DockerSection(enabled=False))
 before = rss()
 start_cpu, start = time.process_time(), time.monotonic()
 for _ in range(passes):

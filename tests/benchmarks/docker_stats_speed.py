@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from exporter.collectors.docker import DockerCollector  # noqa: E402
-from exporter.config import Config  # noqa: E402
+from exporter.config import DockerSection  # noqa: E402
 from tests.parts.docker_engine import DockerEngine  # noqa: E402
 
 IDLE_SECONDS = 3.0
@@ -64,7 +64,7 @@ def main() -> None:
 
     with DockerEngine() as engine:
         ids: list[str] = []
-        collector = DockerCollector(Config(docker_host=engine.host, timeout=30))
+        collector = DockerCollector(DockerSection(host=engine.host), timeout=30)
         print(f"{'containers':>10}  {'way':<30} {'idle engine':>12} {'busy engine':>12}")
         for count in sorted(args.containers):
             while len(ids) < count:
