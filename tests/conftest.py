@@ -43,6 +43,8 @@ REAL_PART_FIXTURES = {
     "swift_frontend", "app_processes", "user_stack", "hostile_processes",                # process trees
     "prometheus_with_rules", "running_alertmanager",                                     # Prometheus, Alertmanager
     "guarded_exporter", "exporter", "served", "receiver_for",                            # the exporter/receiver as a process or server with backends
+    "chain", "cluster_prometheus", "team",       # doctor's whole chain; Prometheus (Kubernetes rules, a team's store)
+    "binary",                                    # llama-server (test_llama_cpp_estimate)
 }
 REAL_PART_MODULES = {
     "test_end_to_end",            # Docker, Prometheus, Alertmanager, Node, the exporter: the whole stack
@@ -64,6 +66,13 @@ REAL_PART_MODULES = {
     "test_hostile_regex",         # processes with huge command lines
     "test_rules",                 # promtool and Prometheus evaluating the rules
 }
+# Tests that run promtool or docker-compose themselves, in modules whose other tests need no real part.
+REAL_PART_TESTS = {
+    "test_kubernetes": {"test_promtool_check_rules", "test_promtool_unit_tests_fire_exactly_on_their_scenarios",
+                        "test_a_broken_expectation_fails"},
+    "test_team": {"test_team_configs_pass_promtool_check_config", "test_compose_overrides_resolve",
+                  "test_store_rules_pass_every_workstation_unit_test", "test_two_workstations_with_one_address_stay_apart"},
+}
 # No real part, but minutes of work: property-based fuzzing (hypothesis, hundreds of
 # examples through stand-in servers) and bcrypt at its real cost. Full suite only.
 FULL_SUITE_MODULES = {"test_parser_properties", "test_properties_system_config", "test_hostile_auth"}
@@ -79,6 +88,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
         if (module in REAL_PART_MODULES or REAL_PART_FIXTURES.intersection(item.fixturenames)
+                or getattr(item, "originalname", item.name) in REAL_PART_TESTS.get(module, ())
                 or item.get_closest_marker("realpart")):
             if not item.get_closest_marker("realpart"):
                 item.add_marker(pytest.mark.realpart)
@@ -86,6 +96,7 @@ def pytest_collection_modifyitems(config, items):
         else:
             kept.append(item)
     if config.getoption("--fast"):
-        slow = [item for item in kept if item.module.__name__.rsplit(".", 1)[-1] in FULL_SUITE_MODULES]
+        slow = [item for item in kept if item.module.__name__.rsplit(".", 1)[-1] in FULL_SUITE_MODULES
+                or item.get_closest_marker("slow")]
         config.hook.pytest_deselected(items=dropped + slow)
         items[:] = [item for item in kept if item not in slow]
