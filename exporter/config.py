@@ -355,14 +355,6 @@ def _token_file(reader: _Reader, token_file: Any, key: str) -> str | None:
     return str(Path(token_file).expanduser())
 
 
-def _lmstudio_token_file(reader: _Reader, token_file: Any, key: str) -> str | None:
-    if token_file is None:
-        return None
-    if not isinstance(token_file, str) or not token_file.strip():
-        raise reader.error(key, f"must be the path of a file holding LM Studio's API token, not {token_file!r}")
-    return str(Path(token_file).expanduser())
-
-
 def _context_length(reader: _Reader, length: Any, key: str) -> int | None:
     if length is None:
         return None
@@ -418,7 +410,7 @@ class OllamaSection:
 class LMStudioSection:
     url: str | None = field(default=DEFAULT_LMSTUDIO_URL, metadata=_read(_url))  # None disables
     # read at each use (a rotated token works); else LM_API_TOKEN
-    token_file: str | None = field(default=None, metadata=_read(_lmstudio_token_file))
+    token_file: str | None = field(default=None, metadata=_read(_token_file))
 
 
 @dataclass(frozen=True)
