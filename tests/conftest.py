@@ -72,10 +72,23 @@ REAL_PART_TESTS = {
                         "test_a_broken_expectation_fails"},
     "test_team": {"test_team_configs_pass_promtool_check_config", "test_compose_overrides_resolve",
                   "test_store_rules_pass_every_workstation_unit_test", "test_two_workstations_with_one_address_stay_apart"},
+    "test_top": {"test_alerts_from_a_real_alertmanager_show_in_the_view",   # Alertmanager
+                 "test_top_in_a_real_terminal_of_80x24_with_no_color"},     # the command in a real terminal
+    "test_apps_collector": {"test_labels_stay_bounded_with_a_thousand_differently_named_programs"},  # 1,000 processes
+    "test_llm_fits": {"test_fit_command_verdicts_and_exit_codes"},         # the command run as users run it
 }
 # No real part, but minutes of work: property-based fuzzing (hypothesis, hundreds of
 # examples through stand-in servers) and bcrypt at its real cost. Full suite only.
 FULL_SUITE_MODULES = {"test_parser_properties", "test_properties_system_config", "test_hostile_auth"}
+# No real part, but seconds each: `top` driven headless through Textual's test driver
+# (its pure helpers stay in the fast tier). Full suite only.
+FULL_SUITE_TESTS = {
+    "test_top": {"test_local_view_shows_the_tree_budgets_models_and_trends", "test_keys_sort_collapse_filter_and_help",
+                 "test_fix_unloads_a_model_after_a_confirmation_that_shows_the_command",
+                 "test_fix_refused_by_the_receivers_checks_is_not_offered_and_declining_does_nothing",
+                 "test_remote_view_reads_a_served_exporter_and_keeps_its_figures_when_it_goes_away",
+                 "test_garbage_and_stalling_exporters_show_the_reason_and_never_block_the_keys"},
+}
 
 
 def pytest_addoption(parser):
@@ -96,7 +109,9 @@ def pytest_collection_modifyitems(config, items):
         else:
             kept.append(item)
     if config.getoption("--fast"):
-        slow = [item for item in kept if item.module.__name__.rsplit(".", 1)[-1] in FULL_SUITE_MODULES
-                or item.get_closest_marker("slow")]
+        def module_of(item) -> str:
+            return item.module.__name__.rsplit(".", 1)[-1]
+        slow = [item for item in kept if module_of(item) in FULL_SUITE_MODULES or item.get_closest_marker("slow")
+                or getattr(item, "originalname", item.name) in FULL_SUITE_TESTS.get(module_of(item), ())]
         config.hook.pytest_deselected(items=dropped + slow)
         items[:] = [item for item in kept if item not in slow]

@@ -45,7 +45,7 @@ collector = AppsCollector(docker=DockerSection(enabled=False))
 before = rss()
 start_cpu, start = time.process_time(), time.monotonic()
 for _ in range(passes):
-    memory, count, processes, assignments, _ = collector.read()
+    memory, count, processes, assignments, *_ = collector.read()
 cpu, wall = time.process_time() - start_cpu, time.monotonic() - start
 print(json.dumps({"cpu_ms": 1000 * cpu / passes, "wall_ms": 1000 * wall / passes, "rss": rss(),
                   "rss_added": rss() - before, "processes": len(processes),
