@@ -74,8 +74,7 @@ def test_apps_and_process_collectors_share_one_walk_per_scrape(monkeypatch, swif
     """The two collectors that read every process walk the process table once per scrape
     between them, and still see the same processes: the swift-frontend group and the xcode
     app agree. On macOS (a stand-in vm_stat here) vm_stat runs once per scrape too."""
-    from exporter.collectors.apps import AppsCollector
-    from exporter.collectors.system import SystemCollector
+    from exporter.app import Exporter
     from exporter.scrape import Scraper
 
     runs = tmp_path / "runs"
@@ -90,9 +89,9 @@ def test_apps_and_process_collectors_share_one_walk_per_scrape(monkeypatch, swif
     real_read = reader.read
     monkeypatch.setattr(reader, "read", lambda wants: walks.append(wants) or real_read(wants))
     config = Config(system=SystemSection(source="vm_stat" if source == "macos" else "procfs"))
-    scraper = Scraper([ProcessCollector(config.process_groups, config.timeout),
-                       AppsCollector(config.apps, config.docker, config.timeout),
-                       SystemCollector(config.system, config.timeout)], timeout=5)
+    # The collectors as the Exporter makes them (both told whether the walk reads command lines).
+    sources = Exporter(config).sources
+    scraper = Scraper([sources["process"], sources["apps"], sources["system"]], timeout=5)
     for _ in range(3):
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                    for family in scraper.collect_once() for s in family.samples}
