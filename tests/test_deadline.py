@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from exporter.app import source_collectors
-from exporter.config import Config, DockerSection, LMStudioSection, NodeSection, NodeTarget, OllamaSection, SystemSection
+from exporter.config import (Config, DockerSection, LlamaCppSection, LMStudioSection, NodeSection, NodeTarget,
+                             OllamaSection, SystemSection)
 from exporter.scrape import SCRAPE_MARGIN_SECONDS, Scraper
 from tests.parts.llm_standins import LMStudioStandin, OllamaStandin
 
@@ -91,7 +92,8 @@ def slow_everything(tmp_path, monkeypatch, node_steady):
             script = bin_dir / name
             script.write_text(f"#!/bin/sh\nsleep {half:.2f}\n{output}\n")
             script.chmod(0o755)
-        return Config(node=NodeSection(targets=(NodeTarget("api", url=node_steady.url(f"/fail/slow?ms={int(seconds * 1000)}")),)), docker=DockerSection(host=f"unix://{tmp_path / 'docker.sock'}"), ollama=OllamaSection(url=ollama.url), lmstudio=LMStudioSection(url=lmstudio.url), system=SystemSection(source="vm_stat"), timeout=TIMEOUT)
+        return Config(node=NodeSection(targets=(NodeTarget("api", url=node_steady.url(f"/fail/slow?ms={int(seconds * 1000)}")),)), docker=DockerSection(host=f"unix://{tmp_path / 'docker.sock'}"), ollama=OllamaSection(url=ollama.url), lmstudio=LMStudioSection(url=lmstudio.url), system=SystemSection(source="vm_stat"),
+                      llamacpp=LlamaCppSection(url=None), timeout=TIMEOUT)  # no llama.cpp stand-in here
 
     yield set_delay
     engine.shutdown()
