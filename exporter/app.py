@@ -9,7 +9,6 @@ configuration that enables it. The order of registration is the order on the pag
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.budgets import BudgetCollector
 from exporter.collectors.base import SourceCollector
+from exporter.collectors.machine import current
 from exporter.config import Config
 from exporter.scrape import Scraper
 from exporter.selfmetrics import register_own_metrics
@@ -49,7 +49,7 @@ register("process", "exporter.collectors.process:ProcessCollector")
 register("system", "exporter.collectors.system:SystemCollector")
 register("apps", "exporter.collectors.apps:AppsCollector")
 # The Apple silicon GPU (ioreg, sysctl): on macOS only; the tests run it through stand-ins.
-register("gpu", "exporter.collectors.gpu:GPUCollector", lambda config: sys.platform == "darwin")
+register("gpu", "exporter.collectors.gpu:GPUCollector", lambda config: current().platform == "darwin")
 
 
 def build_sources(config: Config) -> list[SourceCollector]:
