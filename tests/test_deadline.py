@@ -93,7 +93,7 @@ def slow_everything(tmp_path, monkeypatch, node_steady):
             script.chmod(0o755)
         return Config(node_targets=(NodeTarget("api", url=node_steady.url(f"/fail/slow?ms={int(seconds * 1000)}")),),
                       docker_host=f"unix://{tmp_path / 'docker.sock'}", ollama_url=ollama.url,
-                      lmstudio_url=lmstudio.url, system_source="vm_stat", timeout=TIMEOUT)
+                      lmstudio_url=lmstudio.url, llamacpp_url=None, system_source="vm_stat", timeout=TIMEOUT)
 
     yield set_delay
     engine.shutdown()
