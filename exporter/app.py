@@ -9,7 +9,6 @@ disabled source is left out.
 
 from __future__ import annotations
 
-import sys
 
 from prometheus_client.registry import CollectorRegistry
 
@@ -24,6 +23,7 @@ from exporter.collectors.node import NodeCollector
 from exporter.collectors.process import ProcessCollector
 from exporter.collectors.proctable import wants_cmdlines
 from exporter.collectors.system import SystemCollector
+from exporter.collectors.machine import current
 from exporter.config import Config
 from exporter.readings import Samples
 from exporter.scrape import Scraper
@@ -50,7 +50,7 @@ def source_collectors(config: Config) -> list[SourceCollector]:
                 SystemCollector(config.system, timeout),
                 AppsCollector(config.apps, config.docker, timeout, cmdlines=cmdlines)]
     # The Apple silicon GPU (ioreg, sysctl): on macOS only; the tests run it through stand-ins.
-    if sys.platform == "darwin":
+    if current().platform == "darwin":
         sources.append(GPUCollector(timeout))
     return sources
 

@@ -221,7 +221,9 @@ class _Breakdown:
             loaded = sum(child.bytes for child in models) if read else None
             figure = self.app(server) if server in self.apps else loaded
             node = Node(SERVER_TITLES[server], figure, children=self.on_gpu(server, models),
-                        note=None if read else "not read (see the collectors that failed)")
+                        note=None if read else "its server is not running" if self.samples.value(
+                            "aitools_collector_source_running", collector=server) == 0
+                        else "not read (see the collectors that failed)")
             if server in self.apps:
                 node.figure = "its processes' memory"
                 if loaded is not None and loaded > (figure or 0):

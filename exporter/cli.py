@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, load_config, parse_config
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:8730"
 LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -42,6 +42,36 @@ def _max_requests_option(command):
     return click.option("--web.max-requests", "max_requests", envvar="AITOOLS_WEB_MAX_REQUESTS", default=None,
                         type=click.IntRange(min=1),
                         help="Requests served at once; more are answered 503 at once (default 40).")(command)
+
+
+def _replay_option(command):
+    return click.option("--replay", "replay", envvar="AITOOLS_REPLAY", default=None,
+                        type=click.Path(exists=True),
+                        help="Run on a recording (`aitools-exporter record DIR`) instead of this machine: the same "
+                             "collectors, with the recorded platform's logic.")(command)
+
+
+def _config_for(settings: dict, replay: str | None) -> Config:
+    """The configuration; with --replay, the recording becomes the machine the collectors read
+    and its own configuration applies unless --config.file names another."""
+    if replay is None:
+        return _load(_config_file(settings.get("config_file")))
+    from exporter.collectors.machine import Replay, use
+    from exporter.recording import RecordingError, load
+
+    try:
+        recording = load(replay)
+    except RecordingError as exc:
+        click.echo(f"aitools-exporter: bad recording: {exc}", err=True)
+        sys.exit(2)
+    use(Replay(recording))
+    if settings.get("config_file") or recording.config_text is None:
+        return _load(settings.get("config_file"))
+    try:
+        return parse_config(recording.config_text, f"{replay} (the recording's configuration)")
+    except ConfigError as exc:
+        click.echo(f"aitools-exporter: bad configuration: {exc}", err=True)
+        sys.exit(2)
 
 
 def _settings(ctx: click.Context, **given) -> dict:
@@ -104,9 +134,10 @@ def main(ctx: click.Context, config_file, listen_address, web_config_file, log_l
 @main.command()
 @_common_options
 @_max_requests_option
+@_replay_option
 @click.pass_context
 def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_file=None, log_level=None,
-          max_requests=None):
+          max_requests=None, replay=None):
     """Serve /metrics, / and /healthz (the default command)."""
     from exporter.selfmetrics import raise_open_files_limit
 
@@ -114,8 +145,9 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
                          web_config_file=web_config_file, log_level=log_level, max_requests=max_requests)
     _setup_logging(settings.get("log_level"))
     raise_open_files_limit()  # after the logging: a refusal is logged
-    settings["config_file"] = _config_file(settings.get("config_file"))
-    config = _load(settings["config_file"])
+    if replay is None:
+        settings["config_file"] = _config_file(settings.get("config_file"))
+    config = _config_for(settings, replay)
     from exporter.app import Exporter
     from exporter.server import DEFAULT_MAX_REQUESTS, start_server
     from exporter.webconfig import WebConfigError, load_web_config
@@ -136,8 +168,9 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
         sys.exit(1)
     host, port = server.server_address[:2]
     scheme = "https" if web_config and web_config.ssl_context else "http"
-    log.info("aitools-exporter %s serving %s://%s:%d/metrics (profile %s, config %s)", __version__, scheme,
-             f"[{host}]" if ":" in host else host, port, config.profile, settings.get("config_file") or "built-in defaults")
+    log.info("aitools-exporter %s serving %s://%s:%d/metrics (profile %s, config %s)%s", __version__, scheme,
+             f"[{host}]" if ":" in host else host, port, config.profile, settings.get("config_file") or "built-in defaults",
+             f", replaying {replay}" if replay else "")
 
     _serve_until_stopped(server)
 
@@ -145,13 +178,14 @@ def serve(ctx: click.Context, config_file=None, listen_address=None, web_config_
 @main.command()
 @_common_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@_replay_option
 @click.pass_context
 def snapshot(ctx: click.Context, as_json: bool, config_file=None, listen_address=None, web_config_file=None,
-             log_level=None):
+             log_level=None, replay=None):
     """Collect once and print where the memory goes (a tree), which installed models fit now, and every reading beside its budget."""
     settings = _settings(ctx, config_file=config_file, log_level=log_level)
     _setup_logging(settings.get("log_level") or "error")
-    config = _load(_config_file(settings.get("config_file")))
+    config = _config_for(settings, replay)
     from exporter.app import Exporter
     from exporter.snapshot import render_json, render_table, take_snapshot
 
@@ -233,6 +267,44 @@ def top(ctx: click.Context, interval: float, url, username, password_file, ca_fi
         fixer = Fixer(config, Path(audit_file) if audit_file else default_audit_path()) if config.actions.enabled else None
     alerts = AlertFeed(tuple(alert_urls) or DEFAULT_ALERT_URLS, min(config.timeout, 2.0))
     TopApp(feed, interval, alerts, fixer).run()
+
+
+@main.command()
+@_common_options
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.pass_context
+def record(ctx: click.Context, folder: str, config_file=None, listen_address=None, web_config_file=None,
+           log_level=None):
+    """Collect once and write everything the collectors read to FOLDER/recording.json, secrets
+    redacted (README "Record and replay"); replay it anywhere with `snapshot --replay FOLDER`."""
+    import platform
+    from datetime import datetime, timezone
+
+    settings = _settings(ctx, config_file=config_file, log_level=log_level)
+    _setup_logging(settings.get("log_level") or "error")
+    path = _config_file(settings.get("config_file"))
+    config = _load(path)
+    from exporter.app import Exporter
+    from exporter.collectors.machine import Recorder, use
+    from exporter.recording import save
+    from exporter.snapshot import take_snapshot
+
+    patterns = [app.cmdline for app in config.apps if app.cmdline is not None]
+    patterns += [group.cmdline for group in config.process_groups if group.cmdline is not None]
+    text = Path(path).read_text(encoding="utf-8", errors="replace") if path else None
+    recorder = use(Recorder(patterns, text))
+    take_snapshot(Exporter(config))
+    recording = recorder.recording
+    recording.machine = platform.platform(terse=True)
+    recording.recorded = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        saved = save(recording, folder)
+    except OSError as exc:
+        click.echo(f"aitools-exporter: cannot write the recording: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{saved}: {len(recording.processes)} processes, {len(recording.commands)} commands, "
+               f"{len(recording.http)} HTTP answers, {len(recording.files)} files ({recording.platform}); "
+               f"replay it with: aitools-exporter snapshot --replay {folder}")
 
 
 @main.command("check-config")

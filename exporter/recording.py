@@ -8,6 +8,7 @@ of the platform it was recorded on. The suite holds recordings of real Macs
 Format 1, one JSON document (at most MAX_BYTES):
 
     {"format": 1, "platform": "darwin" | "linux", "machine": "...", "recorded": "ISO time",
+     "arch": "arm64", "config": "<the configuration file's text>" | null, "own_pid": <its pid>,
      "commands":  {"vm_stat": {"stdout": "...", "stderr": "", "returncode": 0},
                    "sysctl -n vm.swapusage": {...}, ...},       # program base name and arguments
      "processes": [{"pid": 1, "ppid": 0, "name": "launchd", "cmdline": ["/sbin/launchd"],
@@ -50,7 +51,7 @@ MAX_ITEMS = 100_000
 PLATFORMS = ("darwin", "linux")
 REDACTED = "<redacted>"
 KEPT_ENVIRONMENT = ("OLLAMA_CONTEXT_LENGTH", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE",
-                    "OLLAMA_FLASH_ATTENTION", "OLLAMA_MAX_LOADED_MODELS")
+                    "OLLAMA_FLASH_ATTENTION", "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_KEEP_ALIVE")
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{0,32}$")
 _SECRET_NAME = re.compile(r"token|key|secret|passw|auth|credential|cookie|session", re.IGNORECASE)
 _TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_\-+/=]{20,}")
@@ -97,6 +98,9 @@ class Recording:
     platform: str
     machine: str = ""
     recorded: str = ""
+    arch: str = ""                   # the processor (platform.machine(): arm64 is Apple silicon)
+    config_text: str | None = None   # the configuration file it was recorded with (its paths, no secrets)
+    own_pid: int | None = None       # the recording exporter's own pid (its process is `monitoring`)
     commands: dict[str, Command] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     http: dict[str, Answer] = field(default_factory=dict)
@@ -107,6 +111,7 @@ class Recording:
     def as_json(self) -> dict:
         return {
             "format": FORMAT, "platform": self.platform, "machine": self.machine, "recorded": self.recorded,
+            "arch": self.arch, "config": self.config_text, "own_pid": self.own_pid,
             "commands": {key: {"stdout": c.stdout, "stderr": c.stderr, "returncode": c.returncode}
                          for key, c in self.commands.items()},
             "processes": [{key: value for key, value in (
@@ -238,6 +243,11 @@ def parse(document: Any) -> Recording:
     platform = top.get("platform")
     _need(platform in PLATFORMS, "platform", f"must be one of {', '.join(PLATFORMS)}")
     recording = Recording(platform, str(top.get("machine", "")), str(top.get("recorded", "")))
+    config = top.get("config")
+    _need(config is None or isinstance(config, str), "config", "must be the configuration file's text, or null")
+    recording.config_text = config
+    recording.arch = str(top.get("arch") or ("arm64" if platform == "darwin" else ""))
+    recording.own_pid = _int(top.get("own_pid"), "own_pid", nullable=True)
     for key, value in _mapping(top.get("commands", {}), "commands").items():
         where = f"commands[{key!r}]"
         item = _mapping(value, where)

@@ -213,19 +213,25 @@ def test_public_reports_within_ten_percent_and_in_the_readme(row):
     assert source in line and f"{reported:.2f} MiB" in line and f"{ours:.2f} MiB" in line, line
 
 
-def test_metal_ceiling_shares_of_the_public_reports(monkeypatch):
-    import platform
-
-    import psutil
-
+def test_metal_ceiling_shares_of_the_public_reports():
     from exporter.collectors.llm import gpu_memory_bytes
+    from exporter.collectors.machine import Live, use
 
-    monkeypatch.setattr(platform, "system", lambda: "Darwin")
-    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    class AppleSilicon(Live):
+        def __init__(self, gib: int) -> None:
+            super().__init__()
+            self.platform, self.arch, self.gib = "darwin", "arm64", gib
+
+        def memory_total(self) -> int:
+            return self.gib * GIB
+
     found = {}
-    for gib in (16, 32, 64, 128):
-        monkeypatch.setattr(psutil, "virtual_memory", lambda gib=gib: type("VM", (), {"total": gib * GIB})())
-        found[gib] = gpu_memory_bytes() / MIB
+    try:
+        for gib in (16, 32, 64, 128):
+            use(AppleSilicon(gib))
+            found[gib] = gpu_memory_bytes() / MIB
+    finally:
+        use(Live())
     # recommendedMaxWorkingSetSize as llama.cpp logged it (MB there are MiB): 10922.67, 21845.34,
     # about 48 GiB, 107.52 GiB.
     assert found[16] == pytest.approx(10922.67, abs=0.01) and found[32] == pytest.approx(21845.34, abs=0.01)

@@ -68,7 +68,7 @@ def test_environment_and_engine_answers_keep_only_what_is_read():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    recording = Recording("darwin", "Mac15,9", "2026-12-01T10:00:00Z",
+    recording = Recording("darwin", "Mac15,9", "2026-12-01T10:00:00Z", arch="arm64",
                           commands={"vm_stat": Command("Mach Virtual Memory Statistics: ...")},
                           processes=[Process(1, 0, "launchd", ["/sbin/launchd"], 20_000_000, 15_000_000)],
                           http={"ollama GET /api/ps": Answer(200, {"models": []})},

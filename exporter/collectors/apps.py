@@ -38,13 +38,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge
+from exporter.collectors.machine import current
 from exporter.collectors.mapped import LLM_APPS, MappedModelReader, MappedModels
 from exporter.collectors.proctable import FOOTPRINT, SHIM_PREFIX, Proc, process_table, wants_cmdlines
-from exporter.collectors.system import read_vm_stat
+from exporter.collectors.system import read_meminfo, read_vm_stat
 from exporter.config import DEFAULT_APPS, DEFAULT_TIMEOUT_SECONDS, App, DockerSection
 
-MEMINFO = "/proc/meminfo"
 TOP_PROGRAMS = 10
 OTHER, SYSTEM, MONITORING = "other", "system", "monitoring"
 BUNDLE_LABEL = "dev.aitools.app=monitoring"
@@ -119,14 +119,10 @@ class Matcher:
         return best
 
 
-def kernel_memory_procfs() -> int:
-    text = read_small_file(MEMINFO, 8192).decode("ascii", "replace")
-    total = 0
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in KERNEL_MEMINFO_FIELDS:
-            total += int(rest.split()[0]) * 1024
-    return total
+def kernel_memory_procfs(deadline: Deadline) -> int:
+    """Linux: the kernel's own memory (KERNEL_MEMINFO_FIELDS) from the scrape's /proc/meminfo."""
+    fields = read_meminfo(deadline)
+    return sum(fields.get(name, 0) for name in KERNEL_MEMINFO_FIELDS)
 
 
 def kernel_memory_vm_stat(deadline: Deadline, footprints: bool) -> int:
@@ -270,7 +266,7 @@ class AppsCollector(SourceCollector):
             if scan.platform == "darwin":
                 kernel = kernel_memory_vm_stat(deadline, footprints=figures.get(FOOTPRINT, 0) > 0)
             else:
-                kernel = kernel_memory_procfs()
+                kernel = kernel_memory_procfs(deadline)
         except (OSError, ValueError) as exc:
             raise CollectorError(f"cannot read the kernel's memory: {exc}") from None
         # The bundle's containers, asked of the engine only when the containers' shims have
@@ -285,7 +281,7 @@ class AppsCollector(SourceCollector):
         if self._assigned is not None and self._assigned[0] == inputs:
             assignments = self._assigned[1]
         else:
-            assignments = assign(processes, apps, os.getpid(), self._bundle)
+            assignments = assign(processes, apps, current().own_pid, self._bundle)
             self._assigned = (inputs, assignments)
         memory, count = breakdown(processes, assignments, apps, kernel)
         # A loaded model's mapped weights count with its server's app (issue 25).

@@ -29,10 +29,10 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import (CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count,
-                                      gauge, read_small_file)
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge
 from exporter.collectors.docker_api import Engine, EngineAPIError, EngineNotFound, MalformedEngineAnswer, version_lt
 from exporter.collectors.httpclient import HTTPError, NotRunning
+from exporter.collectors.machine import current
 from exporter.config import DEFAULT_TIMEOUT_SECONDS, DockerSection
 from exporter.workers import Workers
 
@@ -225,7 +225,7 @@ def cgroup_memory(root: Path, container_id: str) -> tuple[int, int | None] | Non
 
 def _read_small(path: str) -> bytes:
     """A cgroup file: cgroupfs answers a read with all it has when the buffer holds it."""
-    return read_small_file(path, 8192)
+    return current().read_file(path, 8192)
 
 
 def _memory_stat_value(text: bytes, key: bytes) -> int:

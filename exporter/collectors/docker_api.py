@@ -87,7 +87,7 @@ def endpoint(host: str, env: Mapping[str, str] = os.environ, home: Path | None =
         if host.startswith(scheme):
             # The Host header the docker CLI sends too.
             return "http://localhost", Client(headers={"Accept": "application/json"}, unix_socket=host[len(scheme):],
-                                              max_idle=MAX_IDLE_CONNECTIONS)
+                                              max_idle=MAX_IDLE_CONNECTIONS, source="docker")
     scheme, _, rest = host.partition("://")
     scheme = scheme.lower()
     if scheme in ("tcp", "http", "https"):
@@ -97,7 +97,8 @@ def endpoint(host: str, env: Mapping[str, str] = os.environ, home: Path | None =
         port = parts.port or (2376 if secure else 2375)
         netloc = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
         base = f"{'https' if secure else 'http'}://{netloc}:{port}{parts.path.rstrip('/')}"
-        return base, Client(headers={"Accept": "application/json"}, tls=tls, max_idle=MAX_IDLE_CONNECTIONS)
+        return base, Client(headers={"Accept": "application/json"}, tls=tls, max_idle=MAX_IDLE_CONNECTIONS,
+                            source="docker")
     if scheme == "ssh":
         raise UnsupportedHost(f"ssh:// Docker hosts are not supported: forward the engine's socket "
                               f"(ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock {rest.split('/')[0]}) "

@@ -21,9 +21,9 @@ not as failing. Without the iogpu sysctl (an older macOS) the default ceiling st
 from __future__ import annotations
 
 import re
-import shutil
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge, run_bounded
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
+from exporter.collectors.machine import current
 from exporter.collectors.macos import sysctl_int
 from exporter.config import DEFAULT_TIMEOUT_SECONDS
 
@@ -61,11 +61,10 @@ class GPUCollector(SourceCollector):
 
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
-        ioreg = shutil.which("ioreg")
-        if ioreg is None:
-            raise SourceNotRunning("no Apple GPU here: ioreg not found on PATH")
         try:
-            result = run_bounded([ioreg, *IOREG_ARGV[1:]], deadline, limit=MAX_IOREG_BYTES)
+            result = current().run(list(IOREG_ARGV), deadline, limit=MAX_IOREG_BYTES)
+        except FileNotFoundError:
+            raise SourceNotRunning("no Apple GPU here: ioreg not found on PATH") from None
         except TimeoutError:
             raise CollectorError(f"ioreg did not finish within {deadline.seconds:g}s") from None
         except OSError as exc:

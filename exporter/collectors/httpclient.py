@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from exporter.collectors.base import CollectorError, Deadline, SourceNotRunning
+from exporter.collectors.machine import current
 
 # Idle kept-alive connections per origin, at most (a client may ask for more).
 MAX_IDLE_PER_ORIGIN = 4
@@ -277,10 +278,13 @@ class Client:
     """Kept-alive connections to the origins of one user (a collector, an action), reused
     across calls. `headers` go with every request; `tls` replaces the verifying context for
     https:// (client certificates); `unix_socket` sends every request to that socket
-    whatever the URL's host (the Host header stays the URL's)."""
+    whatever the URL's host (the Host header stays the URL's). `source` names a collector's
+    source (docker, ollama, node:api...): its answers are recorded and replayed
+    (collectors/machine.py); a client without one always asks the live machine."""
 
     def __init__(self, headers: dict[str, str] | None = None, tls: ssl.SSLContext | None = None,
-                 unix_socket: str | None = None, max_idle: int = MAX_IDLE_PER_ORIGIN):
+                 unix_socket: str | None = None, max_idle: int = MAX_IDLE_PER_ORIGIN, source: str | None = None):
+        self.source = source
         self.headers = {"Accept-Encoding": "identity", **(headers or {})}
         self.tls = tls
         self.unix_socket = unix_socket
@@ -301,6 +305,9 @@ class Client:
         """`method url` within the deadline: any status (redirects included) with its body of at
         most `limit` decoded bytes, or NotRunning / HTTPError. Every request goes through here."""
         origin, target = _split(url)
+        machine = current()
+        if self.source is not None and machine.replaying:
+            return _replayed(machine, self.source, method, url, target, deadline, limit)
         request_headers = {**self.headers, **(headers or {})}
         if origin[0] == "https" and self.tls is None:
             self.tls = verifying_context()
@@ -317,6 +324,8 @@ class Client:
             # Let go of this deadline before another call may take the connection.
             connection.serve(None)
             self._checkin(origin, connection)
+            if self.source is not None:
+                machine.recorded_http(self.source, method, target, response.status, content)
             return Answer(response.status, response.reason, response.headers, content)
         except BaseException as exc:
             connection.close()
@@ -378,6 +387,21 @@ class Client:
                 idle.append(connection)
                 return
         connection.close()
+
+
+def _replayed(machine, source: str, method: str, url: str, target: str, deadline: Deadline, limit: int) -> Answer:
+    """A recorded answer as the live exchange would give it; a source the recording has no
+    answer of was not running."""
+    deadline.remaining()  # TimeoutError once the deadline has passed, as a live exchange
+    found = machine.answer(source, method, target)
+    if found is None:
+        raise NotRunning(f"{url}: connection refused (no answer in the recording)")
+    status, body = found
+    if len(body) > limit:
+        raise _too_large(limit)
+    headers = http.client.HTTPMessage()
+    headers["Content-Type"] = "application/json" if body[:1] in (b"{", b"[") else "text/plain; version=0.0.4"
+    return Answer(status, http.client.responses.get(status, ""), headers, body)
 
 
 def _split(url: str) -> tuple[tuple[str, str, int], str]:

@@ -30,6 +30,7 @@ from typing import Any
 from exporter.collectors.base import MAX_BYTE_COUNT, CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
 from exporter.collectors.base import byte_count as base_byte_count
 from exporter.collectors.httpclient import Client
+from exporter.collectors.machine import current
 from exporter.config import DEFAULT_TIMEOUT_SECONDS, LMStudioSection, OllamaSection
 from exporter.estimate import Estimate, NoEstimate, OllamaSettings, estimate_lmstudio, estimate_ollama
 
@@ -122,7 +123,7 @@ class LLMServerCollector(SourceCollector):
         self.last_estimates: dict[str, Estimate | str] = {}  # of the last collection, for `fit`
         # Kept-alive connections, reused across scrapes; never through an HTTP_PROXY from the
         # environment (a local server is reached directly); redirects are not followed.
-        self.http = Client(headers={"Accept": "application/json"})
+        self.http = Client(headers={"Accept": "application/json"}, source=self.name)
 
     def read_models(self, deadline: Deadline) -> ModelReading:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -358,22 +359,10 @@ SETTINGS_REREAD_SECONDS = 60.0  # the server process's environment, read again a
 
 
 def ollama_server_environment() -> dict[str, str]:
-    """The environment of the user's own `ollama serve` process, where the OS lets us read it
-    (Linux: /proc/PID/environ; macOS: psutil's environ() for the user's own processes); {} else."""
-    import psutil
-
-    me = os.getuid() if hasattr(os, "getuid") else None
-    for process in psutil.process_iter(["name"]):
-        if process.info.get("name") not in ("ollama", "Ollama"):
-            continue
-        try:
-            if "serve" not in process.cmdline()[1:2] or (me is not None and process.uids().real != me):
-                continue
-            environ = process.environ()
-        except (psutil.Error, OSError):
-            continue
-        return {key: value[:64] for key, value in environ.items() if key.startswith("OLLAMA_")}
-    return {}
+    """The OLLAMA_* environment of the user's own `ollama serve` process, where the OS lets us
+    read it (Linux: /proc/PID/environ; macOS: psutil's environ() for the user's own processes);
+    {} else (collectors/machine.py)."""
+    return current().process_environment(("ollama", "Ollama"), "serve", "OLLAMA_")
 
 
 # Metal's default working-set ceiling (recommendedMaxWorkingSetSize) as a share of physical
@@ -388,13 +377,10 @@ def gpu_memory_bytes() -> int | None:
     """The GPU memory Ollama sizes its default context by: on Apple silicon Metal's default
     working-set ceiling (METAL_CEILING_SHARE: 48 GiB on a 64 GB Mac); None elsewhere (no GPU
     this exporter knows of)."""
-    import platform
-
-    import psutil
-
-    if platform.system() != "Darwin" or platform.machine() != "arm64":
+    machine = current()
+    if not machine.apple_silicon:
         return None
-    total = psutil.virtual_memory().total
+    total = machine.memory_total()
     share = next(share for limit, share in METAL_CEILING_SHARE if total <= limit * 2**30)
     return int(total * share)
 

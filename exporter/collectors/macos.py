@@ -1,7 +1,7 @@
 """The macOS tools the system and GPU collectors run: `sysctl -n KEY`, `ioreg`.
 
 Each runs as a fixed argv found on PATH (never a shell), in the time left of the scrape's
-deadline (base.run_bounded). On any machine a stand-in on PATH can answer for it (the test
+deadline (the machine: collectors/machine.py). On any machine a stand-in on PATH can answer for it (the test
 suite's recordings of real Macs). `sysctl -n KEY` prints one value, or fails ("sysctl:
 unknown oid 'KEY'", exit 1) for a key the machine lacks (an Intel Mac has no iogpu.*, an
 older macOS no kern.memorystatus_level): such a key gives None, and only the figure that
@@ -11,9 +11,9 @@ needs it is left out.
 from __future__ import annotations
 
 import re
-import shutil
 
-from exporter.collectors.base import Deadline, run_bounded
+from exporter.collectors.base import Deadline
+from exporter.collectors.machine import current
 
 MAX_VALUE_BYTES = 4096  # one sysctl value: a number or vm.swapusage's line
 
@@ -24,12 +24,11 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 def sysctl(key: str, deadline: Deadline) -> str | None:
     """`sysctl -n KEY`'s value, stripped; None when sysctl is not on PATH, the key is unknown
     (a non-zero exit), it prints nothing, or the deadline has passed."""
-    path = shutil.which("sysctl")
-    if path is None or deadline.passed():
+    if deadline.passed():
         return None
     try:
-        result = run_bounded([path, "-n", key], deadline, limit=MAX_VALUE_BYTES)
-    except OSError:  # TimeoutError is an OSError
+        result = current().run(["sysctl", "-n", key], deadline, limit=MAX_VALUE_BYTES)
+    except OSError:  # not on PATH (FileNotFoundError); TimeoutError is an OSError too
         return None
     if result.returncode != 0:
         return None

@@ -28,13 +28,13 @@ pages out, and the weights a Metal backend uses are wired by the GPU (see the RE
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from exporter.collectors.base import Deadline
+from exporter.collectors.machine import current
 
 PROC = "/proc"
 # The apps whose processes run models (exporter/config.py DEFAULT_APPS; a user's app of
@@ -99,15 +99,7 @@ def parse_smaps(text: bytes) -> dict[tuple[str, int], MappedFile]:
 def read_smaps(path: str) -> bytes:
     """The whole of a /proc/PID/smaps, at most SMAPS_LIMIT bytes: the kernel writes it a few
     mappings per read, so it is read to its end (not once, as the small kernel files)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks, total = [], 0
-        while total < SMAPS_LIMIT and (chunk := os.read(fd, min(256 * 1024, SMAPS_LIMIT - total))):
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return current().read_to_end(path, SMAPS_LIMIT)
 
 
 def _kilobytes(rest: bytes) -> int:

@@ -23,6 +23,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus_text
 
 from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge
+from exporter.collectors.machine import current
 from exporter.collectors.httpclient import Client, TimedSocket, connect
 from exporter.config import DEFAULT_TIMEOUT_SECONDS, NodeSection, NodeTarget
 from exporter.workers import Workers
@@ -414,6 +415,9 @@ class NodeCollector(SourceCollector):
         # Kept across scrapes: the connections to the url targets and the inspectors' WebSockets,
         # and the threads that read the targets in parallel.
         self.http = Client(headers={"Accept": ACCEPT})
+        # Each url target's answers are its own source (recorded and replayed by its name).
+        self._clients = {target.name: Client(headers={"Accept": ACCEPT}, source=f"node:{target.name}")
+                         for target in section.targets if target.url is not None}
         self._inspectors = {target.name: InspectorSession(target.inspector, self.http)
                             for target in section.targets if target.inspector is not None}
         self._workers = Workers(min(len(section.targets), MAX_PARALLEL_TARGETS), "node-target")
@@ -464,7 +468,9 @@ class NodeCollector(SourceCollector):
 
     def read_target(self, target: NodeTarget, deadline: Deadline) -> HeapReading:
         if target.url is not None:
-            return read_url_target(self.http, target.url, deadline)
+            return read_url_target(self._clients[target.name], target.url, deadline)
+        if current().replaying:  # a DevTools session is not recorded (README "Record and replay")
+            raise TargetNotRunning("an inspector target is not in a recording")
         return self._inspectors[target.name].read(deadline)
 
     def _read_all(self, targets: tuple[NodeTarget, ...], deadline: Deadline) -> dict[str, HeapReading | str]:

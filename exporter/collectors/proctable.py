@@ -39,6 +39,7 @@ from typing import Protocol
 import psutil
 
 from exporter.collectors.base import CollectorError, Deadline, read_from_start, read_small_file
+from exporter.collectors.machine import Replay, current
 from exporter.config import App, ProcessGroup
 from exporter.patterns import CMDLINE_LIMIT
 
@@ -373,6 +374,30 @@ class MacReader:
         return found
 
 
+class ReplayReader:
+    """A recording's processes (exporter/recording.py), with its platform's figures: the
+    footprint on macOS (the resident set where it was not read), resident less shared on
+    Linux."""
+
+    def __init__(self, machine: Replay) -> None:
+        self.recording = machine.recording
+        self.platform = machine.platform
+
+    def close(self) -> None:
+        pass
+
+    def read(self, wants_cmdline: bool) -> list[Proc]:
+        found = []
+        for item in self.recording.processes:
+            if self.platform == "darwin":
+                memory, figure = ((item.footprint, FOOTPRINT) if item.footprint is not None else (item.rss, RESIDENT))
+            else:
+                memory, figure = (item.anonymous if item.anonymous is not None else item.rss), ANONYMOUS
+            found.append(Proc(item.pid, item.ppid, item.name, memory,
+                              " ".join(item.cmdline) if item.cmdline else None, item.rss, figure))
+        return found
+
+
 # --- the table ---------------------------------------------------------------------------------
 
 class Reader(Protocol):
@@ -406,6 +431,7 @@ class ProcessTable:
                     raise CollectorError(f"cannot list processes: {exc}") from None
                 last = self._scan = Scan(processes, self.reader.platform, wants_cmdline)
                 self._deadline = deadline
+                current().recorded_processes(processes)  # `aitools-exporter record` keeps them
             return last
 
     def close(self) -> None:
@@ -423,6 +449,8 @@ def chosen_source(environ=os.environ, platform: str = sys.platform) -> str:
 
 
 def make_reader(source: str) -> Reader:
+    if source.startswith("replay"):
+        return ReplayReader(current())
     return ProcfsReader() if source == "procfs" else MacReader()
 
 
@@ -434,8 +462,9 @@ def process_table() -> ProcessTable:
     """The process's one table, over the reader the source names (made again when the
     environment names another: the tests switch it)."""
     global _table
+    machine = current()
     try:
-        source = chosen_source()
+        source = f"replay {id(machine)}" if machine.replaying else chosen_source()
     except ValueError as exc:
         raise CollectorError(str(exc)) from None
     with _table_lock:

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import sys
 import threading
 from typing import NamedTuple
 
@@ -41,7 +39,8 @@ import psutil
 
 from prometheus_client.metrics_core import CounterMetricFamily
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, read_small_file, run_bounded
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge
+from exporter.collectors.machine import current
 from exporter.collectors.macos import parse_swapusage, sysctl, sysctl_int
 from exporter.config import DEFAULT_TIMEOUT_SECONDS, SystemSection
 
@@ -120,44 +119,55 @@ def activity_monitor(page_size: int, pages: dict[str, int]) -> dict[str, int]:
     return {name: count * page_size for name, count in figures.items()}
 
 
-_vm_stat_lock = threading.Lock()
-_vm_stat_last: tuple[Deadline, tuple[int, dict[str, int], dict[str, int]] | CollectorError] | None = None
+class _PerScrape:
+    """A reading made once per scrape: the collectors that ask with the same deadline (the
+    scrape's) share one reading, its failure too; an ask with another deadline reads anew.
+    The reading is shared: its callers read it, never change it."""
 
+    def __init__(self, read) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._last: tuple[Deadline, object] | None = None
 
-def read_vm_stat(deadline: Deadline) -> tuple[int, dict[str, int], dict[str, int]]:
-    """vm_stat's (page size, {state: pages}, {counter: count}), run once per scrape: the collectors that ask
-    with the same deadline (the scrape's) share one run, its failure too. CollectorError
-    when it cannot be run or prints something unexpected."""
-    global _vm_stat_last
-    with _vm_stat_lock:
-        if _vm_stat_last is None or _vm_stat_last[0] is not deadline:
-            try:
-                reading: tuple[int, dict[str, int], dict[str, int]] | CollectorError = _run_vm_stat(deadline)
-            except CollectorError as exc:
-                reading = exc
-            _vm_stat_last = (deadline, reading)
-        reading = _vm_stat_last[1]
-    if isinstance(reading, CollectorError):
-        raise CollectorError(str(reading))
-    return reading  # shared: the callers read it, never change it
+    def __call__(self, deadline: Deadline):
+        with self._lock:
+            if self._last is None or self._last[0] is not deadline:
+                try:
+                    reading = self._read(deadline)
+                except CollectorError as exc:
+                    reading = exc
+                self._last = (deadline, reading)
+            reading = self._last[1]
+        if isinstance(reading, CollectorError):
+            raise CollectorError(str(reading))
+        return reading
 
 
 def _run_vm_stat(deadline: Deadline) -> tuple[int, dict[str, int], dict[str, int]]:
-    path = shutil.which("vm_stat")
-    if path is None:
-        raise CollectorError("vm_stat not found on PATH")
     try:
-        result = run_bounded([path], deadline)
+        result = current().run(["vm_stat"], deadline)
+    except FileNotFoundError:
+        raise CollectorError("vm_stat not found on PATH") from None
     except TimeoutError:
         raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
     except OSError as exc:
         raise CollectorError(f"vm_stat failed: {exc}") from None
     if result.returncode != 0:
-        raise CollectorError(f"vm_stat failed: Command '{path}' returned non-zero exit status {result.returncode}.")
+        raise CollectorError(f"vm_stat failed: Command '{result.args[0]}' returned non-zero exit status "
+                             f"{result.returncode}.")
     try:
         return parse_vm_stat_counts(result.stdout.decode("utf-8", "replace"))
     except ValueError as exc:
         raise CollectorError(f"vm_stat printed something unexpected: {exc}") from None
+
+
+def _read_meminfo(deadline: Deadline) -> dict[str, int]:
+    try:
+        return parse_meminfo(current().read_file(MEMINFO_PATH, 8192).decode("ascii", "replace"))
+    except OSError as exc:
+        raise CollectorError(f"cannot read {MEMINFO_PATH}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise CollectorError(f"{MEMINFO_PATH} is not in the expected format: {exc}") from None
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -205,8 +215,8 @@ class SystemCollector(SourceCollector):
         deadline = self.deadline(deadline)
         source = self.section.source
         if source == "auto":
-            source = "vm_stat" if sys.platform == "darwin" else "procfs"
-        reading = self._read_vm_stat(deadline) if source == "vm_stat" else self._read_procfs()
+            source = "vm_stat" if current().platform == "darwin" else "procfs"
+        reading = self._read_vm_stat(deadline) if source == "vm_stat" else self._read_procfs(deadline)
 
         pages_family = gauge("aitools_system_memory_pages", "Memory pages by state.", ["state"])
         for state, count in reading.pages.items():
@@ -234,13 +244,8 @@ class SystemCollector(SourceCollector):
                 family.add_metric([], float(reading.counters[counter]))
                 yield family
 
-    def _read_procfs(self) -> "Reading":
-        try:
-            fields = parse_meminfo(read_small_file(MEMINFO_PATH, 8192).decode("ascii", "replace"))
-        except OSError as exc:
-            raise CollectorError(f"cannot read {MEMINFO_PATH}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise CollectorError(f"{MEMINFO_PATH} is not in the expected format: {exc}") from None
+    def _read_procfs(self, deadline: Deadline) -> "Reading":
+        fields = read_meminfo(deadline)
         page_size = os.sysconf("SC_PAGE_SIZE")
         available = fields.get("MemAvailable", fields["MemFree"])
         swap_used = max(0, fields.get("SwapTotal", 0) - fields.get("SwapFree", 0))
@@ -290,3 +295,9 @@ def _single(name: str, documentation: str, value: float):
     family = gauge(name, documentation)
     family.add_metric([], float(value))
     return family
+
+
+# vm_stat's (page size, {state: pages}, {counter: count}) and /proc/meminfo's {field: bytes},
+# each read once per scrape: the system and apps collectors share them.
+read_vm_stat = _PerScrape(_run_vm_stat)
+read_meminfo = _PerScrape(_read_meminfo)

@@ -12,7 +12,9 @@ One run on this machine starts everything itself, measures and cleans up:
   those; Debian's prometheus-node-exporter with its default collectors; Debian's
   prometheus-process-exporter with the same process groups as ours (swift-frontend by
   name, as our zero configuration has it; with --cmdline-group both also have a
-  python-ml group matched on command lines); without smaps and threads, which we do
+  python-ml group matched on command lines) and every other process grouped by its
+  program's name (`{{.Comm}}`), as our apps breakdown puts every process in one app;
+  without smaps and threads, which we do
   not report either; -children stays on, its default (off, it spends some 15 times the
   CPU here); all on free loopback ports, fresh for each container count;
 - the naive way: the Docker SDK's defaults, `containers.list()` then
@@ -352,6 +354,12 @@ process_names:
             config += f"""\
   - name: python-ml
     cmdline: ['{PYTHON_ML_REGEX}']
+"""
+        # Every other process in a group of its program's name, as our apps breakdown puts every
+        # process of the machine in one app: process-exporter doing the same job.
+        config += """\
+  - name: "{{.Comm}}"
+    cmdline: ['.+']
 """
         path.write_text(config)
         return path
