@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from exporter.budgets import MONITORING_PROJECT, SWIFT_BUILD_GROUP
 from exporter.collectors.system import activity_monitor
 from exporter.config import Config
-from exporter.readings import Samples, app_memory, gpu_explained, node_tracked_bytes, readings
+from exporter.readings import Samples, app_memory, gpu_explained, node_tracked_bytes, readings, share_of
 
 # The apps of aitools_app_memory_bytes that have a place of their own in the tree; any
 # other app (the user's own) becomes a top-level node of its own name, before Other.
@@ -64,9 +64,7 @@ class Node:
 
     @property
     def share(self) -> float | None:
-        if self.counted_bytes is None or not self.budget_bytes:
-            return None
-        return self.counted_bytes / self.budget_bytes
+        return share_of(self.counted_bytes, self.budget_bytes)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "bytes": self.bytes, "budget": self.budget, "budget_bytes": self.budget_bytes,

@@ -378,33 +378,35 @@ def service():
     """Run `serve` and `receive` as your background services (LaunchAgents on macOS, systemd user units on Linux)."""
 
 
+def _say_or_exit(lines) -> None:
+    """Print what a service step says, line by line; its failure on stderr, exit 1."""
+    from exporter.service import ServiceError
+
+    try:
+        for line in lines():
+            click.echo(line)
+    except ServiceError as exc:
+        click.echo(f"aitools-exporter: {exc}", err=True)
+        sys.exit(1)
+
+
 @service.command("install")
 @click.option("--receive.listen-address", "receive_address", default=None,
               help="Address of the receiver service (default 127.0.0.1:8731; on Linux with Docker Engine the "
                    "docker0 address, e.g. 172.17.0.1:8731, so that Alertmanager in compose reaches it).")
 def service_install(receive_address=None):
     """Install and start both services; creates ~/.config/aitools/exporter.yml and the receiver token when absent."""
-    from exporter.service import ServiceError, install
+    from exporter.service import install
 
-    try:
-        for line in install(receive_address=receive_address):
-            click.echo(line)
-    except ServiceError as exc:
-        click.echo(f"aitools-exporter: {exc}", err=True)
-        sys.exit(1)
+    _say_or_exit(lambda: install(receive_address=receive_address))
 
 
 @service.command("uninstall")
 def service_uninstall():
     """Stop and remove both services (the configuration and the token stay)."""
-    from exporter.service import ServiceError, uninstall
+    from exporter.service import uninstall
 
-    try:
-        for line in uninstall():
-            click.echo(line)
-    except ServiceError as exc:
-        click.echo(f"aitools-exporter: {exc}", err=True)
-        sys.exit(1)
+    _say_or_exit(uninstall)
 
 
 @service.command("status")

@@ -77,6 +77,18 @@ def _json(answer: Answer) -> dict | None:
     return document if isinstance(document, dict) else None
 
 
+def _answering(url: str, what: str, names: tuple[str, str], fix: str) -> tuple[dict | None, list[Check]]:
+    """(the JSON object `url` answers, []); or (None, both checks `names` failed: the first
+    with the reason, the second not checked) when it does not answer one."""
+    answer = request(url)
+    document = _json(answer)
+    if answer.status == 200 and document is not None:
+        return document, []
+    seen = f"HTTP {answer.status}" if answer.status else answer.error
+    detail = f"{what} does not answer at {url.split('/api/', 1)[0]} ({seen})"
+    return None, [Check(names[0], False, detail, fix), Check(names[1], False, "not checked: " + detail, fix)]
+
+
 def _host_port(address: str) -> tuple[str, int | None]:
     parts = urlsplit(address if "//" in address else f"//{address}")
     try:
@@ -178,14 +190,9 @@ class Doctor:
 
     def prometheus(self) -> list[Check]:
         restart = f"{COMPOSE} up -d prometheus"
-        targets = request(f"{self.prometheus_url}/api/v1/targets?state=active")
-        document = _json(targets)
-        if targets.status != 200 or document is None:
-            seen = f"HTTP {targets.status}" if targets.status else targets.error
-            detail = f"Prometheus does not answer at {self.prometheus_url} ({seen})"
-            return [Check("prometheus target", False, detail, restart),
-                    Check("prometheus rules", False, "not checked: " + detail, restart)]
-        return [self._target(document), self._rules()]
+        document, failed = _answering(f"{self.prometheus_url}/api/v1/targets?state=active", "Prometheus",
+                                      ("prometheus target", "prometheus rules"), restart)
+        return failed or [self._target(document), self._rules()]
 
     def _target(self, document: dict) -> Check:
         active = [t for t in document.get("data", {}).get("activeTargets", []) if isinstance(t, dict)]
@@ -233,13 +240,10 @@ class Doctor:
 
     def alertmanager(self) -> list[Check]:
         restart = f"{COMPOSE} up -d alertmanager"
-        status = request(f"{self.alertmanager_url}/api/v2/status")
-        document = _json(status)
-        if status.status != 200 or document is None:
-            seen = f"HTTP {status.status}" if status.status else status.error
-            detail = f"Alertmanager does not answer at {self.alertmanager_url} ({seen})"
-            return [Check("alertmanager receiver", False, detail, restart),
-                    Check("receiver token", False, "not checked: " + detail, restart)]
+        document, failed = _answering(f"{self.alertmanager_url}/api/v2/status", "Alertmanager",
+                                      ("alertmanager receiver", "receiver token"), restart)
+        if failed:
+            return failed
         try:
             config = yaml.safe_load(document.get("config", {}).get("original", "")) or {}
         except yaml.YAMLError as exc:

@@ -78,16 +78,20 @@ def _budget_rows(snapshot: Snapshot) -> list[str]:
         if reading.budget is None or reading.budget == "container limit":
             continue
         status = _status(reading)
-        share = f"{reading.ratio:.0%}" if reading.ratio is not None else ""
         rows.append(
             f'<tr class="budget" data-budget="{_e(reading.budget)}" data-subject="{_e(reading.subject)}" '
             f'data-used-bytes="{_e(reading.used_bytes)}" data-budget-bytes="{_e(reading.budget_bytes)}">'
             f"<td>{_e(reading.budget)}</td><td>{_e(reading.subject)}</td>"
             f'<td class="num">{_e(human_bytes(reading.used_bytes))}</td>'
-            f'<td class="num">{_e(human_bytes(reading.budget_bytes))}</td>'
-            f"<td>{_bar(reading.ratio)}</td><td class=\"num\">{_e(share)}</td>"
+            f'<td class="num">{_e(human_bytes(reading.budget_bytes))}</td>{_share_cells(reading.ratio)}'
             f'<td class="status-{_e(status)}">{_e(status)}</td></tr>')
     return rows
+
+
+def _share_cells(share: float | None) -> str:
+    """The bar and the percentage of a row against its budget."""
+    text = f"{share:.0%}" if share is not None else ""
+    return f'<td>{_bar(share)}</td><td class="num">{_e(text)}</td>'
 
 
 def _tree_rows(node: Node) -> list[str]:
@@ -98,12 +102,10 @@ def _tree_rows(node: Node) -> list[str]:
             counted = "" if item.counted_bytes is None or item.counted_bytes == item.bytes \
                 else f"{human_bytes(item.counted_bytes)} of "
             budget = f"{counted}{human_bytes(item.budget_bytes)} {item.budget}"
-        share = f"{item.share:.0%}" if item.share is not None else ""
         rows.append(
             f'<tr class="node" data-depth="{depth}" data-name="{_e(item.name)}" data-bytes="{_e(item.bytes)}">'
             f'<td style="padding-left:{0.6 + 1.5 * depth:.1f}em">{_e(item.name)}</td>'
-            f'<td class="num">{_e(human_bytes(item.bytes))}</td><td>{_e(budget)}</td>'
-            f"<td>{_bar(item.share)}</td><td class=\"num\">{_e(share)}</td>"
+            f'<td class="num">{_e(human_bytes(item.bytes))}</td><td>{_e(budget)}</td>{_share_cells(item.share)}'
             f'<td class="note">{_e(item.note or "")}</td></tr>')
     return rows
 

@@ -58,9 +58,12 @@ class Reading:
 
     @property
     def ratio(self) -> float | None:
-        if self.used_bytes is None or not self.budget_bytes:
-            return None
-        return self.used_bytes / self.budget_bytes
+        return share_of(self.used_bytes, self.budget_bytes)
+
+
+def share_of(used: float | None, budget: float | None) -> float | None:
+    """What is used of a budget (1.0 = all of it); None without both figures."""
+    return None if used is None or not budget else used / budget
 
 
 class Samples:

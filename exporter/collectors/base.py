@@ -87,6 +87,13 @@ def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> GaugeMet
     return GaugeMetricFamily(name, documentation, labels=list(labels))
 
 
+def single(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    """A gauge of one sample without labels."""
+    family = gauge(name, documentation)
+    family.add_metric([], float(value))
+    return family
+
+
 def byte_count(value: object, maximum: int = MAX_BYTE_COUNT) -> int | None:
     """`value` as a size in bytes when it is one: a non-negative integer below `maximum`
     (2.0 counts, 2.5, NaN, True and "2" do not); None otherwise."""

@@ -29,7 +29,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge
+from exporter.collectors.base import (CollectorError, Deadline, SourceCollector, SourceNotRunning, byte_count, gauge,
+                                      single)
 from exporter.collectors.docker_api import Engine, EngineAPIError, EngineNotFound, MalformedEngineAnswer, version_lt
 from exporter.collectors.httpclient import HTTPError, NotRunning
 from exporter.collectors.machine import current
@@ -323,11 +324,9 @@ class DockerCollector(SourceCollector):
         yield limit
         machine = self._machine_memory(client, deadline)
         if machine is not None:
-            family = gauge("aitools_docker_vm_memory_limit_bytes",
-                           "Memory of the machine the engine runs containers on (Docker Desktop: its VM; "
-                           "/info MemTotal).")
-            family.add_metric([], float(machine))
-            yield family
+            yield single("aitools_docker_vm_memory_limit_bytes",
+                         "Memory of the machine the engine runs containers on (Docker Desktop: its VM; /info MemTotal).",
+                         machine)
 
     def _machine_memory(self, client: Engine, deadline: Deadline) -> int | None:
         """/info MemTotal (read every few minutes), or None when the engine does not tell it:

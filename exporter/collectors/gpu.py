@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import re
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, SourceNotRunning, gauge
-from exporter.collectors.machine import current
+from exporter.collectors.base import Deadline, SourceCollector, SourceNotRunning, single
+from exporter.collectors.machine import ToolMissing, run_tool
 from exporter.collectors.macos import sysctl_int
 from exporter.config import DEFAULT_TIMEOUT_SECONDS
 
@@ -62,16 +62,10 @@ class GPUCollector(SourceCollector):
     def collect(self, deadline: Deadline | None = None):
         deadline = self.deadline(deadline)
         try:
-            result = current().run(list(IOREG_ARGV), deadline, limit=MAX_IOREG_BYTES)
-        except FileNotFoundError:
-            raise SourceNotRunning("no Apple GPU here: ioreg not found on PATH") from None
-        except TimeoutError:
-            raise CollectorError(f"ioreg did not finish within {deadline.seconds:g}s") from None
-        except OSError as exc:
-            raise CollectorError(f"ioreg failed: {exc}") from None
-        if result.returncode != 0:
-            raise CollectorError(f"ioreg failed: exit status {result.returncode}")
-        wired = parse_in_use(result.stdout)
+            output = run_tool(list(IOREG_ARGV), deadline, limit=MAX_IOREG_BYTES)
+        except ToolMissing as exc:
+            raise SourceNotRunning(f"no Apple GPU here: {exc}") from None
+        wired = parse_in_use(output)
         if wired is None:
             raise SourceNotRunning("no Apple GPU here: no IOAccelerator with \"In use system memory\"")
         setting = sysctl_int("iogpu.wired_limit_mb", deadline, maximum=2**43)
@@ -82,13 +76,9 @@ class GPUCollector(SourceCollector):
                 self._memsize = sysctl_int("hw.memsize", deadline)
             limit = default_gpu_limit(self._memsize) if self._memsize else None
 
-        family = gauge("aitools_gpu_memory_wired_bytes",
-                       "Memory the GPU holds wired now (Apple silicon: IOAccelerator's \"In use system memory\").")
-        family.add_metric([], float(wired))
-        yield family
+        yield single("aitools_gpu_memory_wired_bytes",
+                     "Memory the GPU holds wired now (Apple silicon: IOAccelerator's \"In use system memory\").", wired)
         if limit is not None:
-            family = gauge("aitools_gpu_memory_limit_bytes",
-                           "The most memory the GPU may wire: Metal's working-set ceiling "
-                           "(iogpu.wired_limit_mb when set, else the system's default for this machine).")
-            family.add_metric([], float(limit))
-            yield family
+            yield single("aitools_gpu_memory_limit_bytes",
+                         "The most memory the GPU may wire: Metal's working-set ceiling "
+                         "(iogpu.wired_limit_mb when set, else the system's default for this machine).", limit)

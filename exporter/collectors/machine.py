@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 
-from exporter.collectors.base import Deadline, read_small_file, run_bounded
+from exporter.collectors.base import CollectorError, Deadline, read_small_file, run_bounded
 from exporter.recording import (Answer, Command, Process, Recording, command_key, http_key, kept_environment,
                                 numbers_only, prune_docker, redact_arguments)
 
@@ -231,6 +231,27 @@ class Replay(Live):
             return None
         body = found.body if isinstance(found.body, str) else json.dumps(found.body)
         return found.status, body.encode("utf-8")
+
+
+def run_tool(argv: list[str], deadline: Deadline, limit: int = 2**20) -> bytes:
+    """What a tool the collectors run (vm_stat, ioreg) printed, or CollectorError in its words:
+    not found on PATH (FileNotFoundError's message), cut by the deadline, failed."""
+    name = argv[0]
+    try:
+        result = current().run(argv, deadline, limit)
+    except FileNotFoundError:
+        raise ToolMissing(f"{name} not found on PATH") from None
+    except TimeoutError:
+        raise CollectorError(f"{name} did not finish within {deadline.seconds:g}s") from None
+    except OSError as exc:
+        raise CollectorError(f"{name} failed: {exc}") from None
+    if result.returncode != 0:
+        raise CollectorError(f"{name} failed: exit status {result.returncode}")
+    return result.stdout
+
+
+class ToolMissing(CollectorError):
+    """The tool is not on this machine's PATH (or not in the recording)."""
 
 
 _current: Live = Live()

@@ -39,8 +39,8 @@ import psutil
 
 from prometheus_client.metrics_core import CounterMetricFamily
 
-from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge
-from exporter.collectors.machine import current
+from exporter.collectors.base import CollectorError, Deadline, SourceCollector, gauge, single
+from exporter.collectors.machine import current, run_tool
 from exporter.collectors.macos import parse_swapusage, sysctl, sysctl_int
 from exporter.config import DEFAULT_TIMEOUT_SECONDS, SystemSection
 
@@ -144,19 +144,9 @@ class _PerScrape:
 
 
 def _run_vm_stat(deadline: Deadline) -> tuple[int, dict[str, int], dict[str, int]]:
+    output = run_tool(["vm_stat"], deadline)
     try:
-        result = current().run(["vm_stat"], deadline)
-    except FileNotFoundError:
-        raise CollectorError("vm_stat not found on PATH") from None
-    except TimeoutError:
-        raise CollectorError(f"vm_stat did not finish within {deadline.seconds:g}s") from None
-    except OSError as exc:
-        raise CollectorError(f"vm_stat failed: {exc}") from None
-    if result.returncode != 0:
-        raise CollectorError(f"vm_stat failed: Command '{result.args[0]}' returned non-zero exit status "
-                             f"{result.returncode}.")
-    try:
-        return parse_vm_stat_counts(result.stdout.decode("utf-8", "replace"))
+        return parse_vm_stat_counts(output.decode("utf-8", "replace"))
     except ValueError as exc:
         raise CollectorError(f"vm_stat printed something unexpected: {exc}") from None
 
@@ -222,19 +212,19 @@ class SystemCollector(SourceCollector):
         for state, count in reading.pages.items():
             pages_family.add_metric([state], float(count))
         yield pages_family
-        yield _single("aitools_system_page_size_bytes", "The page size the page counts use.", reading.page_size)
-        yield _single("aitools_system_memory_total_bytes", "Physical memory.", reading.total)
-        yield _single("aitools_system_memory_available_bytes", "Memory available without swapping.",
+        yield single("aitools_system_page_size_bytes", "The page size the page counts use.", reading.page_size)
+        yield single("aitools_system_memory_total_bytes", "Physical memory.", reading.total)
+        yield single("aitools_system_memory_available_bytes", "Memory available without swapping.",
                       reading.available)
-        yield _single("aitools_system_swap_used_bytes", "Swap in use.", reading.swap_used)
+        yield single("aitools_system_swap_used_bytes", "Swap in use.", reading.swap_used)
         if reading.swap_total is not None:
-            yield _single("aitools_system_swap_total_bytes",
+            yield single("aitools_system_swap_total_bytes",
                           "Swap space in existence (macOS grows it on demand).", reading.swap_total)
         if reading.pressure is not None:
-            yield _single("aitools_system_memory_pressure_level",
+            yield single("aitools_system_memory_pressure_level",
                           "macOS kern.memorystatus_vm_pressure_level: 1 normal, 2 warn, 4 critical.", reading.pressure)
         if reading.free_ratio is not None:
-            yield _single("aitools_system_memory_free_ratio",
+            yield single("aitools_system_memory_free_ratio",
                           "macOS kern.memorystatus_level / 100: the kernel's own free share that drives pressure.",
                           reading.free_ratio)
         for counter, help_text in (("pageouts", "Pages written out by the pager, since boot."),
@@ -289,12 +279,6 @@ class Reading(NamedTuple):
     pressure: int | None = None
     free_ratio: float | None = None
     counters: dict[str, int] = {}
-
-
-def _single(name: str, documentation: str, value: float):
-    family = gauge(name, documentation)
-    family.add_metric([], float(value))
-    return family
 
 
 # vm_stat's (page size, {state: pages}, {counter: count}) and /proc/meminfo's {field: bytes},
