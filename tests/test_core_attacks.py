@@ -118,6 +118,7 @@ def test_trickling_node_target_leaks_no_thread_or_socket_and_sigterm_stops_at_on
 def test_a_normal_scrape_answers_while_400_half_sent_requests_hang():
     with ExporterProcess(QUIET + "ollama: {url: null}\nlmstudio: {url: null}\n") as exporter:
         process = psutil.Process(exporter.process.pid)
+        exporter.scrape(timeout=10)  # the collectors' worker threads start at the first scrape
         idle_threads = process.num_threads()
         hanging = []
         try:
