@@ -27,21 +27,23 @@ def test_node_connections_and_the_websocket_are_kept_and_reopened_when_broken(no
                                                    NodeTarget("debug", inspector=node_steady.inspector_address))))
     assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     session = collector._inspectors["debug"]
-    websocket, kept = session.sock, set(map(id, idle_connections(collector.http)))
-    # One connection for each of the two url targets' requests that ran at the same time:
-    # two when they overlapped, one when the first had finished before the second began.
-    assert websocket is not None and 1 <= len(kept) <= 2
+
+    def url_connections() -> list:
+        """The url targets' kept connections: each target has its client (its own source)."""
+        return [connection for client in collector._clients.values() for connection in idle_connections(client)]
+
+    websocket, kept = session.sock, set(map(id, url_connections()))
+    assert websocket is not None and len(kept) == 2  # one for each url target
 
     for _ in range(5):
         assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     assert session.sock is websocket  # the same WebSocket, five scrapes later
-    now = set(map(id, idle_connections(collector.http)))
-    assert kept <= now and len(now) <= 2  # the same HTTP connections, none replaced, never more than two
+    assert set(map(id, url_connections())) == kept  # the same HTTP connections, none replaced
 
     # Broken under it (the target restarted, a proxy dropped it): the next scrape opens new ones.
     import socket
     session.sock.sock.shutdown(socket.SHUT_RDWR)
-    for connection in idle_connections(collector.http):
+    for connection in url_connections():
         connection.sock.sock.shutdown(socket.SHUT_RDWR)
     assert node_values(collector) == {"json": 1, "prom": 1, "debug": 1}
     assert session.sock is not websocket
