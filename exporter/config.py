@@ -280,7 +280,10 @@ class _Reader:
         line = self.lines.get(key)
         probe = key
         while line is None and ("." in probe or "[" in probe):
-            probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            shorter = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe)
+            if shorter == probe:  # a key of the file's own with "[" in it: no parent to name
+                break
+            probe = shorter
             line = self.lines.get(probe)
         return ConfigError(key, reason, line, self.path)
 

@@ -146,3 +146,16 @@ def test_an_endless_file_is_not_read_to_its_end():
 
     with pytest.raises(ConfigError, match=f"larger than {MAX_FILE_BYTES // 1024} KiB"):
         load_config("/dev/zero")
+
+
+def test_an_unknown_key_with_a_bracket_is_named_not_looped_on():
+    """An unknown key holding "[" (no parent path to strip it to) is refused at once."""
+    import time
+
+    from exporter.config import ConfigError, parse_config
+
+    started = time.monotonic()
+    for text in ("docker: {'a[b': 1}\n", "node: {'x[': 1}\n", "'q[1': 2\n"):
+        with pytest.raises(ConfigError, match="unknown key"):
+            parse_config(text)
+    assert time.monotonic() - started < 1
