@@ -617,3 +617,34 @@ def test_the_malloc_tunables_keep_two_arenas_and_no_thread_caches(tuned):
         assert 1 <= heaps <= 2 and freed >= 7 * 1000, done.stdout[:300]
     else:
         assert heaps > 2 and freed == 0, done.stdout[:300]
+
+
+@linux_only
+def test_a_command_line_is_read_when_new_after_an_exec_and_every_few_walks(monkeypatch):
+    """Reading /proc/PID/cmdline makes the kernel walk the process's memory: a known process's
+    command line is read again only when its name changes (an exec) and once every
+    CMDLINE_EVERY walks, yet an exec's new command line shows at the next walk."""
+    reader = ProcfsReader()
+    process = subprocess.Popen(["sh", "-c", "read line; exec sleep 61"], stdin=subprocess.PIPE)
+    try:
+        first = by_pid(reader.read(True))[process.pid]
+        assert first.name == "sh" and "read line" in first.cmdline
+        reads = []
+        real = proctable.read_small_file
+        monkeypatch.setattr(proctable, "read_small_file",
+                            lambda path, *args: reads.append(path) or real(path, *args))
+        for _ in range(ProcfsReader.CMDLINE_EVERY):
+            assert by_pid(reader.read(True))[process.pid].cmdline == first.cmdline
+        assert reads.count(f"/proc/{process.pid}/cmdline") == 1  # once in CMDLINE_EVERY walks
+        process.stdin.write(b"go\n")
+        process.stdin.flush()
+        deadline = time.monotonic() + 10
+        while psutil.Process(process.pid).name() != "sleep" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = by_pid(reader.read(True))[process.pid]
+        if after.cmdline is None:  # caught in the middle of its exec: none yet, read at the next walk
+            after = by_pid(reader.read(True))[process.pid]
+        assert after.name == "sleep" and after.cmdline == "sleep 61"
+    finally:
+        process.kill()
+        process.wait()
