@@ -120,7 +120,8 @@ def test_local_view_shows_the_tree_budgets_models_and_trends(ollama, size):
     run_view(app, size, script)
 
 
-def test_keys_sort_collapse_filter_and_help(ollama):
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)])
+def test_keys_sort_collapse_filter_and_help(ollama, size):
     config = parse_config(config_text(ollama))
     app = TopApp(LocalFeed(config), interval=60)
 
@@ -156,9 +157,10 @@ def test_keys_sort_collapse_filter_and_help(ollama):
         assert isinstance(app.screen, HelpScreen)
         await pilot.press("z")
         assert not isinstance(app.screen, HelpScreen)
+        screenshot(app, f"top-keys-{size[0]}x{size[1]}")
         await pilot.press("q")
 
-    run_view(app, (80, 24), script)
+    run_view(app, size, script)
     assert app.return_code == 0
 
 
@@ -166,8 +168,8 @@ def audit(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.mark.parametrize("dry_run", [False, True])
-def test_fix_unloads_a_model_after_a_confirmation_that_shows_the_command(ollama, tmp_path, dry_run):
+@pytest.mark.parametrize("dry_run, size", [(False, (80, 24)), (True, (200, 50))])
+def test_fix_unloads_a_model_after_a_confirmation_that_shows_the_command(ollama, tmp_path, dry_run, size):
     # Its last request ended two minutes ago: idle (exporter/actions.py, IDLE_WINDOW_SECONDS).
     ollama.set_expiry("llama3.1:8b", datetime.now(timezone.utc) + timedelta(minutes=3))
     config = parse_config(config_text(ollama, f"actions: {{enabled: [unload_idle_model], dry_run: {str(dry_run).lower()}}}\n"))
@@ -185,11 +187,12 @@ def test_fix_unloads_a_model_after_a_confirmation_that_shows_the_command(ollama,
         assert "What will be done: ollama stop llama3.1:8b" in confirm
         assert ("it will be logged, not done" in confirm) == dry_run
         assert ollama.posts == []  # nothing done before the answer
+        screenshot(app, f"top-confirm-{size[0]}x{size[1]}")
         await pilot.press("y")
         await until(pilot, lambda: "unload_idle_model:" in text(app, "#message"))
         await pilot.press("q")
 
-    run_view(app, (80, 24), script)
+    run_view(app, size, script)
     (entry,) = audit(audit_path)
     if dry_run:
         assert ollama.posts == [] and entry["result"] == "dry_run"
