@@ -1,6 +1,7 @@
 """Process groups against real processes named swift-frontend."""
 
 import re
+import time
 
 import psutil
 import pytest
@@ -98,7 +99,11 @@ def test_psutil_path_sums_the_group_and_matches_command_lines(psutil_path, swift
 
 
 def test_psutil_and_procfs_paths_agree(swift_frontend, monkeypatch):
-    swift_frontend.start(hold_mb=30)
+    held = swift_frontend.start(hold_mb=30)
+    deadline = time.monotonic() + 10  # done loading: its resident set no longer moves between the two reads
+    while held.status() != psutil.STATUS_SLEEPING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
     mine = re.escape(str(swift_frontend.folder))
     config = Config(process_groups=(ProcessGroup("mine", cmdline=compile_pattern(mine)),
                                     ProcessGroup("held", cmdline=compile_pattern(mine + r".*bytearray\(30 "))))
