@@ -336,6 +336,27 @@ def test_macos_names_group_like_activity_monitor():
     assert matcher.claim("Safari", None) is None
 
 
+def test_claims_are_remembered_per_name_and_command_line_within_bounds():
+    """A process keeps its claim from one scrape to the next (the patterns are searched once
+    per name and command line), and churn of long command lines never grows what is kept."""
+    from exporter.collectors import apps as apps_module
+    from exporter.collectors.apps import Matcher
+    from exporter.patterns import CMDLINE_LIMIT
+
+    matcher = Matcher(Config().apps)
+    names = [app.name for app in Config().apps]
+    lmstudio = "/Users/dev/.lmstudio/.internal/utils/node /Users/dev/.lmstudio/.internal/utils/llmworker.js"
+    assert names[matcher.claim("node", lmstudio)] == "lmstudio"
+    assert names[matcher.claim("node", lmstudio)] == "lmstudio"  # remembered
+    assert names[matcher.claim("node", None)] == "node"
+    assert matcher.claim("sleep", "sleep 60") is None
+    long_line = "x" * CMDLINE_LIMIT
+    for number in range(3 * apps_module.CLAIMS_TEXT // len(long_line)):
+        assert matcher.claim("sleep", f"{number} {long_line}") is None
+        assert len(matcher._claims) <= apps_module.CLAIMS_KEPT
+        assert matcher._claims_text <= apps_module.CLAIMS_TEXT + len(long_line) + 16
+
+
 # --- containers: a real Docker engine ----------------------------------------------------
 
 def test_containers_are_docker_and_the_bundles_containers_are_monitoring(docker_engine):

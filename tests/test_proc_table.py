@@ -1,8 +1,9 @@
 """The process table (collectors/proctable.py): its Linux reader on the real /proc, its
 macOS reader with a stand-in for libproc, and one walk per scrape.
 
-The Linux reader reads every process's name and memory through descriptors kept open
-since the walk before (KeptFiles), and its parent only when that can have changed. These
+The Linux reader reads every process's memory through a descriptor kept open since the
+walk before, its name when that memory changed or every few walks, and its parent only
+when that can have changed. These
 tests hold it to what a walk from scratch reads, through the changes that make kept state
 wrong if it is kept carelessly: a process that runs another program or is renamed, a
 parent that ends (its children go to a reaper), processes that end (their files closed), a
@@ -30,7 +31,7 @@ import pytest
 
 from exporter.collectors import proctable
 from exporter.collectors.base import CollectorError, Deadline
-from exporter.collectors.proctable import (FOOTPRINT, RESIDENT, KeptFiles, MacReader, ProcessTable, ProcfsReader,
+from exporter.collectors.proctable import (FOOTPRINT, RESIDENT, MacReader, ProcessTable, ProcfsReader,
                                            RusageFunction, RusageInfoV2, footprint_reader)
 from tests.parts import hostile
 
@@ -83,8 +84,8 @@ def test_a_kept_walk_reads_what_a_walk_from_scratch_reads_and_psutil_reads():
                 assert kept[process.pid].resident == fresh[process.pid].resident == info.rss
                 assert kept[process.pid].memory == fresh[process.pid].memory == info.rss - info.shared
                 assert kept[process.pid].figure == proctable.ANONYMOUS
-            # Two files kept per process (name and memory).
-            assert reader.kept() >= 2 * len(kept)
+            # One file kept per process (its memory), far below the cap.
+            assert reader.kept() == len(kept)
             # Kernel threads: no memory of their own.
             if kept.get(2) is not None and kept[2].name == "kthreadd":
                 kthreads = [proc for proc in kept.values() if proc.ppid == 2]
@@ -123,7 +124,8 @@ def test_a_process_that_runs_another_program_is_read_under_its_new_name():
 @linux_only
 def test_a_process_renamed_in_place_is_read_under_its_new_name_at_the_next_walk():
     """A rename (prctl(PR_SET_NAME), as a thread pool or a runtime does) keeps the pid and
-    may touch no memory: the name is read at every walk, so the next one has it."""
+    may touch no memory: the name is read again every REREAD_EVERY walks, so one of the
+    next that many has it."""
     reader = ProcfsReader()
     script = ("import ctypes, sys; libc = ctypes.CDLL(None); libc.prctl(15, b'before'); sys.stdin.readline(); "
               "libc.prctl(15, b'renamed'); print('done', flush=True); sys.stdin.readline()")
@@ -135,7 +137,8 @@ def test_a_process_renamed_in_place_is_read_under_its_new_name_at_the_next_walk(
         process.stdin.write(b"go\n")
         process.stdin.flush()
         assert process.stdout.readline() == b"done\n"
-        assert by_pid(reader.read(False))[process.pid].name == "renamed"
+        names = [by_pid(reader.read(False))[process.pid].name for _ in range(ProcfsReader.REREAD_EVERY)]
+        assert "renamed" in names and names[-1] == "renamed"
     finally:
         process.kill()
         process.wait()
@@ -180,6 +183,17 @@ def test_children_of_a_parent_that_ends_are_read_under_their_new_parent(tmp_path
         reader.close()
 
 
+def proc_files_open():
+    """The /proc/PID/... files this process has open, by what they name."""
+    names = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the listing's own descriptor, closed since
+    return {name for name in names if name.startswith("/proc/") and name.split("/")[2].isdigit()}
+
+
 @linux_only
 def test_files_of_ended_processes_are_closed_and_none_leak():
     reader = ProcfsReader()
@@ -188,16 +202,16 @@ def test_files_of_ended_processes_are_closed_and_none_leak():
         base = reader.kept()
         for _ in range(3):
             sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(100)]
-            files = [f"/proc/{process.pid}/{name}" for process in sleepers for name in ("comm", "statm")]
+            files = {f"/proc/{process.pid}/statm" for process in sleepers}
             listed = by_pid(reader.read(False))
             assert all(process.pid in listed for process in sleepers)
-            assert all(path in reader.files for path in files)
+            assert files <= proc_files_open()
             for process in sleepers:
                 process.kill()
                 process.wait()
             listed = by_pid(reader.read(False))
             assert not any(process.pid in listed for process in sleepers)
-            assert not any(path in reader.files for path in files)  # closed at the walk after they ended
+            assert not files & proc_files_open()  # closed at the walk after they ended
         open_now = len(os.listdir("/proc/self/fd"))
         reader.close()
         assert reader.kept() == 0
@@ -209,7 +223,7 @@ def test_files_of_ended_processes_are_closed_and_none_leak():
 
 @linux_only
 def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch):
-    monkeypatch.setattr(KeptFiles, "allowed", staticmethod(lambda: 10))
+    monkeypatch.setattr(proctable, "kept_files_allowed", lambda: 10)
     reader = ProcfsReader()
     sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(30)]
     try:
@@ -231,33 +245,41 @@ def test_beyond_the_cap_files_are_read_by_path_with_the_same_figures(monkeypatch
 
 def test_the_cap_is_a_quarter_of_the_open_files_limit_and_kept_files_never_change_it(monkeypatch):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    files = KeptFiles()
-    files.close()
+    reader = ProcfsReader()
+    reader.read(False)
+    reader.close()
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
     monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
-    assert KeptFiles.allowed() == 256
+    assert proctable.kept_files_allowed() == 256
     monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    assert KeptFiles.allowed() == 65536
+    assert proctable.kept_files_allowed() == 65536
 
 
 @linux_only
 def test_a_kept_file_of_an_ended_process_never_reads_a_newer_process():
-    """A descriptor of /proc/PID/... is bound to its process: once it has ended, the read
-    fails and the path is opened anew (`fresh`), whoever has the pid now."""
-    files = KeptFiles()
+    """What the reader relies on: a descriptor of /proc/PID/... is bound to its process;
+    once it has ended, a read fails (ESRCH) whoever has the pid now, and the reader reads
+    the pid afresh as a new process."""
+    reader = ProcfsReader()
     process = subprocess.Popen(["sleep", "60"])
     try:
-        path = f"/proc/{process.pid}/comm"
         wait_for(lambda: psutil.Process(process.pid).name() == "sleep")
-        assert files.read(path) == (b"sleep\n", True)
-        assert files.read(path) == (b"sleep\n", False)
+        fd = os.open(f"/proc/{process.pid}/statm", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 256, 0)
+            assert by_pid(reader.read(False))[process.pid].name == "sleep"
+            process.kill()
+            process.wait()
+            with pytest.raises(ProcessLookupError):
+                os.pread(fd, 256, 0)
+        finally:
+            os.close(fd)
+        listed = by_pid(reader.read(False))
+        assert process.pid not in listed and reader.kept() == len(listed)
+    finally:
         process.kill()
         process.wait()
-        with pytest.raises(FileNotFoundError):
-            files.read(path)
-        assert len(files) == 0
-    finally:
-        files.close()
+        reader.close()
 
 
 def start_under_pid(pid: int, argv: list[str], attempts: int = 50) -> subprocess.Popen | None:
@@ -319,9 +341,12 @@ def test_a_second_walk_opens_only_what_started_since(monkeypatch):
         first = len(opened)
         reader.read(False)
         # The second walk opens only what has started since (a few on a busy machine), not a file per
-        # process; command lines are opened when read, an eighth of them at a walk (CMDLINE_EVERY).
-        again = [path for path in opened[first:] if not path.endswith("/cmdline")]
+        # process; names and command lines are opened when read again, an eighth of them at a walk
+        # (REREAD_EVERY), and a name whose memory moved.
+        again = [path for path in opened[first:] if not path.endswith(("/cmdline", "/comm"))]
         assert first > 100 and len(again) < first / 10
+        names = [path for path in opened[first:] if path.endswith("/comm")]
+        assert len(names) < first / 3
     finally:
         reader.close()
 
@@ -625,7 +650,7 @@ def test_the_malloc_tunables_keep_two_arenas_and_no_thread_caches(tuned):
 def test_a_command_line_is_read_when_new_after_an_exec_and_every_few_walks(monkeypatch):
     """Reading /proc/PID/cmdline makes the kernel walk the process's memory: a known process's
     command line is read again only when its name changes (an exec) and once every
-    CMDLINE_EVERY walks, yet an exec's new command line shows at the next walk."""
+    REREAD_EVERY walks, yet an exec's new command line shows at the next walk."""
     reader = ProcfsReader()
     process = subprocess.Popen(["sh", "-c", "read line; exec sleep 61"], stdin=subprocess.PIPE)
     try:
@@ -635,9 +660,9 @@ def test_a_command_line_is_read_when_new_after_an_exec_and_every_few_walks(monke
         real = proctable.read_small_file
         monkeypatch.setattr(proctable, "read_small_file",
                             lambda path, *args: reads.append(path) or real(path, *args))
-        for _ in range(ProcfsReader.CMDLINE_EVERY):
+        for _ in range(ProcfsReader.REREAD_EVERY):
             assert by_pid(reader.read(True))[process.pid].cmdline == first.cmdline
-        assert reads.count(f"/proc/{process.pid}/cmdline") == 1  # once in CMDLINE_EVERY walks
+        assert reads.count(f"/proc/{process.pid}/cmdline") == 1  # once in REREAD_EVERY walks
         process.stdin.write(b"go\n")
         process.stdin.flush()
         deadline = time.monotonic() + 10

@@ -76,6 +76,10 @@ def budget_apps(apps: Iterable[App]) -> dict[str, list[str]]:
     return {budget: [name for name in configured if name in counted] + own for budget, counted in BUDGET_APPS.items()}
 
 
+CLAIMS_KEPT = 8192
+CLAIMS_TEXT = 8 * 2**20
+
+
 class Matcher:
     """The first app (in configuration order) that claims a process by its name or command line."""
 
@@ -92,30 +96,36 @@ class Matcher:
                 if not name.endswith("*"):
                     self.exact.setdefault(name, index)
 
-        self._by_name: dict[str, int | None] = {}  # the claims by name, a process table's few hundred names
+        # The claims of the (name, command line) pairs seen: a machine's processes keep theirs
+        # from one scrape to the next, and the patterns are searched once per pair. Emptied
+        # when it holds CLAIMS_KEPT pairs or CLAIMS_TEXT characters of command lines.
+        self._claims: dict[tuple[str, str | None], int | None] = {}
+        self._claims_text = 0
 
     def claim(self, name: str, cmdline: str | None) -> int | None:
+        key = (name, cmdline)
         try:
-            best = self._by_name[name]
+            return self._claims[key]
         except KeyError:
-            best = self._claim_by_name(name)
-            if len(self._by_name) >= 4096:  # a thousand differently named processes must not grow it
-                self._by_name.clear()
-            self._by_name[name] = best
-        for index, pattern in self.cmdlines:
-            if best is not None and index >= best:
-                break
-            if cmdline and pattern.search(cmdline):
-                return index
-        return best
-
-    def _claim_by_name(self, name: str) -> int | None:
+            pass
         best = self.exact.get(name)
         for index, prefixes in self.prefixes:
             if best is not None and index >= best:
                 break
             if name.startswith(prefixes):
-                return index
+                best = index
+                break
+        for index, pattern in self.cmdlines:
+            if best is not None and index >= best:
+                break
+            if cmdline and pattern.search(cmdline):
+                best = index
+                break
+        if len(self._claims) >= CLAIMS_KEPT or self._claims_text >= CLAIMS_TEXT:
+            self._claims.clear()  # thousands of processes have come and gone: start again
+            self._claims_text = 0
+        self._claims[key] = best
+        self._claims_text += len(cmdline or "")
         return best
 
 

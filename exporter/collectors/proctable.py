@@ -106,79 +106,16 @@ def program_name(data: bytes) -> str:
 
 # --- Linux: /proc ---------------------------------------------------------------------------
 
-class KeptFiles:
-    """Small /proc files read at every walk, kept open between walks and read again from
-    the start: a kept descriptor reads fresh figures with one pread (the kernel writes them
-    anew at every read from offset 0), where an open, a read and a close cost twice the CPU
-    (README "The process walk"). A descriptor of /proc/PID/... stays bound to its process:
-    once that process has ended, reading it fails (ESRCH) instead of reading a newer
-    process that got the same pid, and the file is opened again by its path. Files not
-    read since the last `sweep()` are closed. At most a quarter of the open-files limit is
-    kept (serve raises the soft limit at start within what the platform allows); beyond that,
-    files are opened, read and closed.
-    Not thread-safe: the table's lock holds it."""
+def kept_files_allowed() -> int:
+    """How many /proc files the reader may keep open: a quarter of the soft limit of open
+    files (`serve` raises it at start within what the platform allows)."""
+    try:
+        import resource
 
-    def __init__(self) -> None:
-        # path -> [descriptor, the round it was last read in], updated in place.
-        self._kept: dict[str, list[int]] = {}
-        self._round = 0
-        self.cap = self.allowed()
-
-    @staticmethod
-    def allowed() -> int:
-        """A quarter of the soft limit of open files."""
-        try:
-            import resource
-
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (ImportError, OSError, ValueError):
-            return 0
-        return 65536 if soft == resource.RLIM_INFINITY else max(0, min(65536, soft // 4))
-
-    def __len__(self) -> int:
-        return len(self._kept)
-
-    def __contains__(self, path: str) -> bool:
-        """Whether the file of that path is kept open."""
-        return path in self._kept
-
-    def read(self, path: str, size: int = 4096, limit: int = 2**20) -> tuple[bytes, bool]:
-        """(the file's content, whether it was opened now rather than kept from an earlier
-        read: for /proc/PID/..., a process this reader had not seen under that path)."""
-        kept = self._kept.get(path)
-        if kept is not None:
-            try:
-                data = read_from_start(kept[0], size, limit)
-            except OSError:  # ESRCH: the process has ended (a new one may have its pid)
-                del self._kept[path]
-                os.close(kept[0])
-            else:
-                kept[1] = self._round
-                return data, False
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = read_from_start(fd, size, limit)
-        except BaseException:
-            os.close(fd)
-            raise
-        if len(self._kept) < self.cap:
-            self._kept[path] = [fd, self._round]
-        else:
-            os.close(fd)
-        return data, True
-
-    def sweep(self) -> None:
-        """Close the files not read since the last sweep."""
-        current = self._round
-        for path in [path for path, kept in self._kept.items() if kept[1] != current]:
-            os.close(self._kept.pop(path)[0])
-        self._round = current + 1
-        self.cap = self.allowed()
-
-    def close(self) -> None:
-        for fd, _ in self._kept.values():
-            os.close(fd)
-        self._kept.clear()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 0
+    return 65536 if soft == resource.RLIM_INFINITY else max(0, min(65536, soft // 4))
 
 
 def _parent(folder: str) -> tuple[int, bool]:
@@ -188,104 +125,167 @@ def _parent(folder: str) -> tuple[int, bool]:
     return int(fields[1]), bool(int(fields[6]) & PF_KTHREAD)
 
 
+class _Known:
+    """What the reader keeps of one process between walks: its `statm` open (`fd`), what
+    that read last, and what was read with it."""
+
+    __slots__ = ("fd", "statm", "size", "resident", "anonymous", "name", "ppid", "kernel_thread")
+
+    def __init__(self, fd: int, statm: bytes, name: str, ppid: int, kernel_thread: bool):
+        self.fd, self.name, self.ppid, self.kernel_thread = fd, name, ppid, kernel_thread
+        self.update(statm)
+
+    def update(self, statm: bytes) -> None:
+        """statm's pages: size resident shared ... (ValueError, IndexError if it is not that)."""
+        size, resident, shared = statm.split(b" ", 3)[:3]
+        self.statm, self.size, self.resident = statm, int(size), int(resident)
+        self.anonymous = max(0, self.resident - int(shared))
+        if self.kernel_thread:
+            self.resident = self.anonymous = 0  # a kernel thread: no memory of its own
+
+
 class ProcfsReader:
-    """Linux: every process of /proc. Each walk reads each process's `comm` and `statm`;
-    `stat` (its parent, whether it is a kernel thread), which costs the kernel more to
-    write than both, when the process is new to the reader, and again when its parent has
-    ended or its parent's pid now names a newer process (a process's parent changes only
-    when the parent ends: the child goes to a reaper). The command line where a claim needs
-    it, or where the kernel cut the name at 15 bytes (the program's file name is then the
-    name, as psutil gives it), or for a container shim: read when the process is new to the
-    reader, when its name changed (an exec), and else once every CMDLINE_EVERY walks (a
-    program that rewrites its own command line, as postgres and nginx workers do, shows the
-    new one within that many walks). Reading a command line costs the kernel a walk of the
-    process's memory: at every walk it tripled the cost of a walk of 1,150 processes.
+    """Linux: every process of /proc, from Python.
+
+    Each walk reads each process's `statm` (its memory) through a descriptor kept open
+    since the walk before and read again from offset 0 (the kernel writes the figures anew
+    at every such read; an open, a read and a close cost the kernel five to six times one
+    read). A descriptor of /proc/PID/... stays bound to its process: once the process has
+    ended, reading it fails (ESRCH) instead of reading a newer process that got the same pid,
+    and the pid is read as a new process. At most `kept_files_allowed()` descriptors are
+    kept; beyond that, a process's files are opened, read and closed at each walk.
+
+    A new process's `comm` (its name) and `stat` (its parent, whether it is a kernel
+    thread) are read when it appears. Its name again when its `statm` has changed (an exec
+    always does) and else once every REREAD_EVERY walks (a rename in place, prctl
+    PR_SET_NAME, shows within that many walks); its parent again when the parent has ended
+    or its parent's pid now names a newer process (a process's parent changes only when the
+    parent ends: the child goes to a reaper).
+
+    The command line where a claim needs it, or where the kernel cut the name at 15 bytes
+    (the program's file name is then the name, as psutil gives it), or for a container
+    shim: read when the process is new to the reader, when its name changed (an exec), and
+    else once every REREAD_EVERY walks, at the walk that reads its name (a program that rewrites its own command line, as
+    postgres and nginx workers do, shows the new one within that many walks). Reading a
+    command line costs the kernel a walk of the process's memory: at every walk it tripled
+    the cost of a walk of 1,150 processes.
     """
 
     platform = "linux"
-    CMDLINE_EVERY = 8
+    REREAD_EVERY = 8
 
     def __init__(self, root: str = PROC) -> None:
         self.root = root
-        self.files = KeptFiles()
-        # pid -> (parent pid, kernel thread), updated in place.
-        self._parents: dict[int, tuple[int, bool]] = {}
-        # pid -> (its name when its command line was read, the raw command line)
-        self._cmdlines: dict[int, tuple[str, bytes]] = {}
+        self._known: dict[int, _Known] = {}  # the processes whose statm is kept open
+        # pid -> (its name when its command line was read, the command line's text, its program's name)
+        self._cmdlines: dict[int, tuple[str, str, str]] = {}
         self._walks = 0
         self.page = os.sysconf("SC_PAGE_SIZE")
 
     def kept(self) -> int:
         """How many descriptors the reader keeps open."""
-        return len(self.files)
+        return len(self._known)
 
     def close(self) -> None:
-        self.files.close()
+        for known in self._known.values():
+            os.close(known.fd)
+        self._known.clear()
+
+    @staticmethod
+    def _first_read(folder: str, keep: bool) -> _Known:
+        """A process the reader has no descriptor of: its statm (kept open when `keep`, else
+        `fd` is -1), its name and its parent."""
+        fd = os.open(folder + "statm", os.O_RDONLY)
+        try:
+            statm = read_from_start(fd, 256, 256)
+            name = read_small_file(folder + "comm", 64)
+            ppid, kernel_thread = _parent(folder)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not keep:
+            os.close(fd)
+            fd = -1
+        return _Known(fd, statm, _name(name), ppid, kernel_thread)
 
     def read(self, wants_cmdline: bool) -> list[Proc]:
-        read, known, page = self.files.read, self._parents, self.page
-        with os.scandir(self.root) as entries:
+        root, page, walk = self.root, self.page, self._walks + 1
+        known_before, known_now = self._known, {}
+        cap = kept_files_allowed()
+        with os.scandir(root) as entries:
             pids = [entry.name for entry in entries if entry.name.isdigit()]
         found: list[Proc] = []
-        new: set[int] = set()      # processes this reader had not seen (or not under this pid)
+        new: set[int] = set()      # processes read for the first time (or not under this pid)
         ended: set[int] = set()    # zombies: ended, their children already given to a reaper
         for pid in pids:
-            folder = f"{self.root}/{pid}/"
             number = int(pid)
+            known = known_before.pop(number, None)
             try:
-                comm, fresh = read(folder + "comm", 64)
-                statm, fresh_statm = read(folder + "statm", 256)
-                if fresh_statm and not fresh:  # it ended between the two reads: this is its successor
-                    comm, fresh = read(folder + "comm", 64)[0], True
-                size, resident, shared = (int(field) for field in statm.split(b" ", 3)[:3])
-                about = None if fresh else known.get(number)
-                if about is None:
-                    about = known[number] = _parent(folder)
+                if known is not None:
+                    try:
+                        statm = read_from_start(known.fd, 256, 256)
+                    except OSError:  # ESRCH: the process has ended (a new one may have its pid)
+                        os.close(known.fd)
+                        known = None
+                    else:
+                        changed = statm != known.statm
+                        if changed:
+                            known.update(statm)
+                        if changed or (number + walk) % self.REREAD_EVERY == 0:
+                            known.name = _name(read_small_file(f"{root}/{pid}/comm", 64))
+                if known is None:
+                    known = self._first_read(f"{root}/{pid}/", len(known_now) < cap)
                     new.add(number)
             except (OSError, ValueError, IndexError):
+                if known is not None and known.fd >= 0:
+                    os.close(known.fd)
                 continue  # ended since it was listed, or not a process folder
-            ppid, kernel_thread = about
-            if kernel_thread:
-                resident = shared = 0  # a kernel thread: no memory of its own
-            elif size == 0:
+            if known.fd >= 0:
+                known_now[number] = known
+            if known.size == 0 and not known.kernel_thread:
                 ended.add(number)
-            name = (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
-            found.append(Proc(number, ppid, name, max(0, resident - shared) * page, None, resident * page))
-        if len(known) != len(found):  # some have ended: forget them
-            known = self._parents = {proc.pid: known[proc.pid] for proc in found}
+            found.append(Proc(number, known.ppid, known.name, known.anonymous * page, None, known.resident * page))
+        for known in known_before.values():  # ended since the walk before
+            os.close(known.fd)
+        self._known = known_now
         # Processes whose parent has ended since it was read went to a reaper: read their parent again.
+        listed = {proc.pid for proc in found}
         for proc in found:
-            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in known):
+            if proc.ppid and proc.pid not in new and (proc.ppid in ended or proc.ppid in new or proc.ppid not in listed):
                 try:
-                    about = _parent(f"{self.root}/{proc.pid}/")
+                    ppid, kernel_thread = _parent(f"{root}/{proc.pid}/")
                 except (OSError, ValueError, IndexError):
                     continue
-                proc.ppid = about[0]
-                known[proc.pid] = about
-        self._walks += 1
-        cached, cmdlines = self._cmdlines, {}
+                proc.ppid = ppid
+                if proc.pid in known_now:
+                    known_now[proc.pid].ppid = ppid
+        self._walks = walk
+        self._read_cmdlines(found, new, wants_cmdline)
+        return found
+
+    def _read_cmdlines(self, found: list[Proc], new: set[int], wants_cmdline: bool) -> None:
+        cached, cmdlines, walk = self._cmdlines, {}, self._walks
         for proc in found if wants_cmdline else [proc for proc in found if len(proc.name) >= COMM_LENGTH
                                                  or proc.name.startswith(SHIM_PREFIX)]:
-            known_cmdline = None if proc.pid in new else cached.get(proc.pid)
-            if (known_cmdline is not None and known_cmdline[0] == proc.name
-                    and (proc.pid + self._walks) % self.CMDLINE_EVERY):
-                raw = known_cmdline[1]
-            else:
+            known = None if proc.pid in new else cached.get(proc.pid)
+            if known is None or known[0] != proc.name or (proc.pid + walk) % self.REREAD_EVERY == 0:
                 try:
                     raw = read_small_file(f"{self.root}/{proc.pid}/cmdline", 4096, CMDLINE_LIMIT)
                 except OSError:
                     continue
-            if raw:  # none while a process execs or ends: read again at the next walk
-                cmdlines[proc.pid] = (proc.name, raw)
-                proc.cmdline = cmdline_text(raw)
-                if len(proc.name) >= COMM_LENGTH:
-                    # Like psutil: the program's file name when it starts as the cut name does.
-                    full = program_name(raw)
-                    if full.startswith(proc.name):
-                        proc.name = full
+                if not raw:  # none while a process execs or ends: read again at the next walk
+                    continue
+                known = (proc.name, cmdline_text(raw), program_name(raw))
+            cmdlines[proc.pid] = known
+            proc.cmdline = known[1]
+            # Like psutil: the program's file name when it starts as the name the kernel cut does.
+            if len(proc.name) >= COMM_LENGTH and known[2].startswith(proc.name):
+                proc.name = known[2]
         self._cmdlines = cmdlines
-        self.files.sweep()
-        return found
+
+
+def _name(comm: bytes) -> str:
+    return (comm[:-1] if comm.endswith(b"\n") else comm).decode("utf-8", "surrogateescape")
 
 
 # --- macOS: psutil and libproc ----------------------------------------------------------------
