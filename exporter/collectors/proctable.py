@@ -8,10 +8,11 @@ a deadline of its own (snapshot, tests) walks afresh.
 Its one input is a reader, which lists the processes as plain records (`Proc`: pid,
 parent, name, command line, memory figures):
 
-- `ProcfsReader` (Linux): /proc straight, from Python. Each process's `comm` (its name)
-  and `statm` (its memory) at every walk, through files kept open between walks
-  (`KeptFiles`); its `stat` (parent, kernel thread or not) when it is new and again when
-  its parent has ended. Its memory is its resident set less its shared pages.
+- `ProcfsReader` (Linux): /proc straight, from Python. Each process's `statm` (its
+  memory) at every walk, through a descriptor kept open between walks; its `comm` (name)
+  when it is new, when its memory moved and every few walks; its `stat` (parent, kernel
+  thread or not) when it is new and again when its parent has ended. Its memory is its
+  resident set less its shared pages.
 - `MacReader` (macOS): psutil lists the processes (pid, parent, name, command line); each
   process's memory is its physical footprint from libproc (`proc_pid_rusage`, the figure
   Activity Monitor's Memory column shows), its resident set only where the footprint
