@@ -580,7 +580,7 @@ def test_the_exporters_own_footprint_is_on_its_page_as_the_system_reads_it():
         assert abs(page["process_resident_memory_bytes"] - process.memory_info().rss) < 4 * 2**20
         assert 0 < page["process_cpu_seconds_total"] <= sum(process.cpu_times()[:2]) + 0.05
         assert abs(page["process_open_fds"] - fds) <= 8
-        assert fds > 100  # the walk's kept files: name and memory of each process
+        assert fds > len(psutil.pids()) / 2  # the walk's kept files: the memory of each process
         assert page["process_max_fds"] == process.rlimit(psutil.RLIMIT_NOFILE)[0]
         assert page["process_max_fds"] >= resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         assert page["process_threads"] == process.num_threads()
@@ -654,6 +654,7 @@ def test_a_command_line_is_read_when_new_after_an_exec_and_every_few_walks(monke
     reader = ProcfsReader()
     process = subprocess.Popen(["sh", "-c", "read line; exec sleep 61"], stdin=subprocess.PIPE)
     try:
+        wait_for(lambda: psutil.Process(process.pid).name() == "sh")  # past Popen's own exec
         first = by_pid(reader.read(True))[process.pid]
         assert first.name == "sh" and "read line" in first.cmdline
         reads = []
