@@ -166,10 +166,10 @@ class ProcfsReader:
     The command line where a claim needs it, or where the kernel cut the name at 15 bytes
     (the program's file name is then the name, as psutil gives it), or for a container
     shim: read when the process is new to the reader, when its name changed (an exec), and
-    else once every REREAD_EVERY walks, at the walk that reads its name (a program that rewrites its own command line, as
-    postgres and nginx workers do, shows the new one within that many walks). Reading a
-    command line costs the kernel a walk of the process's memory: at every walk it tripled
-    the cost of a walk of 1,150 processes.
+    else once every REREAD_EVERY walks, at the walk that reads its name again (a program
+    that rewrites its own command line, as postgres and nginx workers do, shows the new one
+    within that many walks). Reading a command line costs the kernel a walk of the
+    process's memory: at every walk it tripled the cost of a walk of 1,150 processes.
     """
 
     platform = "linux"
