@@ -16,17 +16,15 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import UNDER_CI, missing_realpart
-from tests.parts.monitoring import MissingBinary, Prometheus, wait_until
+from tests.parts.monitoring import MetricsStandin, MissingBinary, Prometheus, wait_until
 
 try:
     import grafana_foundation_sdk  # noqa: F401  (the test extra of pyproject.toml)
@@ -541,28 +539,14 @@ aitools_docker_vm_memory_limit_bytes {8 * GiB}
 MAY_BE_EMPTY = ("baseline_growth", "ALERTS")
 
 
-class _Standin(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        body = STANDIN_METRICS.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def prometheus_with_rules(tmp_path_factory):
     """Debian's Prometheus with the bundled rules, scraping a stand-in exporter."""
     rule_files = sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
     assert rule_files, "prometheus/rules/*.yml"
     workdir = tmp_path_factory.mktemp("prometheus")
-    standin = ThreadingHTTPServer(("127.0.0.1", 0), _Standin)
-    threading.Thread(target=standin.serve_forever, daemon=True).start()
-    target = f"127.0.0.1:{standin.server_address[1]}"
+    standin = MetricsStandin(STANDIN_METRICS)
+    target = standin.address
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(path) for path in rule_files],
@@ -572,6 +556,7 @@ def prometheus_with_rules(tmp_path_factory):
     try:
         prometheus = Prometheus(workdir / "prometheus.yml", workdir)
     except MissingBinary as exc:
+        standin.close()
         missing_realpart(str(exc))
     try:
         try:
@@ -583,8 +568,7 @@ def prometheus_with_rules(tmp_path_factory):
         yield prometheus, target
     finally:
         prometheus.stop()
-        standin.shutdown()
-        standin.server_close()
+        standin.close()
 
 
 def test_every_panel_query_returns_its_series(prometheus_with_rules):

@@ -329,35 +329,19 @@ kube_pod_container_status_running{container="worker",namespace="shop",pod="worke
 @pytest.fixture(scope="module")
 def cluster_prometheus(tmp_path_factory):
     """Debian's Prometheus with the Kubernetes rules, scraping the cluster's series from a stand-in."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from tests.parts.monitoring import MissingBinary, Prometheus, wait_until
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            body = CLUSTER_METRICS.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
+    from tests.parts.monitoring import MetricsStandin, MissingBinary, Prometheus, wait_until
 
     workdir = tmp_path_factory.mktemp("cluster-prometheus")
-    standin = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=standin.serve_forever, daemon=True).start()
+    standin = MetricsStandin(CLUSTER_METRICS)
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(RULES)],
               "scrape_configs": [{"job_name": "kubelet", "static_configs": [
-                  {"targets": [f"127.0.0.1:{standin.server_address[1]}"]}]}]}
+                  {"targets": [standin.address]}]}]}
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     try:
         prometheus = Prometheus(workdir / "prometheus.yml", workdir)
     except MissingBinary as exc:
-        standin.shutdown()
+        standin.close()
         missing_realpart(str(exc))
     try:
         wait_until(lambda: prometheus.query("aitools:k8s_production_score"), 60, "the production score")
@@ -365,8 +349,7 @@ def cluster_prometheus(tmp_path_factory):
         yield prometheus
     finally:
         prometheus.stop()
-        standin.shutdown()
-        standin.server_close()
+        standin.close()
 
 
 def test_every_namespace_dashboard_query_returns_its_figures(cluster_prometheus):

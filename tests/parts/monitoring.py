@@ -253,5 +253,32 @@ class WebhookReceiver:
         self.server.server_close()
 
 
+class MetricsStandin:
+    """Serves one fixed page of metrics in the text format: a scrape target for a real
+    Prometheus (`address` for its static_configs)."""
+
+    def __init__(self, text: str):
+        body = text.encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def temp_workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
